@@ -1,0 +1,56 @@
+"""cmt-scale's model family: config, presets, builder, cost models and the timm registration.
+
+``import scaling`` imports no torch or timm; the names that need them (`build_cmt`, `count_flops`,
+...) load on first use, and the ``cmt_*`` timm models are registered as soon as timm is imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ._config import CMTConfig
+from ._cost import Cost, estimate_cost
+from ._presets import PAPER_TABLE, PRESETS, PaperFigures, get_preset
+from ._timm_hook import register_with_timm
+
+# Public names that need torch (and timm), by the module that defines them: loaded on first access.
+_LAZY = {
+    "CMT": "_model",
+    "build_cmt": "_model",
+    "FlopProfile": "_profile",
+    "count_flops": "_profile",
+    "Throughput": "_throughput",
+    "measure_throughput": "_throughput",
+    "fuse_for_inference": "_inference",
+    "checkpoint_filter_fn": "_checkpoint",
+    "load_official_checkpoint": "_checkpoint",
+    "read_checkpoint": "_checkpoint",
+    "resize_position_bias": "_position_bias",
+}
+
+__all__ = [
+    "CMTConfig",
+    "Cost",
+    "PAPER_TABLE",
+    "PRESETS",
+    "PaperFigures",
+    "estimate_cost",
+    "get_preset",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+register_with_timm()
