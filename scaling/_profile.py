@@ -121,7 +121,9 @@ def count_flops(model_or_cfg: nn.Module | CMTConfig, img_size: int | None = None
         >>> round(profile.gmacs, 3), profile.unsupported_ops
         (0.652, {})
     """
-    from fvcore.nn import FlopCountAnalysis  # heavy: imported only when a count is asked for
+    with warnings.catch_warnings():  # heavy, and noisy about torch.jit.script: imported only when needed
+        warnings.simplefilter("ignore")
+        from fvcore.nn import FlopCountAnalysis
 
     if isinstance(model_or_cfg, CMTConfig):
         from ._model import build_cmt

@@ -125,3 +125,18 @@ def test_training_mode_batch_statistics_match_the_reference(tiny_cfg) -> None:
     with torch.no_grad():
         torch.testing.assert_close(model.train()(x), official_forward(sd, tiny_cfg, x, training=True),
                                    rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_inference_fusion_keeps_eval_outputs(seed: int) -> None:
+    from scaling import fuse_for_inference
+
+    cfg = random_config(random.Random(100 + seed)) if seed else PRESETS["cmt_ti"]
+    _, model = _official_and_ours(cfg, seed)  # non-trivial BN statistics
+    fused = fuse_for_inference(model)
+    n_bn = lambda m: sum(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules())  # noqa: E731
+    assert n_bn(fused) < n_bn(model)
+    x = torch.randn(2, cfg.in_chans, cfg.img_size, cfg.img_size)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), rtol=1e-4, atol=1e-4)
+    assert model.stem[-1].bn is not None and isinstance(model.stem[-1].bn, torch.nn.BatchNorm2d)
