@@ -24,7 +24,8 @@ from scaling._compound import family, parse_stage_ratio
 from scaling._solver import Solution, solve
 from scaling._units import format_count
 
-SUBCOMMANDS = ("family", "profile", "presets")
+# Options whose value may start with "-" (a negative number is bad input to report, not an unknown option).
+_VALUE_OPTIONS = ("--target-flops", "--target-params", "--target-latency", "--alpha", "--beta", "--gamma", "--phi")
 
 MAIN_EXAMPLES = """\
 FLOPs are multiply-adds (the CMT, DeiT and EfficientNet papers' convention: 4G = 4e9 MACs).
@@ -189,7 +190,7 @@ def _verify(cfg: CMTConfig) -> dict[str, Any]:
 
 
 def run_solve(argv: Sequence[str], console: Console) -> int:
-    args = _main_parser().parse_args(argv)
+    args = _main_parser().parse_args(_glue_negative_values(argv, _VALUE_OPTIONS))
     targets = [t for t in (args.target_flops, args.target_params, args.target_latency) if t is not None]
     if len(targets) != 1:
         raise ValueError("give exactly one of --target-flops, --target-params, --target-latency "
@@ -228,7 +229,7 @@ def _glue_negative_values(argv: Sequence[str], options: Sequence[str]) -> list[s
 
 
 def run_family(argv: Sequence[str], console: Console) -> int:
-    args = _family_parser().parse_args(_glue_negative_values(argv, ("--phi",)))
+    args = _family_parser().parse_args(_glue_negative_values(argv, _VALUE_OPTIONS))
     base = _load_model_config(args.base)
     members = family(_parse_phis(args.phi), base=base, alpha=args.alpha, beta=args.beta, gamma=args.gamma,
                      stage_ratio=parse_stage_ratio(args.stage_ratio) if args.stage_ratio else None,

@@ -9,9 +9,25 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from ._compound import (
+    PAPER_COEFFICIENTS,
+    CompoundCoefficients,
+    FamilyMember,
+    family,
+    nominal_cost_ratio,
+    parse_stage_ratio,
+    round_depth,
+    round_resolution,
+    round_width,
+    scale,
+    with_stage_ratio,
+)
 from ._config import CMTConfig
 from ._cost import Cost, estimate_cost
 from ._presets import PAPER_TABLE, PRESETS, PaperFigures, get_preset
+from ._reproduction import ReproductionRow, reproduce_presets
+from ._solver import Solution, solve
+from ._units import format_count, parse_count, parse_latency_ms
 from ._timm_hook import register_with_timm
 
 # Public names that need torch (and timm), by the module that defines them: loaded on first access.
@@ -31,12 +47,30 @@ _LAZY = {
 
 __all__ = [
     "CMTConfig",
+    "CompoundCoefficients",
     "Cost",
+    "FamilyMember",
+    "PAPER_COEFFICIENTS",
     "PAPER_TABLE",
     "PRESETS",
     "PaperFigures",
+    "ReproductionRow",
+    "Solution",
     "estimate_cost",
+    "family",
+    "format_count",
     "get_preset",
+    "nominal_cost_ratio",
+    "parse_count",
+    "parse_latency_ms",
+    "parse_stage_ratio",
+    "reproduce_presets",
+    "round_depth",
+    "round_resolution",
+    "round_width",
+    "scale",
+    "solve",
+    "with_stage_ratio",
     *_LAZY,
 ]
 

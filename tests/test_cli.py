@@ -1,0 +1,100 @@
+"""The cmt-scale command line, run as a user runs it: a subprocess, its exit code, its output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from scaling import CMTConfig, build_cmt, estimate_cost
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cmt_scale.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_main_job_prints_the_member_and_nearest_presets() -> None:
+    result = run("--target-flops", "4G")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for field in ("phi", "resolution", "stem", "dims", "depths", "heads", "sr ratios", "mlp ratios", "params",
+                  "MACs (FLOPs)", "error vs target", "cmt_s", "multiply-adds"):
+        assert field in out
+    assert "Traceback" not in result.stderr
+
+
+def test_json_output_matches_the_analytic_cost() -> None:
+    result = run("--target-flops", "1.5G", "--json")
+    data = json.loads(result.stdout)
+    cfg = CMTConfig.from_dict(data["config"])
+    assert data["macs"] == estimate_cost(cfg).macs and abs(data["error"]) <= 0.02
+
+
+def test_verify_prints_the_fvcore_count() -> None:
+    result = run("--target-flops", "0.6G", "--verify")
+    assert result.returncode == 0 and "fvcore check" in result.stdout and "+0.000% vs analytic" in result.stdout
+
+
+def test_save_round_trips_and_builds_the_same_model(tmp_path) -> None:
+    path = tmp_path / "member.json"
+    result = run("--target-params", "10M", "--save", str(path), "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    cfg = CMTConfig.from_json(path)
+    assert cfg.to_dict() == data["config"]
+    model = build_cmt(cfg)
+    assert sum(p.numel() for p in model.parameters()) == data["params"]
+    timm = pytest.importorskip("timm")
+    same = timm.create_model("cmt_custom", config=str(path))
+    assert sum(p.numel() for p in same.parameters()) == data["params"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--target-flops", "0"], "target_flops='0' is not allowed; allowed: a positive finite number"),
+        (["--target-flops", "-4G"], "target_flops='-4G' is not a count; allowed"),
+        (["--target-flops", "lots"], "target_flops='lots' is not a count; allowed"),
+        (["--target-params", "25Q"], "target_params='25Q' is not a count"),
+        (["--target-flops", "4G", "--base", "cmt_l"], "unknown preset 'cmt_l'; allowed: cmt_ti, cmt_xs, cmt_s, cmt_b"),
+        (["--target-flops", "4G", "--target-params", "25M"], "give exactly one of --target-flops"),
+        ([], "give exactly one of --target-flops"),
+        (["--target-flops", "900G"], "is out of reach of the cmt_s family"),
+        (["--target-flops", "4G", "--stage-ratio", "3:3"], "stage_ratio=(3, 3) has 2 entries"),
+        (["--target-flops", "4G", "--resolution", "100"], "resolution=100 is not allowed"),
+        (["--target-flops", "4G", "--alpha", "abc"], "argument --alpha: invalid float value: 'abc'"),
+        (["profile", "cmt_zz"], "unknown model 'cmt_zz'"),
+        (["family", "--phi", "2:1:0.5"], "--phi='2:1:0.5' is not allowed"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_no_traceback(args, message) -> None:
+    result = run(*args)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
+
+
+def test_family_table_and_csv(tmp_path) -> None:
+    path = tmp_path / "family.csv"
+    result = run("family", "--phi", "-2:2:0.5", "--csv", str(path))
+    assert result.returncode == 0, result.stderr
+    rows = path.read_text().strip().splitlines()
+    assert rows[0].startswith("phi,resolution,stem,dims,depths,params,macs")
+    assert len(rows) == 1 + 9
+    macs = [int(r.split(",")[6]) for r in rows[1:]]
+    assert macs == sorted(macs)
+
+
+def test_profile_and_presets() -> None:
+    result = run("profile", "cmt_ti")
+    assert result.returncode == 0 and "stage2" in result.stdout and "unsupported ops (not counted): none" in result.stdout
+    presets = run("presets")
+    assert presets.returncode == 0 and "25.14M" in presets.stdout and "26.26M" in presets.stdout
+
+
+def test_help_has_examples() -> None:
+    result = run("--help")
+    assert result.returncode == 0 and "cmt-scale --target-flops 4G" in result.stdout and "multiply-adds" in result.stdout
