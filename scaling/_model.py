@@ -131,8 +131,8 @@ class LightweightAttention(nn.Module):
 class InvertedResidualFFN(nn.Module):
     """IRFFN: 1x1 expand + GELU + BN, 3x3 depthwise conv with a residual + GELU + BN, 1x1 project + BN.
 
-    The 1x1 convs are `nn.Linear` on the NHWC tokens: the same weights (a reshape apart, which
-    `checkpoint_filter_fn` does) and the same count, without a layout change.
+    The 1x1 convs are `PointwiseLinear` layers on the NHWC tokens: the official 1x1 conv weights a reshape
+    apart (which `checkpoint_filter_fn` does), the same count, no layout change.
     """
 
     def __init__(self, dim: int, hidden: int) -> None:
