@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import io
 import json
 import sys
@@ -120,18 +121,28 @@ def _load_model_config(name_or_path: str) -> CMTConfig:
     raise ValueError(f"unknown model {name_or_path!r}; allowed: {', '.join(PRESETS)} or a JSON config file")
 
 
+_MAX_PHIS = 10_000
+
+
 def _parse_phis(spec: str) -> list[float]:
+    """``START:STOP:STEP`` (STOP included when the steps land on it) or ``0,0.5,1``; finite, at most 10,000."""
+    message = f"--phi={spec!r} is not allowed; allowed: START:STOP:STEP with STEP > 0 (at most {_MAX_PHIS:,} values), " \
+              "or a list like 0,0.5,1"
     try:
         if ":" in spec:
             start, stop, step = (float(x) for x in spec.split(":"))
-            if step <= 0 or stop < start:
+            if not all(math.isfinite(v) for v in (start, stop, step)) or step <= 0 or stop < start:
                 raise ValueError
-            count = int(round((stop - start) / step)) + 1
+            count = math.floor((stop - start) / step + 1e-9) + 1
+            if count > _MAX_PHIS:
+                raise ValueError
             return [round(start + i * step, 6) for i in range(count)]
-        return [float(x) for x in spec.split(",")]
+        values = [float(x) for x in spec.split(",")]
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError
+        return values
     except ValueError:
-        raise ValueError(f"--phi={spec!r} is not allowed; allowed: START:STOP:STEP with STEP > 0, or a list 0,0.5,1")
-    # unreachable
+        raise ValueError(message) from None
 
 
 def _arch_rows(cfg: CMTConfig) -> dict[str, str]:
@@ -147,8 +158,6 @@ def _arch_rows(cfg: CMTConfig) -> dict[str, str]:
 
 
 def _nearest_presets(macs: float, count: int = 2) -> list[str]:
-    import math
-
     return sorted(PRESETS, key=lambda n: abs(math.log(estimate_cost(PRESETS[n]).macs / macs)))[:count]
 
 
@@ -192,6 +201,10 @@ def _verify(cfg: CMTConfig) -> dict[str, Any]:
 def run_solve(argv: Sequence[str], console: Console) -> int:
     args = _main_parser().parse_args(_glue_negative_values(argv, _VALUE_OPTIONS))
     targets = [t for t in (args.target_flops, args.target_params, args.target_latency) if t is not None]
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size={args.batch_size} is not allowed; allowed: an integer >= 1")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads={args.threads} is not allowed; allowed: an integer >= 1")
     if len(targets) != 1:
         raise ValueError("give exactly one of --target-flops, --target-params, --target-latency "
                          f"(got {len(targets) or 'none'}); e.g. cmt-scale --target-flops 4G")
@@ -318,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv and argv[0] in commands:
             return commands[argv[0]](argv[1:], console)
         return run_solve(argv, console)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError, OverflowError) as err:
         prog = f"cmt-scale {argv[0]}" if argv and argv[0] in commands else "cmt-scale"
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2

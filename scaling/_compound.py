@@ -37,11 +37,13 @@ __all__ = [
     "round_depth",
     "round_resolution",
     "round_width",
+    "resolution_step",
     "scale",
     "with_stage_ratio",
 ]
 
 RESOLUTION_STEP = 32
+PHI_LIMIT = 20
 WIDTH_DIVISOR = 8
 CONSTRAINT_TARGET = 2.5
 
@@ -57,8 +59,8 @@ class CompoundCoefficients:
     def __post_init__(self) -> None:
         for name in ("alpha", "beta", "gamma"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 1:
-                raise ValueError(f"{name}={value!r} is not allowed; allowed: a number >= 1")
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 1 <= value <= 10:
+                raise ValueError(f"{name}={value!r} is not allowed; allowed: a number in [1, 10]")
 
     @property
     def cost_multiplier(self) -> float:
@@ -69,10 +71,18 @@ class CompoundCoefficients:
 PAPER_COEFFICIENTS = CompoundCoefficients()
 
 
-def round_resolution(value: float) -> int:
-    """To the nearest multiple of 32, at least 32: every stage grid then divides the default K/V reductions
-    (8, 4, 2, 1), and 32 is the total stride of four stages."""
-    return max(RESOLUTION_STEP, RESOLUTION_STEP * round(value / RESOLUTION_STEP))
+def resolution_step(cfg: CMTConfig) -> int:
+    """The smallest resolution step that keeps ``cfg`` valid: every stage grid divisible by its K/V reduction.
+
+    32 for the paper's four stages with reductions 8-4-2-1 (the total stride); 64 for five stages.
+    """
+    return math.lcm(cfg.total_stride, *(2 ** (i + 2) * sr for i, sr in enumerate(cfg.sr_ratios)))
+
+
+def round_resolution(value: float, step: int = RESOLUTION_STEP) -> int:
+    """To the nearest multiple of ``step`` (32 for the paper's members, see `resolution_step`), at least one
+    step: every stage grid then divides the K/V reductions (8, 4, 2, 1), and 32 is four stages' total stride."""
+    return max(step, step * round(value / step))
 
 
 def round_width(value: float, num_heads: int) -> int:
@@ -166,10 +176,13 @@ def scale(
         >>> member.img_size, member.embed_dims, member.depths
         (256, (80, 168, 336, 664), (4, 4, 19, 4))
     """
-    if not isinstance(phi, (int, float)) or isinstance(phi, bool) or not math.isfinite(phi):
-        raise ValueError(f"phi={phi!r} is not allowed; allowed: a finite number")
+    if not isinstance(phi, (int, float)) or isinstance(phi, bool) or not -PHI_LIMIT <= phi <= PHI_LIMIT:
+        raise ValueError(f"phi={phi!r} is not allowed; allowed: a number in [-{PHI_LIMIT}, {PHI_LIMIT}]")
     coeffs = CompoundCoefficients(alpha, beta, gamma)
     cfg = _resolve_base(base)
+    if phi == 0:  # the base itself (its own widths need not be on the rounding grid: CMT-Ti's 46)
+        cfg = cfg if resolution is None else cfg.replace(img_size=int(resolution))
+        return cfg if stage_ratio is None else with_stage_ratio(cfg, stage_ratio)
     depth_mult, width_mult = coeffs.alpha**phi, coeffs.beta**phi
     if stage_ratio is not None:
         depths = split_depth(round_depth(cfg.total_depth * depth_mult), parse_stage_ratio(stage_ratio))
@@ -177,7 +190,8 @@ def scale(
             raise ValueError(f"stage_ratio={stage_ratio!r} has {len(depths)} entries; allowed: {cfg.num_stages}")
     else:
         depths = tuple(round_depth(d * depth_mult) for d in cfg.depths)
-    img_size = round_resolution(cfg.img_size * coeffs.gamma**phi) if resolution is None else int(resolution)
+    step = resolution_step(cfg)
+    img_size = round_resolution(cfg.img_size * coeffs.gamma**phi, step) if resolution is None else int(resolution)
     return cfg.replace(
         img_size=img_size,
         stem_channels=round_width(cfg.stem_channels * width_mult, 1),
@@ -213,7 +227,7 @@ def family(
     base_macs = estimate_cost(base_cfg).macs
     members = []
     for phi in phis:
-        cfg = scale(base_cfg, phi, alpha, beta, gamma, stage_ratio, resolution)
+        cfg = scale(base_cfg, phi, alpha, beta, gamma, stage_ratio, resolution)  # raises naming what is invalid
         cost = estimate_cost(cfg)
         members.append(
             FamilyMember(phi, cfg, cost.macs, cost.params, cost.macs / base_macs, nominal_cost_ratio(phi, coeffs))

@@ -136,10 +136,11 @@ class CMTConfig:
                     f"allowed: a multiple of {heads}"
                 )
             _require(
-                _is_number(ratio) and ratio > 0 and int(dim * ratio) >= 1,
+                _is_number(ratio) and ratio > 0 and math.isfinite(dim * ratio) and dim * ratio < 2**31
+                and int(dim * ratio) >= 1,
                 f"mlp_ratios[{i}]",
                 ratio,
-                f"a number > 0 with int(embed_dims[{i}] * ratio) >= 1",
+                f"a number > 0 with 1 <= int(embed_dims[{i}] * ratio) < 2**31",
             )
             grid = self.grid_size(i)
             if sr < 1 or grid % sr:

@@ -267,13 +267,13 @@ class CMT(nn.Module):
 
     def __init__(self, config: CMTConfig | Mapping[str, Any] | str | None = None, **overrides: Any) -> None:
         super().__init__()
-        overrides.pop("global_pool", None)  # timm passes it; only average pooling exists here
+        global_pool = overrides.pop("global_pool", "avg")
         cfg = _resolve_config(config, overrides)
         self.cfg = cfg
         self.num_classes = cfg.num_classes
         self.num_features = self.head_hidden_size = cfg.fc_dim
         self.drop_rate = cfg.drop_rate
-        self.global_pool = "avg"
+        self.global_pool = _check_pool(global_pool, cfg.num_classes)
         self.grad_checkpointing = False
 
         c = cfg.stem_channels
@@ -327,10 +327,7 @@ class CMT(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool not in (None, "avg", ""):
-            raise ValueError(f"global_pool={global_pool!r} is not allowed; allowed: 'avg' or '' (no pooling)")
-        if global_pool is not None:
-            self.global_pool = global_pool
+        self.global_pool = _check_pool(self.global_pool if global_pool is None else global_pool, num_classes)
         self.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.cfg = self.cfg.replace(num_classes=num_classes)
@@ -402,6 +399,15 @@ class CMT(nn.Module):
             self.head_fc, self.head_norm, self.head_act = nn.Identity(), nn.Identity(), nn.Identity()
             self.reset_classifier(0, "")
         return take_indices
+
+
+def _check_pool(global_pool: str, num_classes: int) -> str:
+    """'avg' or '' (no pooling: forward_head returns the map); a classifier needs pooled features."""
+    if global_pool not in ("avg", ""):
+        raise ValueError(f"global_pool={global_pool!r} is not allowed; allowed: 'avg' or '' (no pooling)")
+    if global_pool == "" and num_classes > 0:
+        raise ValueError("global_pool='' (no pooling) needs num_classes=0; a classifier takes pooled features")
+    return global_pool
 
 
 def _init_weights(module: nn.Module) -> None:

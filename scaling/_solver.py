@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from ._compound import (
-    RESOLUTION_STEP,
+    PHI_LIMIT,
     WIDTH_DIVISOR,
     CompoundCoefficients,
     nominal_cost_ratio,
+    parse_stage_ratio,
+    resolution_step,
     scale,
 )
 from ._config import CMTConfig
@@ -85,14 +87,15 @@ class Solution:
 
 
 def _phi_grid(lo: float, hi: float) -> list[float]:
-    steps = int(round((hi - lo) / _PHI_STEP))
+    steps = int(math.floor((hi - lo) / _PHI_STEP + 1e-9))
     return [round(lo + i * _PHI_STEP, 4) for i in range(steps + 1)]
 
 
 def _neighbourhood(cfg: CMTConfig, pin_resolution: bool) -> list[tuple[CMTConfig, tuple[str, ...]]]:
     """The rule member's rounding neighbours: depth +-1 per stage, widths +- one step, resolution +-32."""
     steps = [math.lcm(WIDTH_DIVISOR, h) for h in cfg.num_heads]
-    res_moves = (0,) if pin_resolution else (0, -RESOLUTION_STEP, RESOLUTION_STEP)
+    step = resolution_step(cfg)
+    res_moves = (0,) if pin_resolution else (0, -step, step)
     out = []
     for depth_moves in itertools.product((0, -1, 1), repeat=cfg.num_stages):
         depths = tuple(d + m for d, m in zip(cfg.depths, depth_moves))
@@ -104,7 +107,7 @@ def _neighbourhood(cfg: CMTConfig, pin_resolution: bool) -> list[tuple[CMTConfig
                 continue
             for res_move in res_moves:
                 size = cfg.img_size + res_move
-                if size < RESOLUTION_STEP:
+                if size < step:
                     continue
                 notes = tuple(f"stage {i} depth {m:+d}" for i, m in enumerate(depth_moves) if m)
                 notes += (f"widths {width_move:+d} step",) if width_move else ()
@@ -170,12 +173,24 @@ def solve(
     base_cfg = get_preset(base) if isinstance(base, str) else base
     if resolution is not None:
         resolution = _check_resolution(resolution, base_cfg)
+    if stage_ratio is not None and len(parse_stage_ratio(stage_ratio)) != base_cfg.num_stages:
+        raise ValueError(f"stage_ratio={stage_ratio!r} has {len(parse_stage_ratio(stage_ratio))} entries; allowed: "
+                         f"{base_cfg.num_stages} (one per stage)")
     lo, hi = phi_range
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise ValueError(f"phi_range={phi_range!r} is not allowed; allowed: (low, high) with low < high")
+    if not (-PHI_LIMIT <= lo < hi <= PHI_LIMIT):
+        raise ValueError(f"phi_range={phi_range!r} is not allowed; allowed: (low, high) with "
+                         f"-{PHI_LIMIT} <= low < high <= {PHI_LIMIT}")
     rule = functools.partial(scale, base_cfg, alpha=coeffs.alpha, beta=coeffs.beta, gamma=coeffs.gamma,
                              stage_ratio=stage_ratio, resolution=resolution)
-    members = {phi: rule(phi=phi) for phi in _phi_grid(lo, hi)}
+    members = {}
+    for phi in _phi_grid(lo, hi):
+        try:
+            members[phi] = rule(phi=phi)
+        except ValueError:  # e.g. too few blocks for the stage ratio at this phi: not a member
+            continue
+    if not members:
+        raise ValueError(f"no valid member of the {base if isinstance(base, str) else 'given'} family for phi in "
+                         f"[{lo:g}, {hi:g}] with these settings")
     if kind == "latency":
         return _solve_latency(members, target, base_cfg, coeffs, device, batch_size, threads)
 
@@ -208,9 +223,9 @@ def solve(
 
 
 def _check_resolution(resolution: int, base: CMTConfig) -> int:
-    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < base.total_stride \
-            or resolution % RESOLUTION_STEP:
-        raise ValueError(f"resolution={resolution!r} is not allowed; allowed: a positive multiple of {RESOLUTION_STEP}")
+    step = resolution_step(base)
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < step or resolution % step:
+        raise ValueError(f"resolution={resolution!r} is not allowed; allowed: a positive multiple of {step}")
     return resolution
 
 
@@ -239,6 +254,8 @@ def _solve_latency(members, target, base_cfg, coeffs, device, batch_size, thread
         raise ValueError(f"device={device!r} is not allowed; allowed: 'cpu' or 'cuda'")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} is not allowed; allowed: an integer >= 1")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads={threads!r} is not allowed; allowed: an integer >= 1")
     # Order the distinct members by MACs (latency's best cheap proxy), then bisect with real timings.
     distinct: dict[CMTConfig, float] = {}
     for phi, cfg in members.items():
@@ -251,12 +268,24 @@ def _solve_latency(members, target, base_cfg, coeffs, device, batch_size, thread
             timings[cfg] = _measured_latency_ms(cfg, device, batch_size, threads)
         return timings[cfg]
 
-    lo, hi = 0, len(ordered) - 1
-    if latency(ordered[lo]) > target * 1.02 or latency(ordered[hi]) < target / 1.02:
+    # Gallop up from the cheapest member until one is at least as slow as the target, then bisect: the
+    # expensive end of the family is only timed when the target needs it.
+    if latency(ordered[0]) > target * 1.02:
         raise ValueError(
-            f"target_latency={target:g}ms is out of reach on {device} at batch {batch_size}; allowed: "
-            f"{latency(ordered[lo]):.1f} to {latency(ordered[hi]):.1f} ms"
+            f"target_latency={target:g}ms is out of reach on {device} at batch {batch_size}; allowed: at least "
+            f"{latency(ordered[0]):.1f} ms (the cheapest member)"
         )
+    lo, hi, jump = 0, 1, 1
+    while hi < len(ordered) and latency(ordered[hi]) < target:
+        lo, jump = hi, jump * 2
+        hi = min(len(ordered) - 1, hi + jump) if hi < len(ordered) - 1 else len(ordered)
+    if hi >= len(ordered):
+        if latency(ordered[-1]) < target / 1.02:
+            raise ValueError(
+                f"target_latency={target:g}ms is out of reach on {device} at batch {batch_size}; allowed: "
+                f"{latency(ordered[0]):.1f} to {latency(ordered[-1]):.1f} ms"
+            )
+        hi = len(ordered) - 1
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if latency(ordered[mid]) < target:

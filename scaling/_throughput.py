@@ -77,6 +77,8 @@ def measure_throughput(
                              ("warmup", warmup, 0)):
         if not isinstance(value, int) or value < low:
             raise ValueError(f"{name}={value!r} is not allowed; allowed: an integer >= {low}")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads={threads!r} is not allowed; allowed: an integer >= 1 or None")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' is not available here; allowed: 'cpu'")

@@ -24,7 +24,7 @@ def _cfg(img_size: int, **kwargs: Any) -> dict[str, Any]:
         "url": "",
         "num_classes": 1000,
         "input_size": (3, img_size, img_size),
-        "pool_size": (img_size // 32, img_size // 32),
+        "pool_size": (img_size // 32, img_size // 32),  # four stages: total stride 32
         "crop_pct": 0.875,
         "crop_mode": "center",
         "interpolation": "bicubic",
@@ -48,9 +48,11 @@ default_cfgs = generate_default_cfgs(
 def _create_cmt(variant: str, pretrained: bool, config: CMTConfig | dict | str, **kwargs: Any):
     from ._model import CMT, _resolve_config
 
-    cfg = _resolve_config(config, {})
-    if variant == "cmt_custom":  # the pretrained_cfg follows the member's own resolution
-        overlay = dict(input_size=(cfg.in_chans, cfg.img_size, cfg.img_size), pool_size=(cfg.img_size // 32,) * 2)
+    overrides = {k: kwargs[k] for k in ("img_size", "in_chans") if kwargs.get(k) is not None}
+    cfg = _resolve_config(config, overrides)
+    if variant == "cmt_custom" or overrides:  # the pretrained_cfg follows the model actually built
+        side = cfg.img_size
+        overlay = dict(input_size=(cfg.in_chans, side, side), pool_size=(side // cfg.total_stride,) * 2)
         kwargs["pretrained_cfg_overlay"] = {**overlay, **(kwargs.get("pretrained_cfg_overlay") or {})}
     out_indices = kwargs.pop("out_indices", tuple(range(cfg.num_stages)))
     # timm reads a pretrained file with weights_only=True; the official files also hold an argparse.Namespace.

@@ -67,6 +67,12 @@ def test_save_round_trips_and_builds_the_same_model(tmp_path) -> None:
         (["--target-flops", "4G", "--alpha", "abc"], "argument --alpha: invalid float value: 'abc'"),
         (["profile", "cmt_zz"], "unknown model 'cmt_zz'"),
         (["family", "--phi", "2:1:0.5"], "--phi='2:1:0.5' is not allowed"),
+        (["family", "--phi", "0:inf:1"], "--phi='0:inf:1' is not allowed"),
+        (["family", "--phi", "0:1:1e-12"], "at most 10,000 values"),
+        (["family", "--phi", "800"], "phi=800.0 is not allowed; allowed: a number in [-20, 20]"),
+        (["--target-flops", "4G", "--alpha", "1e200"], "alpha=1e+200 is not allowed"),
+        (["--target-flops", "4G", "--save", "/"], "Is a directory"),
+        (["--target-flops", "4G", "--batch-size", "0"], "--batch-size=0 is not allowed"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_no_traceback(args, message) -> None:

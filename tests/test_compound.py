@@ -28,8 +28,21 @@ def test_paper_constants_multiply_to_2_35_not_2_5() -> None:
     assert nominal_cost_ratio(2.0) == pytest.approx(2.3523**2, rel=1e-4)
 
 
-def test_phi_zero_is_the_base() -> None:
-    assert scale("cmt_s", 0.0) == PRESETS["cmt_s"]
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_phi_zero_is_the_base(name: str) -> None:
+    assert scale(name, 0.0) == PRESETS[name]  # even CMT-Ti, whose width 46 is off the rounding grid
+
+
+def test_five_stage_base_scales_with_its_own_resolution_step() -> None:
+    from scaling import CMTConfig, resolution_step, solve
+
+    five = CMTConfig(img_size=128, stem_channels=16, embed_dims=(16, 32, 64, 128, 256), depths=(1, 1, 2, 1, 1),
+                     num_heads=(1, 2, 4, 8, 8), mlp_ratios=(4,) * 5, sr_ratios=(8, 4, 2, 1, 1))
+    assert resolution_step(five) == 64 and resolution_step(PRESETS["cmt_s"]) == 32
+    member = scale(five, 1.0)
+    assert member.img_size % 64 == 0
+    target = estimate_cost(scale(five, 0.5)).macs
+    assert abs(solve(target_flops=target, base=five).error) <= 0.02
 
 
 def test_rounding_rules() -> None:

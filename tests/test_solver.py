@@ -48,7 +48,7 @@ def test_solution_reports_the_rule_and_its_departures() -> None:
         (dict(target_flops="4G", target_params="25M"), "give exactly one target"),
         (dict(target_flops="4G", base="cmt_l"), "unknown preset 'cmt_l'"),
         (dict(target_flops="4G", resolution=100), "resolution=100 is not allowed; allowed: a positive multiple of 32"),
-        (dict(target_flops="4G", alpha=0.5), "alpha=0.5 is not allowed; allowed: a number >= 1"),
+        (dict(target_flops="4G", alpha=0.5), r"alpha=0.5 is not allowed; allowed: a number in \[1, 10\]"),
         (dict(target_latency_ms="5ms", device="tpu"), "device='tpu' is not allowed"),
     ],
 )

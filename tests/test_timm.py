@@ -114,3 +114,13 @@ def test_import_scaling_is_cheap_and_registers_when_timm_comes_later() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "cmt_s" in out and "cmt_custom" in out
+
+
+def test_global_pool_and_custom_pretrained_cfg_follow_the_model() -> None:
+    features = timm.create_model("cmt_ti", num_classes=0, global_pool="").eval()
+    with torch.no_grad():
+        assert features(torch.randn(1, 3, 160, 160)).shape == (1, 1280, 5, 5)
+    with pytest.raises(ValueError, match="needs num_classes=0"):
+        timm.create_model("cmt_ti", num_classes=10).reset_classifier(10, "")
+    custom = timm.create_model("cmt_custom", config=PRESETS["cmt_ti"], img_size=96, in_chans=1)
+    assert custom.pretrained_cfg["input_size"] == (1, 96, 96) and custom.pretrained_cfg["pool_size"] == (3, 3)

@@ -1,0 +1,298 @@
+"""`train_and_evaluate`: one candidate, one protocol, one `TrialResult` (failures included).
+
+Searches call this with a config (or a built model) and get a result back; it knows nothing of Optuna
+or Ray. A search prunes by raising `TrialPruned` from the per-epoch ``report`` callback. A diverging
+loss, an out-of-memory error or a missing data set end the trial as ``state="failed"`` with the reason,
+never as an exception out of the search.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from scaling import CMTConfig
+
+from ._data import DatasetNotFound, ProxyData, load_dataset
+from ._protocol import ProxyProtocol
+
+__all__ = ["TrialPruned", "TrialResult", "train_and_evaluate"]
+
+
+class TrialPruned(Exception):
+    """Raised by a ``report`` callback to stop a trial early (the search's pruner said so)."""
+
+
+@dataclass
+class TrialResult:
+    """What one training run gave. ``top1`` is per epoch on the validation split (percent)."""
+
+    state: str  # complete | pruned | failed
+    name: str
+    protocol_hash: str
+    seed: int
+    top1: list[float] = field(default_factory=list)
+    best_top1: float = float("nan")
+    final_top1: float = float("nan")
+    test_top1: float | None = None
+    epochs_run: int = 0
+    train_img_per_s: float = float("nan")
+    data_time_share: float = float("nan")
+    wall_s: float = 0.0
+    macs: int | None = None
+    params: int | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _resolve_device(protocol: ProxyProtocol) -> torch.device:
+    if protocol.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if protocol.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' is not available here; allowed: 'cpu' or 'auto'")
+    return torch.device(protocol.device)
+
+
+_PREPARED: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _resized(data: ProxyData, split: str, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split's images resized once to the protocol resolution (uint8, cached): no resize per batch."""
+    key = (id(data), split, resolution)
+    if key not in _PREPARED:
+        images = data.train_images if split == "train" else data.test_images
+        labels = data.train_labels if split == "train" else data.test_labels
+        if images.shape[-1] != resolution or images.shape[-2] != resolution:
+            chunks = [
+                F.interpolate(images[i : i + 4096].float(), size=(resolution, resolution), mode="bilinear",
+                              align_corners=False, antialias=True).round_().clamp_(0, 255).to(torch.uint8)
+                for i in range(0, len(images), 4096)
+            ]
+            images = torch.cat(chunks)
+        _PREPARED[key] = (images, labels)
+    return _PREPARED[key]
+
+
+class _Batches:
+    """Turns uint8 images into normalised 3-channel float batches (with the protocol's augmentation)."""
+
+    def __init__(self, data: ProxyData, protocol: ProxyProtocol, in_chans: int, device: torch.device) -> None:
+        self.protocol, self.device, self.in_chans = protocol, device, in_chans
+        mean = torch.tensor(data.mean).view(1, -1, 1, 1)
+        std = torch.tensor(data.std).view(1, -1, 1, 1)
+        self.mean, self.std = mean.to(device), std.to(device)
+
+    def __call__(self, images: torch.Tensor, augment: bool, gen: torch.Generator | None) -> torch.Tensor:
+        x = images.to(self.device, non_blocking=True).float().div_(255)
+        x = (x - self.mean) / self.std
+        if augment and self.protocol.augment != "none":
+            x = self._augment(x, gen)
+        if x.shape[1] == 1 and self.in_chans == 3:
+            x = x.expand(-1, 3, -1, -1)
+        return x.contiguous(memory_format=torch.channels_last)
+
+    def _augment(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        n, _, h, w = x.shape
+        pad = max(1, h // 8)
+        padded = F.pad(x, (pad, pad, pad, pad))  # zero = the data set's mean after normalisation
+        offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=gen)
+        out = torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets.tolist())])
+        if self.protocol.augment == "crop-flip":
+            flip = torch.rand(n, generator=gen) < 0.5
+            out[flip] = out[flip].flip(-1)
+        return out
+
+
+def _split(data: ProxyData, protocol: ProxyProtocol) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train and validation indices into the training split, from the protocol's seed."""
+    total = len(data.train_labels)
+    if protocol.val_size >= total:
+        raise ValueError(f"val_size={protocol.val_size} is not allowed; allowed: fewer than the {total} training images")
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(protocol.seed))
+    val, rest = order[: protocol.val_size], order[protocol.val_size :]
+    train = rest if protocol.train_size is None else rest[: protocol.train_size]
+    return train, val
+
+
+def _lr_lambda(protocol: ProxyProtocol, steps_per_epoch: int) -> Callable[[int], float]:
+    """Linear warm-up, then cosine down to ``min_lr_ratio`` (per step)."""
+    warmup = int(protocol.warmup_epochs * steps_per_epoch)
+    total = protocol.epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return protocol.min_lr_ratio + (1 - protocol.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _build(model_or_config: nn.Module | CMTConfig, protocol: ProxyProtocol, num_classes: int
+           ) -> tuple[nn.Module, int | None, int | None, str]:
+    """The model at the protocol's resolution and class count, with its cost there (MACs, params)."""
+    if isinstance(model_or_config, CMTConfig):
+        from scaling import build_cmt, estimate_cost
+
+        cfg = model_or_config.replace(img_size=protocol.resolution, num_classes=num_classes)
+        cost = estimate_cost(cfg)
+        return build_cmt(cfg), cost.macs, cost.params, "cmt"
+    if isinstance(model_or_config, nn.Module):
+        return model_or_config, None, None, type(model_or_config).__name__
+    raise ValueError(f"train_and_evaluate takes a CMTConfig or an nn.Module, got {type(model_or_config).__name__}")
+
+
+@torch.inference_mode()
+def _evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batches: _Batches,
+              batch_size: int, autocast: Callable[[], contextlib.AbstractContextManager]) -> float:
+    model.eval()
+    correct = 0
+    for i in range(0, len(labels), batch_size * 2):
+        with autocast():
+            logits = model(batches(images[i : i + batch_size * 2], False, None))
+        correct += int((logits.argmax(-1).cpu() == labels[i : i + batch_size * 2]).sum())
+    return 100.0 * correct / len(labels)
+
+
+def train_and_evaluate(
+    model_or_config: nn.Module | CMTConfig,
+    protocol: ProxyProtocol,
+    report: Callable[[int, float], None] | None = None,
+    progress: bool = True,
+    name: str | None = None,
+) -> TrialResult:
+    """Train ``model_or_config`` under ``protocol`` and score it; never raises for a failed trial.
+
+    A `CMTConfig` is built at the protocol's resolution and class count; an ``nn.Module`` (a baseline from
+    `build_baseline`) is trained as given. ``report(epoch, top1)`` is called after each epoch; raising
+    `TrialPruned` from it ends the trial as ``"pruned"``. The same protocol and seed give the same result on
+    the CPU.
+
+    Example:
+        >>> from proxy import ProxyProtocol, train_and_evaluate
+        >>> from scaling import PRESETS
+        >>> result = train_and_evaluate(PRESETS["cmt_ti"], ProxyProtocol(dataset="digits", resolution=32,
+        ...                             val_size=300, epochs=2))  # doctest: +SKIP
+    """
+    start = time.perf_counter()
+    result = TrialResult(state="failed", name=name or "model", protocol_hash=protocol.protocol_hash,
+                         seed=protocol.seed)
+    previous_threads = torch.get_num_threads()
+    try:
+        if protocol.threads:
+            torch.set_num_threads(protocol.threads)
+        _run(model_or_config, protocol, report, progress, result)
+    except TrialPruned:
+        result.state = "pruned"
+    except _Diverged as err:
+        result.error = str(err)
+    except DatasetNotFound as err:
+        result.error = str(err)
+    except (torch.OutOfMemoryError, MemoryError) as err:
+        result.error = f"out of memory: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+    except RuntimeError as err:
+        if "out of memory" not in str(err).lower() and "can't allocate memory" not in str(err).lower():
+            result.error = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}"
+        else:
+            result.error = f"out of memory: {str(err).splitlines()[0]}"
+    finally:
+        torch.set_num_threads(previous_threads)
+        result.wall_s = time.perf_counter() - start
+    if result.top1:
+        result.best_top1, result.final_top1 = max(result.top1), result.top1[-1]
+    return result
+
+
+def _run(model_or_config, protocol: ProxyProtocol, report, progress: bool, result: TrialResult) -> None:
+    data = load_dataset(protocol.dataset, protocol.data_root, protocol.download, load_size=protocol.resolution)
+    device = _resolve_device(protocol)
+    torch.manual_seed(protocol.seed)  # model initialisation
+    model, macs, params, kind = _build(model_or_config, protocol, data.num_classes)
+    if macs is None:
+        from scaling import count_flops
+
+        profile = count_flops(model, img_size=protocol.resolution)
+        macs, params = profile.macs, profile.params
+    result.macs, result.params = macs, params
+    in_chans = getattr(getattr(model, "cfg", None), "in_chans", 3)
+    model = model.to(device).to(memory_format=torch.channels_last)
+    train_idx, val_idx = _split(data, protocol)
+    train_images, train_labels = _resized(data, "train", protocol.resolution)
+    eval_images, eval_labels = train_images[val_idx], train_labels[val_idx]
+    batches = _Batches(data, protocol, in_chans, device)
+    steps = math.ceil(len(train_idx) / protocol.batch_size)
+    fused = device.type == "cpu" or device.type == "cuda"
+    optimizer = torch.optim.AdamW(model.parameters(), lr=protocol.lr, weight_decay=protocol.weight_decay,
+                                  fused=fused)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(protocol, steps))
+    use_bf16 = protocol.precision == "bf16"
+
+    def autocast() -> contextlib.AbstractContextManager:
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    step_model = torch.compile(model) if protocol.compile else model
+    gen = torch.Generator().manual_seed(protocol.seed + 1)
+    train_time = data_time = 0.0
+    seen = 0
+    bar = _progress_bar(protocol.epochs * steps, progress, result.name)
+    for epoch in range(protocol.epochs):
+        model.train()
+        order = train_idx[torch.randperm(len(train_idx), generator=gen)]
+        for i in range(0, len(order), protocol.batch_size):
+            t0 = time.perf_counter()
+            idx = order[i : i + protocol.batch_size]
+            x = batches(train_images[idx], True, gen)
+            y = train_labels[idx].to(device)
+            t1 = time.perf_counter()
+            with autocast():
+                loss = F.cross_entropy(step_model(x), y, label_smoothing=protocol.label_smoothing)
+            if not torch.isfinite(loss):
+                raise _Diverged(f"diverged: loss is {loss.item()} at epoch {epoch} step {i // protocol.batch_size}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            t2 = time.perf_counter()
+            data_time += t1 - t0
+            train_time += t2 - t0
+            seen += len(idx)
+            if bar is not None:
+                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}", img_s=f"{seen / train_time:.0f}")
+                bar.update(1)
+        top1 = _evaluate(model, eval_images, eval_labels, batches, protocol.batch_size, autocast)
+        result.top1.append(top1)
+        result.epochs_run = epoch + 1
+        result.train_img_per_s = seen / train_time
+        result.data_time_share = data_time / train_time
+        if bar is not None:
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}", top1=f"{top1:.1f}", img_s=f"{seen / train_time:.0f}")
+        if report is not None:
+            report(epoch, top1)
+    if bar is not None:
+        bar.close()
+    if protocol.eval_test:
+        test_images, test_labels = _resized(data, "test", protocol.resolution)
+        result.test_top1 = _evaluate(model, test_images, test_labels, batches, protocol.batch_size, autocast)
+    result.state = "complete"
+
+
+class _Diverged(RuntimeError):
+    pass
+
+
+def _progress_bar(total: int, enabled: bool, name: str):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=name, unit="step", leave=False)
