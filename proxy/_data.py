@@ -61,13 +61,15 @@ def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float
 def _make(name: str, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
           num_classes: int) -> ProxyData:
     def images(a: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(a))
+        t = torch.from_numpy(np.array(a, copy=True))  # idx buffers are read-only; torch wants writable memory
         return t.unsqueeze(1) if t.ndim == 3 else t.permute(0, 3, 1, 2).contiguous()  # NHW -> N1HW, NHWC -> NCHW
 
     train_images = images(train_x)
     mean, std = _channel_stats(train_images)
-    return ProxyData(name, train_images, torch.as_tensor(train_y, dtype=torch.int64), images(test_x),
-                     torch.as_tensor(test_y, dtype=torch.int64), num_classes, mean, std)
+    def labels(a: np.ndarray) -> torch.Tensor:
+        return torch.tensor(np.asarray(a), dtype=torch.int64)  # a copy: idx buffers are read-only
+
+    return ProxyData(name, train_images, labels(train_y), images(test_x), labels(test_y), num_classes, mean, std)
 
 
 def _read_idx(path: Path) -> np.ndarray:

@@ -110,13 +110,21 @@ class LightweightAttention(nn.Module):
             self.sr = None
             self.sr_norm = None
 
+    def _reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """The K/V reduction conv, kept in fp32 under autocast: oneDNN's bf16 backward for strided depthwise
+        convs is 10-20x slower than its fp32 one (measured, benchmarks/RESULTS.md); the op itself is tiny."""
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            with torch.autocast("cpu", enabled=False):
+                return self.sr(x.float())
+        return self.sr(x)
+
     def forward(self, x: torch.Tensor, pos_bias: torch.Tensor) -> torch.Tensor:
         batch, height, width, dim = x.shape
         heads, head_dim = self.num_heads, self.head_dim
         q = self.q(x).reshape(batch, height * width, heads, head_dim).transpose(1, 2)
         kv_in = x
         if self.sr is not None:
-            kv_in = _to_nhwc(self.sr_norm(self.sr(_to_nchw(x))))
+            kv_in = _to_nhwc(self.sr_norm(self._reduce(_to_nchw(x))))
         k = self.k(kv_in).reshape(batch, -1, heads, head_dim).transpose(1, 2)
         v = self.v(kv_in).reshape(batch, -1, heads, head_dim).transpose(1, 2)
         if self.fused_attn:
