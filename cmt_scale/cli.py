@@ -14,6 +14,7 @@ import math
 import io
 import json
 import sys
+from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 from rich.console import Console
@@ -40,6 +41,8 @@ examples:
   cmt-scale family --phi -2:2:0.5 [--csv family.csv]
   cmt-scale profile cmt_s                       fvcore count by module and operator
   cmt-scale presets
+  cmt-scale search --space cmt_compound --dataset fashion-mnist --trials 40 --out runs/cmt
+  cmt-scale baselines --dataset fashion-mnist --out runs/baselines
 """
 
 
@@ -97,6 +100,124 @@ def _profile_parser() -> argparse.ArgumentParser:
     parser.add_argument("--img-size", type=int, help="count at this resolution (default: the config's)")
     parser.add_argument("--json", action="store_true", help="print the profile as JSON")
     return parser
+
+
+def _protocol_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("proxy protocol (defaults: proxy.DEFAULT_PROTOCOL)")
+    group.add_argument("--dataset", help="fashion-mnist, cifar10, cifar100, digits or imagefolder:PATH")
+    group.add_argument("--data-root", help="where the data set's files are")
+    group.add_argument("--protocol", metavar="JSON", help="a ProxyProtocol as a JSON file; flags below override it")
+    for flag, kind, text in (("--epochs", int, "training epochs"), ("--train-size", int, "training images"),
+                             ("--val-size", int, "validation images held out from train"),
+                             ("--resolution", int, "input size"), ("--batch-size", int, "batch size"),
+                             ("--seed", int, "seed"), ("--threads", int, "torch threads per trial"),
+                             ("--lr", float, "peak learning rate")):
+        group.add_argument(flag, type=kind, help=text)
+    group.add_argument("--precision", choices=("fp32", "bf16"))
+    group.add_argument("--device", choices=("auto", "cpu", "cuda"))
+
+
+def _protocol_from(args: argparse.Namespace):
+    from proxy import DEFAULT_PROTOCOL, ProxyProtocol
+
+    protocol = DEFAULT_PROTOCOL
+    if args.protocol:
+        with open(args.protocol, encoding="utf-8") as handle:
+            protocol = ProxyProtocol.from_dict(json.load(handle))
+    changes = {name: getattr(args, name) for name in ("dataset", "data_root", "epochs", "train_size", "val_size",
+                                                       "resolution", "batch_size", "seed", "threads", "lr",
+                                                       "precision", "device") if getattr(args, name) is not None}
+    return protocol.replace(**changes) if changes else protocol
+
+
+def _search_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="cmt-scale search", description="Search a space with the proxy protocol (resumable).",
+                     epilog="example: cmt-scale search --space search_spaces/cmt_compound.yaml --dataset fashion-mnist "
+                            "--trials 40 --out runs/cmt")
+    parser.add_argument("--space", required=True, help="a space YAML file or a shipped one: cmt_compound, cmt_free, "
+                        "deit, efficientnet")
+    parser.add_argument("--trials", type=int, default=20, help="finished trials wanted (default 20)")
+    parser.add_argument("--backend", choices=("optuna", "ray"), default="optuna")
+    parser.add_argument("--mode", choices=("pareto", "budget"), default="pareto",
+                        help="pareto: maximise top-1 and minimise MACs; budget: top-1 under the budget, with pruning")
+    parser.add_argument("--study", help="study name (default: the run folder's name)")
+    parser.add_argument("--storage", help="Optuna storage URL (default sqlite:///OUT/study.db)")
+    parser.add_argument("--out", help="run folder (default runs/<space name>)")
+    parser.add_argument("--address", help="Ray cluster to join: auto, host:port or ray://host:port")
+    parser.add_argument("--cpus-per-trial", type=int, default=1, help="Ray: CPUs (and torch threads) per trial")
+    parser.add_argument("--num-cpus", type=int, help="Ray: CPUs of a local cluster (default: all)")
+    parser.add_argument("--search-seed", type=int, default=0, help="the sampler's seed")
+    _protocol_args(parser)
+    return parser
+
+
+def _baselines_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="cmt-scale baselines", description="Train the baseline families under the protocol.")
+    parser.add_argument("--families", default="deit,efficientnet", help="comma list (default deit,efficientnet)")
+    parser.add_argument("--out", default="runs/baselines", help="run folder (default runs/baselines)")
+    _protocol_args(parser)
+    return parser
+
+
+def _trial_printer(console: Console, total: int | None) -> Any:
+    from search import pareto_mask
+
+    seen: list[dict[str, Any]] = []
+
+    def on_trial(row: dict[str, Any]) -> None:
+        seen.append(row)
+        done = [r for r in seen if r["state"] == "complete" and r["top1_final"] is not None]
+        front = sum(pareto_mask([(float(r["macs"]), float(r["top1_final"])) for r in done]))
+        counts = {s: sum(r["state"] == s for r in seen) for s in ("complete", "pruned", "failed", "infeasible")}
+        top1 = f"{row['top1_final']:.2f}%" if row["top1_final"] is not None else "-"
+        macs = format_count(row["macs"]) if row["macs"] else "-"
+        of = f"/{total}" if total else ""
+        console.print(f"[{len(seen)}{of}] {row['state']:10s} {row['name']:30s} top-1 {top1:>7s}  MACs {macs:>8s}  "
+                      f"{row['wall_s']:.0f}s | " + " ".join(f"{k} {v}" for k, v in counts.items()) + f" | front {front}")
+
+    return on_trial
+
+
+def _print_summary(console: Console, summary: Any) -> None:
+    table = Table(title=f"Pareto front (top-1 vs MACs) of {summary.run_dir}", title_justify="left")
+    for col in ("trial", "name", "MACs", "params", "top-1 %"):
+        table.add_column(col, justify="left" if col in ("trial", "name") else "right")
+    for row in summary.front:
+        table.add_row(str(row["trial_id"]), row["name"], format_count(row["macs"]), format_count(row["params"]),
+                      f"{row['top1_final']:.2f}")
+    console.print(table)
+    console.print(f"trials: {summary.counts()} | wall {summary.wall_s:.0f}s | results: "
+                  f"{summary.run_dir / 'results.parquet'} and results.csv")
+
+
+def run_search_command(argv: Sequence[str], console: Console) -> int:
+    args = _search_parser().parse_args(argv)
+    from search import run_search
+    from search_spaces import load_space
+
+    space = load_space(args.space)
+    protocol = _protocol_from(args)
+    out = args.out or f"runs/{Path(args.space).stem}"
+    console.print(f"search {space.family} ({space.source}) on {protocol.dataset}, {args.trials} trials, backend "
+                  f"{args.backend}, protocol {protocol.protocol_hash} -> {out}")
+    summary = run_search(space, protocol, args.trials, out, backend=args.backend, study=args.study,
+                         storage=args.storage, mode=args.mode, address=args.address,
+                         cpus_per_trial=args.cpus_per_trial, num_cpus=args.num_cpus, seed=args.search_seed,
+                         command=["cmt-scale", "search", *argv], on_trial=_trial_printer(console, args.trials))
+    _print_summary(console, summary)
+    return 0
+
+
+def run_baselines_command(argv: Sequence[str], console: Console) -> int:
+    args = _baselines_parser().parse_args(argv)
+    from search import run_baselines
+
+    protocol = _protocol_from(args)
+    families = [f.strip() for f in args.families.split(",") if f.strip()]
+    summary = run_baselines(protocol, args.out, families, command=["cmt-scale", "baselines", *argv],
+                            on_trial=_trial_printer(console, None))
+    _print_summary(console, summary)
+    return 0
 
 
 def _presets_parser() -> argparse.ArgumentParser:
@@ -326,7 +447,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Piped output gets a wide console so tables are not truncated to 80 columns.
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
-    commands = {"family": run_family, "profile": run_profile, "presets": run_presets}
+    commands = {"family": run_family, "profile": run_profile, "presets": run_presets, "search": run_search_command,
+                "baselines": run_baselines_command}
     try:
         if argv and argv[0] in commands:
             return commands[argv[0]](argv[1:], console)

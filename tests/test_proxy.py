@@ -81,8 +81,8 @@ def test_baselines_build_and_train_one_step_at_the_protocol_resolution(name: str
     loss.backward()
     assert math.isfinite(loss.item())
     if name.startswith("deit"):
-        assert model.patch_embed.patch_size == (deit_patch_size(32),) * 2 == (4, 4)
-        assert model.patch_embed.grid_size == (8, 8)
+        assert model.patch_embed.patch_size == (deit_patch_size(32),) * 2 == (8, 8)
+        assert model.patch_embed.grid_size == (4, 4)
 
 
 def test_a_baseline_trains_under_the_protocol() -> None:

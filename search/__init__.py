@@ -1,0 +1,12 @@
+"""The search driver: Optuna (embedded, SQLite) or Ray Tune (distributed) over a declarative space.
+
+A top-level package of its own because it is the only place that knows Optuna and Ray Tune: it proposes
+candidates from a `search_spaces` file, rejects those over budget with the analytic cost model, has
+`proxy` train the rest, and writes one results table whichever backend ran.
+"""
+
+from ._driver import BACKENDS, SearchSummary, run_baselines, run_search
+from ._results import RESULT_COLUMNS, STATES, pareto_mask, read_rows, write_results
+
+__all__ = ["BACKENDS", "RESULT_COLUMNS", "STATES", "SearchSummary", "pareto_mask", "read_rows", "run_baselines",
+           "run_search", "write_results"]

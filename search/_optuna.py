@@ -1,0 +1,158 @@
+"""The embedded backend: Optuna in this process, its study in a SQLite file under the run folder.
+
+Two modes:
+
+- ``pareto`` (default): two objectives, maximise top-1 and minimise MACs, with Optuna's multi-objective
+  TPE sampler. TPE over NSGA-II because searches here are small (tens of trials): TPE models the good
+  region from the first trials on, while NSGA-II needs several generations of a population before its
+  selection means anything. Optuna cannot prune multi-objective studies, so every feasible trial runs its
+  full protocol.
+- ``budget``: one objective, top-1, under the space's budget (a hard constraint checked before training),
+  with Optuna's successive-halving pruner on the per-epoch validation top-1: multi-fidelity for when
+  the budget, not the front, is the question.
+
+Resuming: the study lives in ``study.db`` (``optuna-dashboard sqlite:///runs/NAME/study.db`` opens it as
+is) and is loaded with ``load_if_exists``. Each trial records its process and host; on start, a trial
+left RUNNING by a process of this host that no longer exists is failed and re-queued with the same
+parameters, and the heartbeat does the same for other hosts
+after its grace period (``RetryHeartbeatStaleTrialCallback``). The search then runs until the requested number of trials has *finished*:
+trials that were killed are neither lost nor counted twice.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+from proxy import ProxyProtocol, TrialPruned
+from search_spaces import SearchSpace
+
+from ._results import write_results, write_row
+from ._trial import run_trial
+
+__all__ = ["run_optuna_search"]
+
+HEARTBEAT_S = 5
+GRACE_S = 30
+
+
+def _retry_callback():
+    """Optuna's re-queue of a stale trial with its parameters (``RetryFailedTrialCallback`` before Optuna 5)."""
+    from optuna import storages
+
+    return storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _requeue_dead_trials(study) -> int:
+    """Fail and re-queue trials that a dead process of this host left RUNNING; return how many."""
+    import optuna
+    host, count = socket.gethostname(), 0
+    retry = _retry_callback()
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        pid, trial_host = trial.user_attrs.get("pid"), trial.user_attrs.get("host")
+        if trial_host == host and pid is not None and not _process_alive(int(pid)):
+            study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+            retry(study, study._storage.get_trial(trial._trial_id))
+            count += 1
+    return count
+
+
+def _finished(study) -> int:
+    """Trials that ended with a recorded row (complete, pruned, infeasible or failed with a reason)."""
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get("row_written"))
+
+
+def _suggest(trial, space: SearchSpace) -> dict[str, Any]:
+    values = {}
+    for param in space.params:
+        if param.type == "categorical":
+            values[param.name] = trial.suggest_categorical(param.name, list(param.choices))
+        elif param.type == "int":
+            values[param.name] = trial.suggest_int(param.name, int(param.low), int(param.high),
+                                                   step=int(param.step or 1), log=param.log)
+        else:
+            values[param.name] = trial.suggest_float(param.name, param.low, param.high, step=param.step, log=param.log)
+    return values
+
+
+def run_optuna_search(
+    space: SearchSpace,
+    protocol: ProxyProtocol,
+    num_classes: int,
+    trials: int,
+    run_dir: Path,
+    study_name: str,
+    storage_url: str | None = None,
+    mode: str = "pareto",
+    seed: int = 0,
+    on_trial: Callable[[dict[str, Any]], None] | None = None,
+) -> None:
+    import optuna
+    from optuna.storages import RDBStorage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    url = storage_url or f"sqlite:///{(run_dir / 'study.db').as_posix()}"
+    storage = RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                         heartbeat_stale_trial_callback=_retry_callback())
+    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+    if mode == "pareto":
+        study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True, sampler=sampler,
+                                    directions=["maximize", "minimize"])
+    else:
+        study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True, sampler=sampler,
+                                    direction="maximize", pruner=optuna.pruners.SuccessiveHalvingPruner())
+    _requeue_dead_trials(study)
+    remaining = trials - _finished(study)
+    if remaining <= 0:
+        write_results(run_dir)
+        return
+
+    def objective(trial):
+        trial.set_user_attr("pid", os.getpid())
+        trial.set_user_attr("host", socket.gethostname())
+        values = _suggest(trial, space)
+        values_all = space.trial_values(values)
+
+        def report(epoch: int, top1: float) -> None:
+            if mode == "budget":
+                trial.report(top1, epoch)
+                if trial.should_prune():
+                    raise TrialPruned()
+
+        row = run_trial(space, values_all, protocol, num_classes, trial_id=str(trial.number), backend="optuna",
+                        study=study_name, report=report)
+        write_row(run_dir, row)
+        write_results(run_dir)
+        trial.set_user_attr("state", row["state"])
+        trial.set_user_attr("row_written", True)
+        if row["error"]:
+            trial.set_user_attr("error", row["error"][:500])
+        if on_trial is not None:
+            on_trial(row)
+        if row["state"] in ("infeasible", "pruned"):
+            raise optuna.TrialPruned(row["error"] or row["state"])
+        if row["state"] == "failed":
+            raise _TrialFailed(row["error"])
+        return (row["top1_final"], row["macs"]) if mode == "pareto" else row["top1_final"]
+
+    # A failed trial is recorded (its row says why) and the search goes on.
+    study.optimize(objective, n_trials=remaining, catch=(_TrialFailed,), gc_after_trial=False)
+    write_results(run_dir)
+
+
+class _TrialFailed(Exception):
+    pass

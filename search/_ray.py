@@ -1,0 +1,127 @@
+"""The distributed backend: the same space and trainable on Ray Tune (OptunaSearch + ASHA).
+
+Local runs start Ray with ``num_cpus`` and ``RAY_AUTH_MODE=disabled`` (no token written under the home
+directory), its session files in a short folder under the system temp dir; ``--address`` joins an
+existing cluster (``auto``, ``host:port`` or ``ray://...``). Each trial gets ``cpus_per_trial`` CPUs and
+as many torch threads. Tune's experiment state lives in ``runs/NAME/ray/`` and ``Tuner.restore`` resumes
+it, with the OptunaSearch searcher's state (its study) restored from the experiment checkpoint, not only
+the trials. ASHA stops weak trials early on the per-epoch validation top-1.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from proxy import ProxyProtocol
+from search_spaces import SearchSpace
+
+from ._results import make_row, read_rows, write_results, write_row
+from ._trial import make_candidate, run_trial
+
+__all__ = ["run_ray_search"]
+
+
+def _trainable(config: dict[str, Any], space: SearchSpace, protocol: ProxyProtocol, num_classes: int,
+               run_dir: str, study_name: str) -> None:
+    import ray
+    from ray import tune
+
+    threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+    protocol = protocol.replace(threads=threads)
+    trial_id = tune.get_context().get_trial_id()
+    macs_holder: dict[str, Any] = {}
+
+    def report(epoch: int, top1: float) -> None:
+        tune.report({"top1": top1, "macs": macs_holder.get("macs", 0), "epoch": epoch + 1})
+
+    candidate = make_candidate(space, space.trial_values(config), protocol, num_classes)
+    macs_holder["macs"] = candidate.macs or 0
+    row = run_trial(space, space.trial_values(config), protocol, num_classes, trial_id=trial_id, backend="ray",
+                    study=study_name, report=report)
+    write_row(run_dir, row)
+    if row["state"] != "complete":  # infeasible or failed: tell the searcher it is a bad point
+        tune.report({"top1": 0.0, "macs": row["macs"] or 0, "epoch": protocol.epochs, "state": row["state"]})
+
+
+def _ray_init(address: str | None, num_cpus: int) -> None:
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=False, include_dashboard=False)
+    else:
+        temp = Path(tempfile.gettempdir()) / f"cmtray{os.getpid()}"  # short: Ray's socket paths have a length limit
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, _temp_dir=str(temp))
+
+
+def run_ray_search(
+    space: SearchSpace,
+    protocol: ProxyProtocol,
+    num_classes: int,
+    trials: int,
+    run_dir: Path,
+    study_name: str,
+    address: str | None = None,
+    cpus_per_trial: int = 1,
+    num_cpus: int | None = None,
+    seed: int = 0,
+) -> None:
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    _ray_init(address, num_cpus or os.cpu_count() or 2)
+    try:
+        trainable = tune.with_resources(
+            tune.with_parameters(_trainable, space=space, protocol=protocol, num_classes=num_classes,
+                                 run_dir=str(run_dir), study_name=study_name),
+            {"cpu": cpus_per_trial},
+        )
+        storage = (run_dir / "ray").resolve()
+        experiment = storage / study_name
+        if tune.Tuner.can_restore(str(experiment)):
+            tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True)
+        else:
+            searcher = OptunaSearch(metric=["top1", "macs"], mode=["max", "min"], seed=seed)
+            scheduler = ASHAScheduler(metric="top1", mode="max", time_attr="epoch", max_t=protocol.epochs,
+                                      grace_period=1, reduction_factor=2)
+            tuner = tune.Tuner(
+                trainable,
+                param_space=space.to_ray(),
+                tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=trials),
+                run_config=tune.RunConfig(name=study_name, storage_path=str(storage), verbose=0),
+            )
+        grid = tuner.fit()
+        _rows_for_stopped_trials(grid, space, protocol, num_classes, run_dir, study_name)
+    finally:
+        if not address:
+            ray.shutdown()
+    write_results(run_dir)
+
+
+def _rows_for_stopped_trials(grid, space, protocol, num_classes, run_dir: Path, study_name: str) -> None:
+    """Trials ASHA stopped never wrote their own row: build it from their last reported metrics."""
+    written = {str(r["trial_id"]) for r in read_rows(run_dir) if r.get("backend") == "ray"}
+    for result in grid:
+        trial_id = os.path.basename(str(result.path)).split("_")[1] if result.path else None
+        trial_id = (result.metrics or {}).get("trial_id", trial_id)
+        if trial_id is None or trial_id in written:
+            continue
+        metrics = result.metrics or {}
+        candidate = make_candidate(space, space.trial_values(result.config or {}), protocol, num_classes)
+        import json
+
+        state = "failed" if result.error else "pruned"
+        write_row(run_dir, make_row(
+            trial_id=trial_id, backend="ray", study=study_name, family=candidate.family, name=candidate.name,
+            config=json.dumps(candidate.config, sort_keys=True), macs=candidate.macs, params=candidate.params,
+            top1_final=metrics.get("top1"), top1_best=metrics.get("top1"), epochs_run=metrics.get("epoch"),
+            state=state, error=str(result.error).splitlines()[0] if result.error else "stopped early by ASHA",
+            seed=protocol.seed, protocol_hash=protocol.protocol_hash, dataset=protocol.dataset,
+        ))

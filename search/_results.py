@@ -1,0 +1,112 @@
+"""One results table per run, the same from Optuna, Ray Tune and the baselines.
+
+Every finished trial writes its row as ``runs/NAME/trials/<trial_id>.json`` the moment it ends; the table
+(``results.parquet`` and ``results.csv``) is rebuilt from those files, atomically (write, then rename),
+so a killed search always leaves a valid table of what finished, and the two backends cannot drift
+apart: they share this writer and `make_row`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+__all__ = ["RESULT_COLUMNS", "STATES", "make_row", "pareto_mask", "read_rows", "write_results", "write_row"]
+
+STATES = ("complete", "pruned", "failed", "infeasible")
+
+# column -> pandas dtype; the schema analysis/ validates against.
+RESULT_COLUMNS: dict[str, str] = {
+    "trial_id": "string",
+    "backend": "string",
+    "study": "string",
+    "family": "string",
+    "name": "string",
+    "config": "string",  # JSON: a CMTConfig dict, or {"model": timm name, "patch_size": ...} for baselines
+    "macs": "Int64",
+    "params": "Int64",
+    "latency_ms": "float64",
+    "top1_final": "float64",
+    "top1_best": "float64",
+    "test_top1": "float64",
+    "epochs_run": "Int64",
+    "state": "string",
+    "error": "string",
+    "wall_s": "float64",
+    "train_img_per_s": "float64",
+    "seed": "Int64",
+    "protocol_hash": "string",
+    "dataset": "string",
+}
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def make_row(**values: Any) -> dict[str, Any]:
+    """A row with exactly the schema's columns (missing ones are None); unknown columns are an error."""
+    unknown = set(values) - set(RESULT_COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown result column(s) {sorted(unknown)}; allowed: {list(RESULT_COLUMNS)}")
+    if values.get("state") not in STATES:
+        raise ValueError(f"state={values.get('state')!r} is not allowed; allowed: {', '.join(STATES)}")
+    return {column: _clean(values.get(column)) for column in RESULT_COLUMNS}
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_row(run_dir: str | Path, row: Mapping[str, Any]) -> Path:
+    """Persist one finished trial's row (``trials/<trial_id>.json``)."""
+    folder = Path(run_dir) / "trials"
+    folder.mkdir(parents=True, exist_ok=True)
+    safe_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(row["trial_id"]))
+    path = folder / f"{safe_id}.json"
+    _atomic_write_text(path, json.dumps(dict(row), indent=1))
+    return path
+
+
+def read_rows(run_dir: str | Path) -> list[dict[str, Any]]:
+    folder = Path(run_dir) / "trials"
+    rows = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    return sorted(rows, key=lambda r: (str(r.get("backend")), _natural(str(r.get("trial_id")))))
+
+
+def _natural(text: str) -> tuple:
+    return tuple(int(t) if t.isdigit() else t for t in __import__("re").split(r"(\d+)", text))
+
+
+def write_results(run_dir: str | Path, rows: Iterable[Mapping[str, Any]] | None = None):
+    """Rebuild ``results.parquet`` and ``results.csv`` from ``rows`` (default: the run's trial files)."""
+    import pandas as pd
+
+    run_dir = Path(run_dir)
+    data = list(read_rows(run_dir) if rows is None else rows)
+    frame = pd.DataFrame(data, columns=list(RESULT_COLUMNS)).astype(RESULT_COLUMNS)
+    for name, writer in (("results.parquet", lambda p: frame.to_parquet(p, index=False)),
+                         ("results.csv", lambda p: frame.to_csv(p, index=False))):
+        target = run_dir / name
+        tmp = target.with_name(f".{name}.{os.getpid()}.tmp")
+        writer(tmp)
+        os.replace(tmp, target)
+    return frame
+
+
+def pareto_mask(points: list[tuple[float, float]]) -> list[bool]:
+    """Non-dominated points for (cost to minimise, metric to maximise); ties are all kept."""
+    keep = []
+    for i, (cost, metric) in enumerate(points):
+        dominated = any(
+            (c <= cost and m >= metric) and (c < cost or m > metric) for j, (c, m) in enumerate(points) if j != i
+        )
+        keep.append(not dominated)
+    return keep

@@ -1,0 +1,10 @@
+"""Search spaces as YAML data files plus the code that loads and validates them.
+
+The shipped spaces (``cmt_compound.yaml``, ``cmt_free.yaml``, ``deit.yaml``, ``efficientnet.yaml``) live
+beside this file; `load_space` takes one of their names or any YAML path. One `SearchSpace` becomes
+Optuna distributions (`SearchSpace.to_optuna`) or a Ray Tune ``param_space`` (`SearchSpace.to_ray`).
+"""
+
+from ._space import FAMILIES, Budget, Param, SearchSpace, builtin_space_path, load_space, space_from_dict
+
+__all__ = ["FAMILIES", "Budget", "Param", "SearchSpace", "builtin_space_path", "load_space", "space_from_dict"]

@@ -1,0 +1,251 @@
+"""Search spaces as data: a YAML file, validated, that becomes Optuna distributions or a Ray Tune space.
+
+A space file has:
+
+- ``family``: ``cmt_compound``, ``cmt_free``, ``deit`` or ``efficientnet`` (how sampled values become a model);
+- ``base``: the preset a compound family scales from (``cmt_compound`` only);
+- ``params``: sampled values, each ``{type: float|int, low, high[, step][, log]}`` or
+  ``{type: categorical, choices: [...]}``;
+- ``fixed``: values every trial gets;
+- ``budget``: ``max_macs``, ``max_params``, ``max_latency_ms``, checked before any training.
+
+Files are parsed with ``yaml.safe_load`` (no object tags, nothing executed). Every problem is one
+`ValueError` line naming the file, the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from scaling import get_preset, parse_count, parse_latency_ms
+
+__all__ = ["FAMILIES", "Budget", "Param", "SearchSpace", "load_space", "builtin_space_path"]
+
+FAMILIES = ("cmt_compound", "cmt_free", "deit", "efficientnet")
+_TOP_KEYS = {"family", "base", "params", "fixed", "budget", "description"}
+_PARAM_TYPES = ("float", "int", "categorical")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One sampled value: a numeric range (optionally stepped or log-scaled) or a set of choices."""
+
+    name: str
+    type: str
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+    choices: tuple[Any, ...] = ()
+
+    def to_optuna(self):
+        import optuna.distributions as d
+
+        if self.type == "categorical":
+            return d.CategoricalDistribution(list(self.choices))
+        if self.type == "int":
+            return d.IntDistribution(int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+        return d.FloatDistribution(self.low, self.high, step=self.step, log=self.log)
+
+    def to_ray(self):
+        from ray import tune
+
+        if self.type == "categorical":
+            return tune.choice(list(self.choices))
+        if self.type == "int":
+            step = int(self.step or 1)
+            if self.log:
+                return tune.lograndint(int(self.low), int(self.high) + 1)
+            return tune.qrandint(int(self.low), int(self.high), step) if step > 1 else tune.randint(
+                int(self.low), int(self.high) + 1)
+        if self.log:
+            return tune.qloguniform(self.low, self.high, self.step) if self.step else tune.loguniform(self.low, self.high)
+        return tune.quniform(self.low, self.high, self.step) if self.step else tune.uniform(self.low, self.high)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Hard limits on a candidate's cost at the protocol resolution; ``None`` means no limit."""
+
+    max_macs: float | None = None
+    max_params: float | None = None
+    max_latency_ms: float | None = None
+
+    def violations(self, macs: float, params: float, latency_ms: float | None = None) -> list[str]:
+        """Why a candidate is over budget (empty when it fits)."""
+        out = []
+        if self.max_macs is not None and macs > self.max_macs:
+            out.append(f"MACs {macs / 1e6:.1f}M > max_macs {self.max_macs / 1e6:.1f}M")
+        if self.max_params is not None and params > self.max_params:
+            out.append(f"params {params / 1e6:.2f}M > max_params {self.max_params / 1e6:.2f}M")
+        if self.max_latency_ms is not None and latency_ms is not None and latency_ms > self.max_latency_ms:
+            out.append(f"latency {latency_ms:.2f}ms > max_latency_ms {self.max_latency_ms:.2f}ms")
+        return out
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    family: str
+    params: tuple[Param, ...]
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    budget: Budget = Budget()
+    base: str | None = None
+    source: str = "<dict>"
+
+    def to_optuna(self) -> dict[str, Any]:
+        """``{name: optuna distribution}`` for ``study.ask(...)`` / ``OptunaSearch(space=...)``."""
+        return {p.name: p.to_optuna() for p in self.params}
+
+    def to_ray(self) -> dict[str, Any]:
+        """A Ray Tune ``param_space``: the sampled params as Tune domains, the fixed values as constants."""
+        return {**{p.name: p.to_ray() for p in self.params}, **dict(self.fixed)}
+
+    def trial_values(self, sampled: Mapping[str, Any]) -> dict[str, Any]:
+        """What a trial builds from: the sampled values over the fixed ones."""
+        return {**dict(self.fixed), **dict(sampled)}
+
+
+def builtin_space_path(name: str) -> Path:
+    """The path of a space shipped with the toolkit (``cmt_compound`` -> ``search_spaces/cmt_compound.yaml``)."""
+    return Path(__file__).with_name(f"{name}.yaml")
+
+
+def _fail(source: str, key: str, value: Any, allowed: str) -> ValueError:
+    return ValueError(f"{source}: {key}={value!r} is not allowed; allowed: {allowed}")
+
+
+def _number(source: str, key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _fail(source, key, value, "a finite number")
+    return float(value)
+
+
+def _param(source: str, name: str, spec: Any) -> Param:
+    key = f"params.{name}"
+    if not isinstance(spec, Mapping):
+        raise _fail(source, key, spec, "a mapping like {type: float, low: 0, high: 1} or {type: categorical, choices: [...]}")
+    kind = spec.get("type")
+    if kind not in _PARAM_TYPES:
+        raise _fail(source, f"{key}.type", kind, ", ".join(_PARAM_TYPES))
+    extra = set(spec) - {"type", "low", "high", "step", "log", "choices"}
+    if extra:
+        raise _fail(source, f"{key}.{sorted(extra)[0]}", spec[sorted(extra)[0]], "type, low, high, step, log, choices")
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise _fail(source, f"{key}.choices", choices, "a non-empty list")
+        for i, c in enumerate(choices):
+            if not isinstance(c, (str, int, float, bool)) and c is not None:
+                raise _fail(source, f"{key}.choices[{i}]", c, "strings, numbers, booleans or null")
+        return Param(name, kind, choices=tuple(choices))
+    low, high = _number(source, f"{key}.low", spec.get("low")), _number(source, f"{key}.high", spec.get("high"))
+    if not low <= high:
+        raise _fail(source, f"{key}.high", spec.get("high"), f"a number >= low ({spec.get('low')})")
+    step = spec.get("step")
+    if step is not None and _number(source, f"{key}.step", step) <= 0:
+        raise _fail(source, f"{key}.step", step, "a number > 0")
+    log = spec.get("log", False)
+    if not isinstance(log, bool) or (log and low <= 0):
+        raise _fail(source, f"{key}.log", log, "true or false (true needs low > 0)")
+    if kind == "int" and not all(float(v).is_integer() for v in (low, high, step or 1)):
+        raise _fail(source, key, spec, "integer low, high and step for type int")
+    return Param(name, kind, low, high, None if step is None else float(step), log)
+
+
+def _budget(source: str, spec: Any) -> Budget:
+    if spec is None:
+        return Budget()
+    if not isinstance(spec, Mapping):
+        raise _fail(source, "budget", spec, "a mapping with max_macs, max_params, max_latency_ms")
+    unknown = set(spec) - {"max_macs", "max_params", "max_latency_ms"}
+    if unknown:
+        key = sorted(unknown)[0]
+        raise _fail(source, f"budget.{key}", spec[key], "keys max_macs, max_params, max_latency_ms")
+    try:
+        return Budget(
+            max_macs=None if spec.get("max_macs") is None else parse_count(spec["max_macs"], "budget.max_macs"),
+            max_params=None if spec.get("max_params") is None else parse_count(spec["max_params"], "budget.max_params"),
+            max_latency_ms=None if spec.get("max_latency_ms") is None
+            else parse_latency_ms(spec["max_latency_ms"], "budget.max_latency_ms"),
+        )
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
+
+
+def space_from_dict(data: Any, source: str = "<dict>") -> SearchSpace:
+    """Validate a parsed space (see the module docstring) and return it."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{source}: a search space must be a mapping with family and params, got {type(data).__name__}")
+    unknown = set(data) - _TOP_KEYS
+    if unknown:
+        key = sorted(unknown)[0]
+        raise _fail(source, key, data[key], f"top-level keys {', '.join(sorted(_TOP_KEYS))}")
+    family = data.get("family")
+    if family not in FAMILIES:
+        raise _fail(source, "family", family, ", ".join(FAMILIES))
+    params = data.get("params") or {}
+    if not isinstance(params, Mapping) or not params:
+        raise _fail(source, "params", data.get("params"), "a non-empty mapping of name -> distribution")
+    fixed = data.get("fixed") or {}
+    if not isinstance(fixed, Mapping):
+        raise _fail(source, "fixed", fixed, "a mapping of name -> value")
+    overlap = set(params) & set(fixed)
+    if overlap:
+        key = sorted(overlap)[0]
+        raise _fail(source, f"fixed.{key}", fixed[key], "a name that is not also in params")
+    base = data.get("base")
+    if family == "cmt_compound":
+        try:
+            get_preset(base or "")
+        except ValueError as err:
+            raise ValueError(f"{source}: base={base!r}: {err}") from None
+    elif base is not None:
+        raise _fail(source, "base", base, "no base (only cmt_compound scales from one)")
+    space = SearchSpace(family, tuple(_param(source, str(n), s) for n, s in params.items()), dict(fixed),
+                        _budget(source, data.get("budget")), base, source)
+    _check_family_keys(space)
+    return space
+
+
+_FAMILY_KEYS = {
+    "cmt_compound": {"phi", "alpha", "beta", "gamma", "stage_ratio"},
+    "cmt_free": {"stem_channels", "mlp_ratio", "fc_dim", "sr_ratios"}
+    | {f"{k}_{i}" for k in ("dim", "depth", "heads", "sr", "mlp_ratio") for i in range(8)},
+    "deit": {"model"},
+    "efficientnet": {"model"},
+}
+
+
+def _check_family_keys(space: SearchSpace) -> None:
+    allowed = _FAMILY_KEYS[space.family]
+    for name in [p.name for p in space.params] + list(space.fixed):
+        if name not in allowed:
+            raise _fail(space.source, name, name, f"for family {space.family}: {', '.join(sorted(allowed)[:12])}"
+                        + (" ..." if len(allowed) > 12 else ""))
+    names = {p.name for p in space.params} | set(space.fixed)
+    if space.family == "cmt_compound" and "phi" not in names:
+        raise _fail(space.source, "params.phi", None, "a phi range (the compound coefficient)")
+    if space.family in ("deit", "efficientnet") and "model" not in names:
+        raise _fail(space.source, "params.model", None, f"a choice of {space.family} models")
+
+
+def load_space(path_or_name: str | Path) -> SearchSpace:
+    """Load and validate a space file (or a built-in one by name: ``cmt_compound``, ``cmt_free``, ``deit``,
+    ``efficientnet``)."""
+    import yaml
+
+    path = Path(path_or_name)
+    if not path.suffix and not path.exists():
+        path = builtin_space_path(str(path_or_name))
+    if not path.is_file():
+        raise ValueError(f"search space {str(path_or_name)!r} not found; allowed: a YAML file or one of "
+                         f"{', '.join(FAMILIES)}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        first = str(err).splitlines()[0]
+        raise ValueError(f"{path}: not valid YAML (safe subset, no object tags): {first}") from None
+    return space_from_dict(data, str(path))

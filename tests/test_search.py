@@ -1,0 +1,144 @@
+"""Search end to end at CI size: Optuna, Ray Tune (local and a real head node), baselines, kill and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from proxy import ProxyProtocol
+from search import RESULT_COLUMNS, read_rows, run_baselines, run_search
+from search_spaces import load_space, space_from_dict
+
+TINY = ProxyProtocol(dataset="digits", train_size=400, val_size=200, resolution=32, epochs=1, batch_size=64, threads=2)
+
+
+def _check_table(run_dir: Path) -> pd.DataFrame:
+    frame = pd.read_parquet(run_dir / "results.parquet")
+    assert list(frame.columns) == list(RESULT_COLUMNS)
+    csv = pd.read_csv(run_dir / "results.csv")
+    assert len(csv) == len(frame)
+    return frame
+
+
+def test_optuna_search_end_to_end(tmp_path) -> None:
+    summary = run_search("cmt_compound", TINY, trials=3, out=tmp_path / "run")
+    frame = _check_table(tmp_path / "run")
+    assert len(frame) == 3 and set(frame["backend"]) == {"optuna"}
+    assert summary.front and all(r["state"] == "complete" for r in summary.front)
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["protocol_hash"] == TINY.protocol_hash and "torch" in run["versions"]
+    assert (tmp_path / "run" / "study.db").is_file()
+    # the same command again: nothing more to do, nothing counted twice
+    again = run_search("cmt_compound", TINY, trials=3, out=tmp_path / "run")
+    assert len(again.rows) == 3
+
+
+def test_infeasible_candidates_are_never_trained(tmp_path) -> None:
+    space = space_from_dict({"family": "cmt_compound", "base": "cmt_ti",
+                             "params": {"phi": {"type": "float", "low": 0.5, "high": 1.0}},
+                             "budget": {"max_macs": "1M"}})
+    summary = run_search(space, TINY, trials=2, out=tmp_path / "inf")
+    assert [r["state"] for r in summary.rows] == ["infeasible", "infeasible"]
+    assert all(r["epochs_run"] == 0 and "max_macs" in r["error"] and r["wall_s"] < 1.0 for r in summary.rows)
+
+
+def test_invalid_free_form_members_are_infeasible(tmp_path) -> None:
+    space = space_from_dict({"family": "cmt_free", "params": {
+        "dim_0": {"type": "categorical", "choices": [12]}, "dim_1": {"type": "categorical", "choices": [16]},
+        "dim_2": {"type": "categorical", "choices": [24]}, "dim_3": {"type": "categorical", "choices": [32]},
+        "heads_0": {"type": "categorical", "choices": [8]}, "heads_1": {"type": "categorical", "choices": [2]},
+        "heads_2": {"type": "categorical", "choices": [4]}, "heads_3": {"type": "categorical", "choices": [8]},
+        "depth_0": {"type": "int", "low": 1, "high": 1}, "depth_1": {"type": "int", "low": 1, "high": 1},
+        "depth_2": {"type": "int", "low": 1, "high": 1}, "depth_3": {"type": "int", "low": 1, "high": 1}}})
+    summary = run_search(space, TINY, trials=1, out=tmp_path / "free")
+    assert summary.rows[0]["state"] == "infeasible"
+    assert "embed_dims[0]=12 is not divisible by num_heads[0]=8" in summary.rows[0]["error"]
+
+
+def test_baselines_write_the_same_schema(tmp_path) -> None:
+    summary = run_baselines(TINY, tmp_path / "base", families=["efficientnet"])
+    frame = _check_table(tmp_path / "base")
+    assert set(frame["name"]) == {"efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3"}
+    assert set(frame["state"]) == {"complete"} and (frame["macs"] > 0).all()
+    assert len(run_baselines(TINY, tmp_path / "base", families=["efficientnet"]).rows) == 4  # resumed: no rerun
+    with pytest.raises(ValueError, match="families='resnet' is not allowed"):
+        run_baselines(TINY, tmp_path / "x", families=["resnet"])
+    del summary
+
+
+def _cli(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cmt_scale.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_kill_and_resume_loses_nothing_and_counts_nothing_twice(tmp_path) -> None:
+    out = tmp_path / "killed"
+    args = ["search", "--space", "cmt_compound", "--dataset", "digits", "--train-size", "600", "--val-size", "200",
+            "--epochs", "3", "--trials", "3", "--threads", "2", "--out", str(out)]
+    proc = _cli(*args)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / "trials").glob("*.json"))) < 1:
+        time.sleep(0.2)
+    time.sleep(1.0)  # now inside the second trial
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished_before = len(read_rows(out))
+    assert 1 <= finished_before < 3
+    done = _cli(*args)
+    stdout, stderr = done.communicate(timeout=300)
+    assert done.returncode == 0, stderr
+    rows = read_rows(out)
+    assert len(rows) == 3 and len({r["trial_id"] for r in rows}) == 3
+    import optuna
+
+    study = optuna.load_study(study_name="killed", storage=f"sqlite:///{out / 'study.db'}")
+    states = [t.state.name for t in study.trials]
+    assert states.count("FAIL") == 1  # the killed trial, re-queued with its parameters
+    killed = next(t for t in study.trials if t.state.name == "FAIL")
+    assert any(t.params == killed.params and t.state.name == "COMPLETE" for t in study.trials if t is not killed)
+
+
+def test_bad_space_file_on_the_cli_is_one_line(tmp_path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("family: cmt_compound\nbase: cmt_ti\nparams:\n  phi: {type: float, low: 2, high: 1}\n")
+    proc = _cli("search", "--space", str(path), "--dataset", "digits", "--trials", "1", "--out", str(tmp_path / "r"))
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and stderr.strip().count("\n") == 0
+    assert "params.phi.high=1 is not allowed" in stderr
+
+
+@pytest.mark.slow
+def test_ray_search_end_to_end_local(tmp_path) -> None:
+    summary = run_search("cmt_compound", TINY, trials=3, out=tmp_path / "ray", backend="ray", num_cpus=2,
+                         cpus_per_trial=1)
+    frame = _check_table(tmp_path / "ray")
+    assert len(frame) == 3 and set(frame["backend"]) == {"ray"}
+    assert summary.front
+
+
+@pytest.mark.slow
+def test_ray_search_against_a_real_head_node(tmp_path) -> None:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    port = "6399"
+    start = subprocess.run(["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", port,
+                            "--num-cpus", "2", "--include-dashboard", "false", "--temp-dir", str(tmp_path / "rt")],
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert start.returncode == 0, start.stderr
+    try:
+        proc = _cli("search", "--space", "cmt_compound", "--dataset", "digits", "--train-size", "400", "--val-size",
+                    "200", "--epochs", "1", "--trials", "2", "--backend", "ray", "--address", f"127.0.0.1:{port}",
+                    "--out", str(tmp_path / "cluster"), env=env)
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr[-2000:]
+        frame = _check_table(tmp_path / "cluster")
+        assert len(frame) == 2 and set(frame["backend"]) == {"ray"}
+    finally:
+        subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
