@@ -10,7 +10,9 @@ the trials. ASHA stops weak trials early on the per-epoch validation top-1.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -35,28 +37,34 @@ def _trainable(config: dict[str, Any], space: SearchSpace, protocol: ProxyProtoc
     macs_holder: dict[str, Any] = {}
 
     def report(epoch: int, top1: float) -> None:
-        tune.report({"top1": top1, "macs": macs_holder.get("macs", 0), "epoch": epoch + 1})
+        # The last epoch is reported after the row is written: ASHA stops a trial that reaches max_t at
+        # its report, and a stopped function never runs another line.
+        if epoch + 1 < protocol.epochs:
+            tune.report({"top1": top1, "macs": macs_holder.get("macs", 0), "epoch": epoch + 1})
 
     candidate = make_candidate(space, space.trial_values(config), protocol, num_classes)
     macs_holder["macs"] = candidate.macs or 0
     row = run_trial(space, space.trial_values(config), protocol, num_classes, trial_id=trial_id, backend="ray",
                     study=study_name, report=report)
     write_row(run_dir, row)
-    if row["state"] != "complete":  # infeasible or failed: tell the searcher it is a bad point
-        tune.report({"top1": 0.0, "macs": row["macs"] or 0, "epoch": protocol.epochs, "state": row["state"]})
+    # Infeasible or failed trials tell the searcher they are a bad point (top-1 0).
+    top1 = row["top1_final"] if row["state"] == "complete" else 0.0
+    tune.report({"top1": top1, "macs": row["macs"] or 0, "epoch": protocol.epochs, "state": row["state"]})
 
 
-def _ray_init(address: str | None, num_cpus: int) -> None:
+def _ray_init(address: str | None, num_cpus: int) -> Path | None:
+    """Join ``address`` or start a local Ray; returns the local session folder to remove afterwards."""
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if ray.is_initialized():
-        return
+        return None
     if address:
         ray.init(address=address, log_to_driver=False, include_dashboard=False)
-    else:
-        temp = Path(tempfile.gettempdir()) / f"cmtray{os.getpid()}"  # short: Ray's socket paths have a length limit
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, _temp_dir=str(temp))
+        return None
+    temp = Path(tempfile.mkdtemp(prefix="cmtray"))  # short: Ray's socket paths are limited to 107 bytes
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, _temp_dir=str(temp))
+    return temp
 
 
 def run_ray_search(
@@ -76,7 +84,7 @@ def run_ray_search(
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    _ray_init(address, num_cpus or os.cpu_count() or 2)
+    session_dir = _ray_init(address, num_cpus or os.cpu_count() or 2)
     try:
         trainable = tune.with_resources(
             tune.with_parameters(_trainable, space=space, protocol=protocol, num_classes=num_classes,
@@ -100,8 +108,9 @@ def run_ray_search(
         grid = tuner.fit()
         _rows_for_stopped_trials(grid, space, protocol, num_classes, run_dir, study_name)
     finally:
-        if not address:
+        if session_dir is not None:
             ray.shutdown()
+            shutil.rmtree(session_dir, ignore_errors=True)
     write_results(run_dir)
 
 
@@ -115,8 +124,6 @@ def _rows_for_stopped_trials(grid, space, protocol, num_classes, run_dir: Path, 
             continue
         metrics = result.metrics or {}
         candidate = make_candidate(space, space.trial_values(result.config or {}), protocol, num_classes)
-        import json
-
         state = "failed" if result.error else "pruned"
         write_row(run_dir, make_row(
             trial_id=trial_id, backend="ray", study=study_name, family=candidate.family, name=candidate.name,

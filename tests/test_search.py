@@ -122,14 +122,20 @@ def test_ray_search_end_to_end_local(tmp_path) -> None:
     frame = _check_table(tmp_path / "ray")
     assert len(frame) == 3 and set(frame["backend"]) == {"ray"}
     assert summary.front
+    again = run_search("cmt_compound", TINY, trials=3, out=tmp_path / "ray", backend="ray", num_cpus=2)
+    assert len(again.rows) == 3  # Tuner.restore: the finished experiment is not run again
 
 
 @pytest.mark.slow
 def test_ray_search_against_a_real_head_node(tmp_path) -> None:
+    import shutil
+    import tempfile
+
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     port = "6399"
+    temp = Path(tempfile.mkdtemp(prefix="crt"))  # short: Ray's socket paths are limited to 107 bytes
     start = subprocess.run(["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", port,
-                            "--num-cpus", "2", "--include-dashboard", "false", "--temp-dir", str(tmp_path / "rt")],
+                            "--num-cpus", "2", "--include-dashboard", "false", "--temp-dir", str(temp)],
                            env=env, capture_output=True, text=True, timeout=120)
     assert start.returncode == 0, start.stderr
     try:
@@ -142,3 +148,4 @@ def test_ray_search_against_a_real_head_node(tmp_path) -> None:
         assert len(frame) == 2 and set(frame["backend"]) == {"ray"}
     finally:
         subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
