@@ -1,0 +1,23 @@
+"""Analysis of results files: Pareto fronts, hypervolume, accuracy-at-equal-cost tables, plots, reports.
+
+Reads the published CSV or a run's ``results.parquet``/``.csv`` and nothing else of the toolkit (no
+model, no torch): a notebook or a user can use it on its own.
+"""
+
+from ._fronts import (
+    compare_families,
+    default_reference_point,
+    hypervolume,
+    interpolate_cost,
+    interpolate_metric,
+    pareto_front,
+)
+from ._load import PUBLISHED_CSV, STANDARD_COLUMNS, load_published, load_results
+from ._plots import FamilyCurve, FrontPlotInfo, front_plot_info, plot_fronts
+from ._report import HeadlineRow, headline_comparison, write_report
+
+__all__ = [
+    "FamilyCurve", "FrontPlotInfo", "HeadlineRow", "PUBLISHED_CSV", "STANDARD_COLUMNS", "compare_families",
+    "default_reference_point", "front_plot_info", "headline_comparison", "hypervolume", "interpolate_cost",
+    "interpolate_metric", "load_published", "load_results", "pareto_front", "plot_fronts", "write_report",
+]

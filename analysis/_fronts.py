@@ -1,0 +1,154 @@
+"""Pareto fronts, hypervolume, and accuracy-at-equal-cost tables.
+
+Conventions: cost (MACs by default) is minimised, the metric (top-1) maximised. Only ``complete``
+trials with both figures take part.
+
+Hypervolume is measured in a normalised box so that families are compared on the same one: cost is
+divided by the reference cost and the metric is taken above the reference metric, so a front that
+reaches zero cost at 100% top-1 would score ``(1 - 0) * (100 - metric_ref)``; the value returned is that
+area divided by the box's, between 0 and 1. The default reference point is the same for every family
+compared: ``cost_ref = 1.1 x`` the largest cost and ``metric_ref =`` the lowest metric minus 1 point,
+over all rows given, so every front point lies strictly inside the box.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["compare_families", "default_reference_point", "hypervolume", "interpolate_cost", "interpolate_metric",
+           "pareto_front"]
+
+
+def _usable(df: pd.DataFrame, cost: str, metric: str) -> pd.DataFrame:
+    ok = df[cost].notna() & df[metric].notna()
+    if "state" in df.columns:
+        ok &= df["state"].astype(str) == "complete"
+    return df[ok]
+
+
+def _front_mask(costs: np.ndarray, metrics: np.ndarray) -> np.ndarray:
+    """True for points no other point dominates (<= cost and >= metric, one strictly); exact ties all stay."""
+    keep = np.ones(len(costs), dtype=bool)
+    for i in range(len(costs)):
+        better_or_equal = (costs <= costs[i]) & (metrics >= metrics[i])
+        strictly = (costs < costs[i]) | (metrics > metrics[i])
+        keep[i] = not np.any(better_or_equal & strictly)
+    return keep
+
+
+def pareto_front(df: pd.DataFrame, cost: str = "macs", metric: str = "top1", by: str | None = "family") -> pd.DataFrame:
+    """The non-dominated rows (per ``by`` group, or over all rows with ``by=None``), cheapest first."""
+    rows = _usable(df, cost, metric)
+    groups = [rows] if by is None else [g for _, g in rows.groupby(by, sort=True)]
+    fronts = []
+    for group in groups:
+        mask = _front_mask(group[cost].to_numpy(float), group[metric].to_numpy(float))
+        fronts.append(group[mask])
+    if not fronts:
+        return rows.iloc[0:0]
+    keys = ([by] if by else []) + [cost]
+    return pd.concat(fronts).sort_values(keys, kind="stable")
+
+
+def default_reference_point(df: pd.DataFrame, cost: str = "macs", metric: str = "top1") -> tuple[float, float]:
+    """``(1.1 x max cost, min metric - 1)`` over all usable rows: one box for every family compared."""
+    rows = _usable(df, cost, metric)
+    if rows.empty:
+        raise ValueError("no complete rows with both cost and metric to compare")
+    return 1.1 * float(rows[cost].max()), float(rows[metric].min()) - 1.0
+
+
+def hypervolume(front: pd.DataFrame | Sequence[tuple[float, float]], reference_point: tuple[float, float],
+                cost: str = "macs", metric: str = "top1", metric_max: float = 100.0) -> float:
+    """Area dominated by the front inside the normalised box (see the module docstring), between 0 and 1."""
+    points = (front[[cost, metric]].to_numpy(float) if isinstance(front, pd.DataFrame)
+              else np.asarray(front, dtype=float).reshape(-1, 2))
+    cost_ref, metric_ref = reference_point
+    if not cost_ref > 0 or not metric_max > metric_ref:
+        raise ValueError(f"reference_point={reference_point!r} is not allowed; allowed: cost > 0, metric < {metric_max}")
+    inside = points[(points[:, 0] < cost_ref) & (points[:, 1] > metric_ref)]
+    if len(inside) == 0:
+        return 0.0
+    order = np.argsort(inside[:, 0])
+    area, best = 0.0, metric_ref
+    xs, ys = inside[order, 0] / cost_ref, inside[order, 1]
+    # sweep from cheap to expensive: each point adds the strip up to the next cost at its running best metric
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        best = max(best, y)
+        x_next = xs[i + 1] if i + 1 < len(xs) else 1.0
+        area += (x_next - x) * (best - metric_ref)
+    return area / ((metric_max - metric_ref) * 1.0)
+
+
+def _front_curve(front: pd.DataFrame, cost: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    front = front.sort_values(cost)
+    return front[cost].to_numpy(float), front[metric].to_numpy(float)
+
+
+def interpolate_metric(front: pd.DataFrame, budget: float, cost: str = "macs", metric: str = "top1") -> float:
+    """Top-1 of the front at ``budget`` MACs: linear in log(cost) between front points; NaN outside its range."""
+    costs, metrics = _front_curve(front, cost, metric)
+    if len(costs) == 0 or budget < costs[0] or budget > costs[-1]:
+        return math.nan
+    if len(costs) == 1:
+        return float(metrics[0])
+    return float(np.interp(math.log(budget), np.log(costs), metrics))
+
+
+def interpolate_cost(front: pd.DataFrame, level: float, cost: str = "macs", metric: str = "top1") -> float:
+    """MACs the front needs to reach top-1 ``level`` (log-linear between front points); NaN if it never does
+    or if ``level`` is below its cheapest point's."""
+    costs, metrics = _front_curve(front, cost, metric)
+    if len(costs) == 0 or level > metrics.max() or level < metrics[0]:
+        return math.nan
+    for i in range(len(costs)):
+        if metrics[i] >= level:
+            if i == 0 or metrics[i] == metrics[i - 1]:
+                return float(costs[i])
+            t = (level - metrics[i - 1]) / (metrics[i] - metrics[i - 1])
+            return float(math.exp(math.log(costs[i - 1]) + t * (math.log(costs[i]) - math.log(costs[i - 1]))))
+    return math.nan
+
+
+def compare_families(
+    df: pd.DataFrame,
+    budgets: Sequence[float] = (),
+    levels: Sequence[float] = (),
+    reference_family: str | None = None,
+    reference_point: tuple[float, float] | None = None,
+    cost: str = "macs",
+    metric: str = "top1",
+) -> pd.DataFrame:
+    """A row per family: front size, hypervolume (same box for all), top-1 at each MACs budget, MACs to reach
+    each top-1 level, and that cost as a ratio to ``reference_family``'s ("CMT needs 0.5x the MACs of DeiT")."""
+    fronts = pareto_front(df, cost, metric)
+    ref_point = reference_point or default_reference_point(df, cost, metric)
+    families = sorted(fronts["family"].unique())
+    if reference_family is not None and reference_family not in families:
+        raise ValueError(f"reference_family={reference_family!r} is not allowed; allowed: {', '.join(families)}")
+    table = []
+    for family in families:
+        front = fronts[fronts["family"] == family]
+        row = {"family": family, "front_size": len(front), "hypervolume": hypervolume(front, ref_point, cost, metric)}
+        for budget in budgets:
+            row[f"top1@{_fmt(budget)}"] = interpolate_metric(front, budget, cost, metric)
+        for level in levels:
+            row[f"macs_for_{level:g}"] = interpolate_cost(front, level, cost, metric)
+        table.append(row)
+    out = pd.DataFrame(table).set_index("family")
+    if reference_family is not None:
+        for level in levels:
+            column = f"macs_for_{level:g}"
+            out[f"x_{reference_family}_for_{level:g}"] = out[column] / out.loc[reference_family, column]
+    return out
+
+
+def _fmt(value: float) -> str:
+    for suffix, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if value >= scale:
+            return f"{value / scale:g}{suffix}"
+    return f"{value:g}"

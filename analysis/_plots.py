@@ -1,0 +1,96 @@
+"""Accuracy-vs-MACs fronts as a figure: computed first (`front_plot_info`), drawn second (`plot_fronts`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from ._fronts import pareto_front
+
+__all__ = ["FamilyCurve", "FrontPlotInfo", "front_plot_info", "plot_fronts"]
+
+_COLOURS = {"cmt": "#d62728", "cmt_compound": "#d62728", "cmt_free": "#ff7f0e", "deit": "#1f77b4",
+            "efficientnet": "#2ca02c"}
+_FALLBACK = ("#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+
+
+@dataclass(frozen=True)
+class FamilyCurve:
+    family: str
+    colour: str
+    front_costs: list[float]
+    front_metrics: list[float]
+    front_labels: list[str]
+    other_costs: list[float] = field(default_factory=list)
+    other_metrics: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FrontPlotInfo:
+    """Everything the figure shows, as data (tests assert on this, not on pixels)."""
+
+    curves: list[FamilyCurve]
+    cost_label: str
+    metric_label: str
+    title: str
+
+
+def front_plot_info(df: pd.DataFrame, cost: str = "macs", metric: str = "top1", title: str = "",
+                    label_all_front_points: bool = True) -> FrontPlotInfo:
+    fronts = pareto_front(df, cost, metric)
+    usable = df[df[cost].notna() & df[metric].notna()]
+    if "state" in usable.columns:
+        usable = usable[usable["state"].astype(str) == "complete"]
+    curves = []
+    for i, family in enumerate(sorted(usable["family"].unique())):
+        front = fronts[fronts["family"] == family].sort_values(cost)
+        rest = usable[(usable["family"] == family) & ~usable.index.isin(front.index)]
+        curves.append(FamilyCurve(
+            family=family, colour=_COLOURS.get(family, _FALLBACK[i % len(_FALLBACK)]),
+            front_costs=front[cost].astype(float).tolist(), front_metrics=front[metric].astype(float).tolist(),
+            front_labels=front["name"].astype(str).tolist() if label_all_front_points else [],
+            other_costs=rest[cost].astype(float).tolist(), other_metrics=rest[metric].astype(float).tolist(),
+        ))
+    cost_label = "MACs (multiply-adds, the papers' \"FLOPs\")" if cost == "macs" else cost
+    return FrontPlotInfo(curves, cost_label, "top-1 (%)" if metric == "top1" else metric, title)
+
+
+def plot_fronts(df: pd.DataFrame | FrontPlotInfo, ax=None, path: str | Path | None = None,
+                formats: Sequence[str] = ("png", "svg"), title: str = ""):
+    """Draw the fronts (log MACs axis, one colour per family, fronts as step lines, dominated points faint,
+    front points labelled). With ``path`` (no suffix), also saves ``path.png`` and ``path.svg``. Returns the axes."""
+    import matplotlib
+
+    if ax is None:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    info = df if isinstance(df, FrontPlotInfo) else front_plot_info(df, title=title)
+    own = ax is None
+    if own:
+        fig, ax = plt.subplots(figsize=(7.5, 5), dpi=120)
+    for curve in info.curves:
+        ax.scatter(curve.other_costs, curve.other_metrics, color=curve.colour, alpha=0.25, s=18, linewidths=0)
+        ax.step(curve.front_costs, curve.front_metrics, where="post", color=curve.colour, linewidth=1.8,
+                label=curve.family)
+        ax.scatter(curve.front_costs, curve.front_metrics, color=curve.colour, s=30, zorder=3)
+        for x, y, label in zip(curve.front_costs, curve.front_metrics, curve.front_labels):
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7, color=curve.colour)
+    ax.set_xscale("log")
+    ax.set_xlabel(info.cost_label)
+    ax.set_ylabel(info.metric_label)
+    if info.title:
+        ax.set_title(info.title)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(loc="lower right")
+    if path is not None:
+        figure = ax.figure
+        figure.tight_layout()
+        for fmt in formats:
+            figure.savefig(Path(f"{path}.{fmt}"), format=fmt)
+    if own:
+        plt.close(ax.figure)
+    return ax
