@@ -24,7 +24,7 @@ import scaling
 from scaling import PAPER_TABLE, PRESETS, CMTConfig, estimate_cost
 from scaling._compound import family, parse_stage_ratio
 from scaling._solver import Solution, solve
-from scaling._units import format_count
+from scaling._units import format_count, parse_count
 
 # Options whose value may start with "-" (a negative number is bad input to report, not an unknown option).
 _VALUE_OPTIONS = ("--target-flops", "--target-params", "--target-latency", "--alpha", "--beta", "--gamma", "--phi")
@@ -43,6 +43,8 @@ examples:
   cmt-scale presets
   cmt-scale search --space cmt_compound --dataset fashion-mnist --trials 40 --out runs/cmt
   cmt-scale baselines --dataset fashion-mnist --out runs/baselines
+  cmt-scale report --published --out report/published
+  cmt-scale report runs/cmt runs/baselines --levels 80,85 --reference cmt_compound --out report/mine
 """
 
 
@@ -217,6 +219,59 @@ def run_baselines_command(argv: Sequence[str], console: Console) -> int:
     summary = run_baselines(protocol, args.out, families, command=["cmt-scale", "baselines", *argv],
                             on_trial=_trial_printer(console, None))
     _print_summary(console, summary)
+    return 0
+
+
+def _report_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="cmt-scale report", description="Fronts, hypervolume and accuracy-at-equal-MACs tables "
+                     "for runs and/or the papers' published numbers; writes CSV, markdown, PNG and SVG.",
+                     epilog="examples: cmt-scale report --published --out report/published ; "
+                            "cmt-scale report runs/fmnist_cmt runs/fmnist_baselines --out report/fmnist")
+    parser.add_argument("runs", nargs="*", help="run folders (or their results.parquet/.csv)")
+    parser.add_argument("--published", action="store_true", help="include the papers' ImageNet numbers")
+    parser.add_argument("--out", default="report", help="folder for the tables and figures (default report/)")
+    parser.add_argument("--budgets", default="", help="MACs budgets for top-1 columns, e.g. 1G,4G")
+    parser.add_argument("--levels", default="", help="top-1 levels for MACs-needed columns, e.g. 80,82")
+    parser.add_argument("--reference", help="family the MACs ratios are relative to (e.g. cmt)")
+    parser.add_argument("--title", default="", help="figure title")
+    return parser
+
+
+def run_report(argv: Sequence[str], console: Console) -> int:
+    args = _report_parser().parse_args(argv)
+    from analysis import headline_comparison, write_report
+
+    budgets = [parse_count(b, "--budgets") for b in args.budgets.split(",") if b.strip()]
+    try:
+        levels = [float(v) for v in args.levels.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--levels={args.levels!r} is not allowed; allowed: numbers like 80,82") from None
+    if args.published and not args.runs:
+        levels = levels or [80.0, 82.0, 83.0]
+        reference = args.reference or "cmt"
+    else:
+        reference = args.reference
+    table = write_report(args.runs, args.out, published=args.published, budgets=budgets, levels=levels,
+                         reference_family=reference, title=args.title)
+    out = Table(title=f"families compared ({', '.join(args.runs) or 'published numbers'})", title_justify="left")
+    out.add_column("family")
+    for column in table.columns:
+        out.add_column(str(column), justify="right")
+    for family, row in table.iterrows():
+        cells = []
+        for column, value in row.items():
+            text = "-" if value != value else (format_count(value) if str(column).startswith("macs_for") else f"{value:.3g}")
+            cells.append(text)
+        out.add_row(str(family), *cells)
+    console.print(out)
+    if args.published:
+        head = Table(title="CMT-S against its rivals (published ImageNet numbers)", title_justify="left")
+        for col in ("rival", "rival top-1", "CMT-S top-1", "rival MACs / CMT-S MACs"):
+            head.add_column(col, justify="right")
+        for row in headline_comparison():
+            head.add_row(row.rival, f"{row.rival_top1:.1f}", f"{row.ours_top1:.1f}", f"{row.macs_ratio:.2f}x")
+        console.print(head)
+    console.print(f"written: {args.out}/comparison.csv, comparison.md, fronts.csv, fronts.png, fronts.svg")
     return 0
 
 
@@ -448,7 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Piped output gets a wide console so tables are not truncated to 80 columns.
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
     commands = {"family": run_family, "profile": run_profile, "presets": run_presets, "search": run_search_command,
-                "baselines": run_baselines_command}
+                "baselines": run_baselines_command, "report": run_report}
     try:
         if argv and argv[0] in commands:
             return commands[argv[0]](argv[1:], console)

@@ -94,9 +94,10 @@ class ProxyProtocol:
     def protocol_hash(self) -> str:
         """12 hex digits of the protocol's canonical JSON; equal hashes mean comparable results.
 
-        Threads and device change speed, not what is learned, so they are left out.
+        Threads, device and compilation change speed, not what is learned, and the seed only draws another
+        sample of the same recipe (results keep it in their own ``seed`` column), so they are left out.
         """
-        data = {k: v for k, v in self.to_dict().items() if k not in ("threads", "device", "compile")}
+        data = {k: v for k, v in self.to_dict().items() if k not in ("threads", "device", "compile", "seed")}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
