@@ -26,8 +26,23 @@ _LAYERNORM = 5  # fvcore's norm_flop_counter: 5 per element with an affine
 _BATCHNORM_EVAL = 2  # fvcore's batchnorm_flop_jit in eval mode, with an affine
 
 
+class CostFigures:
+    """``gmacs`` and ``mparams`` for anything with ``macs`` and ``params`` (analytic or traced)."""
+
+    macs: int
+    params: int
+
+    @property
+    def gmacs(self) -> float:
+        return self.macs / 1e9
+
+    @property
+    def mparams(self) -> float:
+        return self.params / 1e6
+
+
 @dataclass(frozen=True)
-class Cost:
+class Cost(CostFigures):
     """Cost of one image through the model: ``macs`` (multiply-adds, the papers' "FLOPs") and ``params``.
 
     ``macs_by_part`` and ``params_by_part`` split the totals over ``stem``, ``stage0`` .. ``stageN``
@@ -39,14 +54,6 @@ class Cost:
     img_size: int
     macs_by_part: dict[str, int] = field(default_factory=dict, compare=False)
     params_by_part: dict[str, int] = field(default_factory=dict, compare=False)
-
-    @property
-    def gmacs(self) -> float:
-        return self.macs / 1e9
-
-    @property
-    def mparams(self) -> float:
-        return self.params / 1e6
 
 
 def _conv_macs(c_in: int, c_out: int, kernel: int, groups: int, out_positions: int) -> int:

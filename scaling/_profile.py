@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from ._config import CMTConfig
+from ._cost import CostFigures
 
 __all__ = ["FlopProfile", "count_flops", "EXTRA_FLOP_HANDLES"]
 
@@ -59,7 +60,7 @@ _ELEMENTWISE_OPS = frozenset(
 
 
 @dataclass(frozen=True)
-class FlopProfile:
+class FlopProfile(CostFigures):
     """fvcore's count of one image through a model.
 
     ``macs`` are multiply-adds (the papers' "FLOPs"); ``by_operator`` and ``by_module`` break them down
@@ -75,14 +76,6 @@ class FlopProfile:
     by_module: dict[str, int] = field(default_factory=dict)
     unsupported_ops: dict[str, int] = field(default_factory=dict)
     elementwise_ops: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def gmacs(self) -> float:
-        return self.macs / 1e9
-
-    @property
-    def mparams(self) -> float:
-        return self.params / 1e6
 
     def by_part(self) -> dict[str, int]:
         """MACs split as `estimate_cost` splits them: ``stem``, ``stage0`` .. ``stageN``, and ``head`` (the rest)."""
