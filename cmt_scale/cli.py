@@ -512,6 +512,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog = f"cmt-scale {argv[0]}" if argv and argv[0] in commands else "cmt-scale"
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Every finished trial is already in the run folder's table; the study resumes from there.
+        print("cmt-scale: interrupted; finished trials are saved, run the same command again to resume",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -103,7 +103,7 @@ def run_ray_search(
                 trainable,
                 param_space=space.to_ray(),
                 tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=trials),
-                run_config=tune.RunConfig(name=study_name, storage_path=str(storage), verbose=0),
+                run_config=tune.RunConfig(name=study_name, storage_path=str(storage), verbose=1),
             )
         grid = tuner.fit()
         _rows_for_stopped_trials(grid, space, protocol, num_classes, run_dir, study_name)

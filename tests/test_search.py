@@ -41,6 +41,32 @@ def test_optuna_search_end_to_end(tmp_path) -> None:
     assert len(again.rows) == 3
 
 
+def test_budget_mode_single_objective_with_pruner(tmp_path) -> None:
+    import optuna
+
+    summary = run_search("cmt_compound", TINY.replace(epochs=2), trials=3, out=tmp_path / "budget", mode="budget")
+    assert len(summary.rows) == 3 and {r["state"] for r in summary.rows} <= {"complete", "pruned"}
+    study = optuna.load_study(study_name="budget", storage=f"sqlite:///{tmp_path / 'budget' / 'study.db'}")
+    assert len(study.directions) == 1
+
+
+def test_ctrl_c_leaves_a_valid_table_and_a_resumable_study(tmp_path) -> None:
+    out = tmp_path / "interrupted"
+    args = ["search", "--space", "cmt_compound", "--dataset", "digits", "--train-size", "400", "--val-size", "200",
+            "--epochs", "3", "--trials", "2", "--threads", "2", "--out", str(out)]
+    proc = _cli(*args)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / "trials").glob("*.json"))) < 1:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "run the same command again to resume" in stderr and "Traceback" not in stderr
+    assert len(_check_table(out)) >= 1
+    done = _cli(*args)
+    done.communicate(timeout=300)
+    assert done.returncode == 0 and len(read_rows(out)) == 2
+
+
 def test_infeasible_candidates_are_never_trained(tmp_path) -> None:
     space = space_from_dict({"family": "cmt_compound", "base": "cmt_ti",
                              "params": {"phi": {"type": "float", "low": 0.5, "high": 1.0}},
