@@ -30,7 +30,7 @@ from typing import Any, Callable
 from proxy import ProxyProtocol, TrialPruned
 from search_spaces import SearchSpace
 
-from ._results import write_results, write_row
+from ._results import read_rows, write_results, write_row
 from ._trial import run_trial
 
 __all__ = ["run_optuna_search"]
@@ -103,7 +103,7 @@ def run_optuna_search(
     import optuna
     from optuna.storages import RDBStorage
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial is reported by our own rows and lines
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     url = storage_url or f"sqlite:///{(run_dir / 'study.db').as_posix()}"
     storage = RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
@@ -134,7 +134,7 @@ def run_optuna_search(
                     raise TrialPruned()
 
         row = run_trial(space, values_all, protocol, num_classes, trial_id=str(trial.number), backend="optuna",
-                        study=study_name, report=report)
+                        study=study_name, report=report, done=read_rows(run_dir))
         write_row(run_dir, row)
         write_results(run_dir)
         trial.set_user_attr("state", row["state"])
@@ -149,9 +149,12 @@ def run_optuna_search(
             raise _TrialFailed(row["error"])
         return (row["top1_final"], row["macs"]) if mode == "pareto" else row["top1_final"]
 
-    # A failed trial is recorded (its row says why) and the search goes on.
-    study.optimize(objective, n_trials=remaining, catch=(_TrialFailed,), gc_after_trial=False)
-    write_results(run_dir)
+    # A failed trial is recorded (its row says why) and the search goes on; whatever ends the loop (Ctrl-C
+    # included), the table is rebuilt from the rows that were written.
+    try:
+        study.optimize(objective, n_trials=remaining, catch=(_TrialFailed,), gc_after_trial=False)
+    finally:
+        write_results(run_dir)
 
 
 class _TrialFailed(Exception):

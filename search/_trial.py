@@ -6,7 +6,7 @@ import functools
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from proxy import ProxyProtocol, TrialResult, build_baseline, deit_patch_size, train_and_evaluate
 from scaling import CMTConfig, estimate_cost, scale
@@ -79,6 +79,19 @@ def make_candidate(space: SearchSpace, values: Mapping[str, Any], protocol: Prox
     return Candidate(space.family, name, cfg.to_dict(), cost.macs, cost.params, lambda: cfg)
 
 
+def _latency_ms(candidate: Candidate, protocol: ProxyProtocol) -> float:
+    """Measured forward time of one image at the protocol resolution (the budget's ``max_latency_ms``)."""
+    import torch
+
+    from scaling import build_cmt, measure_throughput
+
+    built = candidate.build()
+    model = build_cmt(built) if isinstance(built, CMTConfig) else built
+    device = "cuda" if protocol.device == "cuda" or (protocol.device == "auto" and torch.cuda.is_available()) else "cpu"
+    return measure_throughput(model, batch_size=1, img_size=protocol.resolution, device=device,
+                              threads=protocol.threads, warmup=2, repeats=5).ms_per_batch
+
+
 def run_trial(
     space: SearchSpace,
     values: Mapping[str, Any],
@@ -89,14 +102,36 @@ def run_trial(
     study: str,
     report: Callable[[int, float], None] | None = None,
     progress: bool = False,
+    done: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    """Run one trial to a result row; infeasible candidates (invalid or over budget) are never trained."""
+    """Run one trial to a result row; infeasible candidates (invalid or over budget) are never trained.
+
+    A candidate whose architecture and protocol match a complete row in ``done`` is not trained again:
+    training is deterministic for a seed, so its result is reused (and the row says from which trial).
+    """
     start = time.perf_counter()
     candidate = make_candidate(space, values, protocol, num_classes)
+    config_json = json.dumps(candidate.config, sort_keys=True)
+    for previous in done:
+        if (previous.get("state") == "complete" and previous.get("config") == config_json
+                and previous.get("protocol_hash") == protocol.protocol_hash and previous.get("seed") == protocol.seed):
+            reused = {k: previous[k] for k in ("macs", "params", "latency_ms", "top1_final", "top1_best", "test_top1",
+                                               "epochs_run", "train_img_per_s")}
+            return make_row(**{**reused, "trial_id": trial_id, "backend": backend, "study": study,
+                               "family": candidate.family, "name": candidate.name, "config": config_json,
+                               "state": "complete", "error": f"same architecture as trial {previous['trial_id']}: "
+                               "result reused, not retrained", "wall_s": time.perf_counter() - start,
+                               "seed": protocol.seed, "protocol_hash": protocol.protocol_hash,
+                               "dataset": protocol.dataset})
     common = dict(trial_id=trial_id, backend=backend, study=study, family=candidate.family, name=candidate.name,
-                  config=json.dumps(candidate.config, sort_keys=True), macs=candidate.macs, params=candidate.params,
+                  config=config_json, macs=candidate.macs, params=candidate.params,
                   seed=protocol.seed, protocol_hash=protocol.protocol_hash, dataset=protocol.dataset)
+    latency_ms = None
     reasons = [candidate.reason] if candidate.reason else space.budget.violations(candidate.macs, candidate.params)
+    if not reasons and space.budget.max_latency_ms is not None:
+        latency_ms = _latency_ms(candidate, protocol)
+        reasons = space.budget.violations(candidate.macs, candidate.params, latency_ms)
+    common["latency_ms"] = latency_ms
     if reasons:
         return make_row(**common, state="infeasible", error="; ".join(reasons), epochs_run=0,
                         wall_s=time.perf_counter() - start)

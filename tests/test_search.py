@@ -60,7 +60,8 @@ def test_ctrl_c_leaves_a_valid_table_and_a_resumable_study(tmp_path) -> None:
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "run the same command again to resume" in stderr and "Traceback" not in stderr
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "run the same command again to resume" in stderr and "Traceback" not in stderr
     assert len(_check_table(out)) >= 1
     done = _cli(*args)
     done.communicate(timeout=300)
@@ -74,6 +75,24 @@ def test_infeasible_candidates_are_never_trained(tmp_path) -> None:
     summary = run_search(space, TINY, trials=2, out=tmp_path / "inf")
     assert [r["state"] for r in summary.rows] == ["infeasible", "infeasible"]
     assert all(r["epochs_run"] == 0 and "max_macs" in r["error"] and r["wall_s"] < 1.0 for r in summary.rows)
+
+
+def test_a_repeated_architecture_is_not_trained_twice(tmp_path) -> None:
+    space = space_from_dict({"family": "cmt_compound", "base": "cmt_ti",
+                             "params": {"phi": {"type": "categorical", "choices": [0.0]}}})
+    summary = run_search(space, TINY, trials=2, out=tmp_path / "dup")
+    first, second = summary.rows
+    assert first["state"] == second["state"] == "complete" and first["top1_final"] == second["top1_final"]
+    assert second["error"].startswith("same architecture as trial 0") and second["wall_s"] < 1.0
+
+
+def test_latency_budget_is_measured_before_training(tmp_path) -> None:
+    space = space_from_dict({"family": "cmt_compound", "base": "cmt_ti",
+                             "params": {"phi": {"type": "float", "low": -1.0, "high": 0.0}},
+                             "budget": {"max_latency_ms": "0.001ms"}})
+    summary = run_search(space, TINY, trials=1, out=tmp_path / "lat")
+    row = summary.rows[0]
+    assert row["state"] == "infeasible" and row["latency_ms"] > 0.001 and "max_latency_ms" in row["error"]
 
 
 def test_invalid_free_form_members_are_infeasible(tmp_path) -> None:
