@@ -46,6 +46,12 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="benchsearch"))
     try:
         results = {b: _run(b, args.trials, root / b) for b in ("optuna", "ray")}
+        import ray
+
+        start = time.perf_counter()  # Ray's fixed cost: a local start and stop, no trial
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, _temp_dir=str(root / "r"))
+        ray.shutdown()
+        ray_fixed = time.perf_counter() - start
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(f"\ntiny search: cmt_compound on digits, {args.trials} trials, 1 epoch, one trial at a time")
@@ -54,6 +60,9 @@ def main() -> None:
     for backend, (wall, own, n) in results.items():
         per_trial = (wall - own) / n
         print(f"{backend:8s} {wall:8.1f} {own:13.1f} {wall - own:11.1f} {per_trial:12.2f} {per_trial / base:10.1f}x")
+    wall, own, n = results["ray"]
+    print(f"\nRay fixed cost (local start + stop): {ray_fixed:.1f} s; per trial without it: "
+          f"{(wall - own - ray_fixed) / n:.2f} s ({(wall - own - ray_fixed) / n / base:.1f}x Optuna's)")
     print(f"\nOptuna driver overhead per trial: {base:.2f} s = {100 * base / args.default_trial_s:.2f}% of a "
           f"{args.default_trial_s:.0f} s default-protocol trial (target <= 5%)")
 
