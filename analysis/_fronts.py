@@ -100,11 +100,13 @@ def interpolate_metric(front: pd.DataFrame, budget: float, cost: str = "macs", m
 
 
 def interpolate_cost(front: pd.DataFrame, level: float, cost: str = "macs", metric: str = "top1") -> float:
-    """MACs the front needs to reach top-1 ``level`` (log-linear between front points); NaN if it never does
-    or if ``level`` is below its cheapest point's."""
+    """MACs the front needs to reach top-1 ``level``: log-linear between front points, the cheapest point's cost
+    when even that one reaches it (the front says no more), NaN when the front never reaches it."""
     costs, metrics = _front_curve(front, cost, metric)
-    if len(costs) == 0 or level > metrics.max() or level < metrics[0]:
+    if len(costs) == 0 or level > metrics.max():
         return math.nan
+    if level <= metrics[0]:
+        return float(costs[0])
     for i in range(len(costs)):
         if metrics[i] >= level:
             if i == 0 or metrics[i] == metrics[i - 1]:
