@@ -28,6 +28,25 @@ def _check_table(run_dir: Path) -> pd.DataFrame:
     return frame
 
 
+def _cli(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cmt_scale.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def _search_args(out: Path, train_size: int, trials: int) -> list[str]:
+    return ["search", "--space", "cmt_compound", "--dataset", "digits", "--train-size", str(train_size),
+            "--val-size", "200", "--epochs", "3", "--trials", str(trials), "--threads", "2", "--out", str(out)]
+
+
+def _start_and_wait_for_a_row(args: list[str], out: Path) -> subprocess.Popen:
+    """Start a CLI search and return once its first trial's row is on disk (a second trial is running)."""
+    proc = _cli(*args)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / "trials").glob("*.json"))) < 1:
+        time.sleep(0.2)
+    return proc
+
+
 def test_optuna_search_end_to_end(tmp_path) -> None:
     summary = run_search("cmt_compound", TINY, trials=3, out=tmp_path / "run")
     frame = _check_table(tmp_path / "run")
@@ -52,12 +71,8 @@ def test_budget_mode_single_objective_with_pruner(tmp_path) -> None:
 
 def test_ctrl_c_leaves_a_valid_table_and_a_resumable_study(tmp_path) -> None:
     out = tmp_path / "interrupted"
-    args = ["search", "--space", "cmt_compound", "--dataset", "digits", "--train-size", "400", "--val-size", "200",
-            "--epochs", "3", "--trials", "2", "--threads", "2", "--out", str(out)]
-    proc = _cli(*args)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list((out / "trials").glob("*.json"))) < 1:
-        time.sleep(0.2)
+    args = _search_args(out, train_size=400, trials=2)
+    proc = _start_and_wait_for_a_row(args, out)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr[-3000:]
@@ -119,19 +134,12 @@ def test_baselines_write_the_same_schema(tmp_path) -> None:
     del summary
 
 
-def _cli(*args: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "cmt_scale.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
 
 
 def test_kill_and_resume_loses_nothing_and_counts_nothing_twice(tmp_path) -> None:
     out = tmp_path / "killed"
-    args = ["search", "--space", "cmt_compound", "--dataset", "digits", "--train-size", "600", "--val-size", "200",
-            "--epochs", "3", "--trials", "3", "--threads", "2", "--out", str(out)]
-    proc = _cli(*args)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list((out / "trials").glob("*.json"))) < 1:
-        time.sleep(0.2)
+    args = _search_args(out, train_size=600, trials=3)
+    proc = _start_and_wait_for_a_row(args, out)
     time.sleep(1.0)  # now inside the second trial
     proc.send_signal(signal.SIGKILL)
     proc.wait()
