@@ -248,4 +248,6 @@ def load_space(path_or_name: str | Path) -> SearchSpace:
     except yaml.YAMLError as err:
         first = str(err).splitlines()[0]
         raise ValueError(f"{path}: not valid YAML (safe subset, no object tags): {first}") from None
-    return space_from_dict(data, str(path))
+    # A shipped space is named by its place in the toolkit, not by this machine's path to it.
+    shipped = path.resolve().parent == builtin_space_path("x").resolve().parent
+    return space_from_dict(data, f"search_spaces/{path.name}" if shipped else str(path))
