@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -118,8 +119,10 @@ def _rows_for_stopped_trials(grid, space, protocol, num_classes, run_dir: Path, 
     """Trials ASHA stopped never wrote their own row: build it from their last reported metrics."""
     written = {str(r["trial_id"]) for r in read_rows(run_dir) if r.get("backend") == "ray"}
     for result in grid:
-        trial_id = os.path.basename(str(result.path)).split("_")[1] if result.path else None
-        trial_id = (result.metrics or {}).get("trial_id", trial_id)
+        # Tune puts the trial id in every result; a trial that never reported has it in its folder's name
+        # (``<trainable>_<8 hex id>_<n>_<params>``).
+        found = re.search(r"_([0-9a-f]{8})_\d+", os.path.basename(str(result.path or "")))
+        trial_id = (result.metrics or {}).get("trial_id") or (found.group(1) if found else None)
         if trial_id is None or trial_id in written:
             continue
         metrics = result.metrics or {}
