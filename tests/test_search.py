@@ -202,3 +202,20 @@ def test_ray_search_against_a_real_head_node(tmp_path) -> None:
     finally:
         subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_ray_kill_and_restore_loses_nothing(tmp_path) -> None:
+    out = tmp_path / "raykilled"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    args = _search_args(out, train_size=400, trials=4) + ["--backend", "ray", "--num-cpus", "1"]
+    proc = _start_and_wait_for_a_row(args, out)
+    time.sleep(2.0)  # the next trial is running
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 1 <= len(read_rows(out)) < 4
+    done = _cli(*args, env=env)
+    _, stderr = done.communicate(timeout=400)
+    assert done.returncode == 0, stderr[-2000:]
+    rows = read_rows(out)
+    assert len(rows) == 4 and len({r["trial_id"] for r in rows}) == 4  # Tuner.restore: none lost, none twice
