@@ -84,6 +84,8 @@ class ProxyProtocol:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ProxyProtocol":
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a protocol must be a JSON object of fields, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -75,13 +75,24 @@ def _write_run_json(run_dir: Path, command: Sequence[str] | None, protocol: Prox
     path.write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
 
 
+def _check_protocol_fits(protocol: ProxyProtocol, data) -> None:
+    """Catch a protocol the data set cannot serve before anything is written to the run folder."""
+    available = len(data.train_labels)
+    if protocol.val_size >= available:
+        raise ValueError(f"val_size={protocol.val_size} is not allowed for {protocol.dataset}; allowed: fewer than its "
+                         f"{available} training images")
+    if protocol.train_size is not None and protocol.train_size > available - protocol.val_size:
+        raise ValueError(f"train_size={protocol.train_size} is not allowed for {protocol.dataset}; allowed: at most "
+                         f"{available - protocol.val_size} (its {available} training images less val_size)")
+
+
 def _check_protocol_matches(run_dir: Path, protocol: ProxyProtocol) -> None:
     path = run_dir / "run.json"
     if path.is_file():
         old = json.loads(path.read_text(encoding="utf-8")).get("protocol_hash")
         if old and old != protocol.protocol_hash:
             raise ValueError(f"run folder {str(run_dir)!r} holds a run with protocol {old}, not {protocol.protocol_hash}; "
-                             "allowed: the same protocol to resume, or another --out / --study")
+                             "allowed: the same protocol to resume, or another --out")
 
 
 def run_search(
@@ -113,6 +124,9 @@ def run_search(
         raise ValueError(f"mode={mode!r} is not allowed; allowed: pareto, budget")
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise ValueError(f"trials={trials!r} is not allowed; allowed: an integer >= 1")
+    for name, value in (("cpus_per_trial", cpus_per_trial), ("num_cpus", num_cpus)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name}={value!r} is not allowed; allowed: an integer >= 1")
     if isinstance(space, dict):
         space = space_from_dict(space)
     elif not isinstance(space, SearchSpace):
@@ -120,8 +134,13 @@ def run_search(
     run_dir = Path(out)
     study_name = study or run_dir.name
     data = load_dataset(protocol.dataset, protocol.data_root, protocol.download, load_size=protocol.resolution)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    _check_protocol_fits(protocol, data)
     _check_protocol_matches(run_dir, protocol)
+    previous = run_dir / "run.json"
+    if backend == "ray" and previous.is_file() and json.loads(previous.read_text(encoding="utf-8")).get("trials") != trials:
+        raise ValueError(f"trials={trials} is not allowed when resuming the Ray run in {str(run_dir)!r}: Tune restores "
+                         "an experiment with its own trial count; allowed: the same --trials, or another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
     _write_run_json(run_dir, command, protocol, {"space": space.source, "family": space.family, "backend": backend,
                                                  "study": study_name, "trials": trials, "mode": mode})
     start = time.perf_counter()
@@ -154,9 +173,10 @@ def run_baselines(
     if unknown or not families:
         raise ValueError(f"families={','.join(families)!r} is not allowed; allowed: {', '.join(BASELINE_FAMILIES)}")
     data = load_dataset(protocol.dataset, protocol.data_root, protocol.download, load_size=protocol.resolution)
+    _check_protocol_fits(protocol, data)
     run_dir = Path(out)
-    run_dir.mkdir(parents=True, exist_ok=True)
     _check_protocol_matches(run_dir, protocol)
+    run_dir.mkdir(parents=True, exist_ok=True)
     _write_run_json(run_dir, command, protocol, {"families": list(families), "backend": "baselines"})
     done = {r["trial_id"] for r in read_rows(run_dir)}
     start = time.perf_counter()

@@ -106,8 +106,12 @@ def run_optuna_search(
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial is reported by our own rows and lines
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     url = storage_url or f"sqlite:///{(run_dir / 'study.db').as_posix()}"
-    storage = RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                         heartbeat_stale_trial_callback=_retry_callback())
+    try:
+        storage = RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                             heartbeat_stale_trial_callback=_retry_callback())
+    except Exception as err:  # noqa: BLE001 - SQLAlchemy raises many kinds for a bad URL
+        raise ValueError(f"--storage={url!r} cannot be opened ({type(err).__name__}); allowed: an Optuna RDB URL "
+                         "such as sqlite:///runs/NAME/study.db or postgresql://...") from None
     sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
     if mode == "pareto":
         study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True, sampler=sampler,

@@ -47,10 +47,28 @@ def _trainable(config: dict[str, Any], space: SearchSpace, protocol: ProxyProtoc
     macs_holder["macs"] = candidate.macs or 0
     row = run_trial(space, space.trial_values(config), protocol, num_classes, trial_id=trial_id, backend="ray",
                     study=study_name, report=report)
-    write_row(run_dir, row)
-    # Infeasible or failed trials tell the searcher they are a bad point (top-1 0).
+    write_row(run_dir, row)  # on the driver's disk when it shares the run folder
+    # Infeasible or failed trials tell the searcher they are a bad point (top-1 0). The row travels with the
+    # result too, so a driver on another machine than the worker still records it.
     top1 = row["top1_final"] if row["state"] == "complete" else 0.0
-    tune.report({"top1": top1, "macs": row["macs"] or 0, "epoch": protocol.epochs, "state": row["state"]})
+    tune.report({"top1": top1, "macs": row["macs"] or 0, "epoch": protocol.epochs, "state": row["state"],
+                 "row": json.dumps(row)})
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds, with one line, on a cluster address nothing listens at (Ray itself retries for minutes)."""
+    import socket
+
+    if address == "auto":
+        return
+    host_port = address.split("://", 1)[-1]
+    host, _, port = host_port.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=5):
+            return
+    except (OSError, ValueError):
+        raise ValueError(f"--address={address!r} is not reachable; allowed: auto, or host:port / ray://host:port of "
+                         "a running Ray head node") from None
 
 
 def _ray_init(address: str | None, num_cpus: int) -> Path | None:
@@ -61,6 +79,7 @@ def _ray_init(address: str | None, num_cpus: int) -> Path | None:
     if ray.is_initialized():
         return None
     if address:
+        _check_reachable(address)
         ray.init(address=address, log_to_driver=False, include_dashboard=False)
         return None
     temp = Path(tempfile.mkdtemp(prefix="cmtray"))  # short: Ray's socket paths are limited to 107 bytes
@@ -89,7 +108,7 @@ def run_ray_search(
     try:
         trainable = tune.with_resources(
             tune.with_parameters(_trainable, space=space, protocol=protocol, num_classes=num_classes,
-                                 run_dir=str(run_dir), study_name=study_name),
+                                 run_dir=str(run_dir.resolve()), study_name=study_name),
             {"cpu": cpus_per_trial},
         )
         storage = (run_dir / "ray").resolve()
@@ -126,6 +145,9 @@ def _rows_for_stopped_trials(grid, space, protocol, num_classes, run_dir: Path, 
         if trial_id is None or trial_id in written:
             continue
         metrics = result.metrics or {}
+        if metrics.get("row"):  # the worker's own row, reported with its last result
+            write_row(run_dir, json.loads(metrics["row"]))
+            continue
         candidate = make_candidate(space, space.trial_values(result.config or {}), protocol, num_classes)
         state = "failed" if result.error else "pruned"
         write_row(run_dir, make_row(

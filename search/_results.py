@@ -66,10 +66,12 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def write_row(run_dir: str | Path, row: Mapping[str, Any]) -> Path:
-    """Persist one finished trial's row (``trials/<trial_id>.json``)."""
+    """Persist one finished trial's row (``trials/<backend>-<study>-<trial_id>.json``)."""
     folder = Path(run_dir) / "trials"
     folder.mkdir(parents=True, exist_ok=True)
-    safe_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(row["trial_id"]))
+    # backend and study in the name: Optuna numbers trials from 0 in every study sharing a run folder
+    key = f"{row['backend']}-{row['study']}-{row['trial_id']}"
+    safe_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
     path = folder / f"{safe_id}.json"
     _atomic_write_text(path, json.dumps(dict(row), indent=1))
     return path

@@ -112,7 +112,8 @@ def run_trial(
     start = time.perf_counter()
     candidate = make_candidate(space, values, protocol, num_classes)
     config_json = json.dumps(candidate.config, sort_keys=True)
-    for previous in done:
+    over_budget = candidate.reason or space.budget.violations(candidate.macs or 0, candidate.params or 0)
+    for previous in ([] if over_budget else done):
         if (previous.get("state") == "complete" and previous.get("config") == config_json
                 and previous.get("protocol_hash") == protocol.protocol_hash and previous.get("seed") == protocol.seed):
             reused = {k: previous[k] for k in ("macs", "params", "latency_ms", "top1_final", "top1_best", "test_top1",
@@ -135,6 +136,9 @@ def run_trial(
     if reasons:
         return make_row(**common, state="infeasible", error="; ".join(reasons), epochs_run=0,
                         wall_s=time.perf_counter() - start)
+    import torch
+
+    torch.manual_seed(protocol.seed)  # a baseline's initial weights are drawn here, when timm builds it
     result: TrialResult = train_and_evaluate(candidate.build(), protocol, report=report, progress=progress,
                                              name=candidate.name)
     return make_row(**common, state=result.state, error=result.error, top1_final=result.final_top1,

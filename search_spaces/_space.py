@@ -150,6 +150,8 @@ def _param(source: str, name: str, spec: Any) -> Param:
     log = spec.get("log", False)
     if not isinstance(log, bool) or (log and low <= 0):
         raise _fail(source, f"{key}.log", log, "true or false (true needs low > 0)")
+    if log and step is not None and not (kind == "int" and float(step) == 1):
+        raise _fail(source, f"{key}.step", step, "no step with log: true (Optuna samples log ranges unstepped)")
     if kind == "int" and not all(float(v).is_integer() for v in (low, high, step or 1)):
         raise _fail(source, key, spec, "integer low, high and step for type int")
     return Param(name, kind, low, high, None if step is None else float(step), log)

@@ -83,6 +83,18 @@ def test_ctrl_c_leaves_a_valid_table_and_a_resumable_study(tmp_path) -> None:
     assert done.returncode == 0 and len(read_rows(out)) == 2
 
 
+def test_two_studies_share_a_run_folder_without_overwriting(tmp_path) -> None:
+    run_search("cmt_compound", TINY, trials=1, out=tmp_path / "shared", study="A")
+    run_search("cmt_compound", TINY, trials=1, out=tmp_path / "shared", study="B")
+    assert sorted(r["study"] for r in read_rows(tmp_path / "shared")) == ["A", "B"]
+
+
+def test_a_protocol_the_data_cannot_serve_fails_before_the_run_folder_exists(tmp_path) -> None:
+    with pytest.raises(ValueError, match="val_size=2000 is not allowed for digits"):
+        run_search("cmt_compound", TINY.replace(val_size=2000), trials=1, out=tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+
+
 def test_infeasible_candidates_are_never_trained(tmp_path) -> None:
     space = space_from_dict({"family": "cmt_compound", "base": "cmt_ti",
                              "params": {"phi": {"type": "float", "low": 0.5, "high": 1.0}},
@@ -177,6 +189,19 @@ def test_ray_search_end_to_end_local(tmp_path) -> None:
     assert summary.front
     again = run_search("cmt_compound", TINY, trials=3, out=tmp_path / "ray", backend="ray", num_cpus=2)
     assert len(again.rows) == 3  # Tuner.restore: the finished experiment is not run again
+
+
+@pytest.mark.slow
+def test_ray_search_with_a_relative_run_folder(tmp_path) -> None:
+    """Ray workers run in their own folders: a relative --out must still receive every trial's row."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    args = _search_args(Path("runs/rel"), train_size=300, trials=2) + ["--backend", "ray", "--num-cpus", "2"]
+    proc = subprocess.run([sys.executable, "-m", "cmt_scale.cli", *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = read_rows(tmp_path / "runs" / "rel")
+    assert len(rows) == 2 and all(r["state"] in ("complete", "pruned") for r in rows)
+    assert any(r["state"] == "complete" and r["wall_s"] for r in rows)
 
 
 @pytest.mark.slow
