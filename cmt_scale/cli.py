@@ -257,12 +257,12 @@ def run_report(argv: Sequence[str], console: Console) -> int:
     out.add_column("family")
     for column in table.columns:
         out.add_column(str(column), justify="right")
-    for family, row in table.iterrows():
+    for family_name, row in table.iterrows():
         cells = []
         for column, value in row.items():
             text = "-" if value != value else (format_count(value) if str(column).startswith("macs_for") else f"{value:.3g}")
             cells.append(text)
-        out.add_row(str(family), *cells)
+        out.add_row(str(family_name), *cells)
     console.print(out)
     if args.published:
         head = Table(title="CMT-S against its rivals (published ImageNet numbers)", title_justify="left")

@@ -170,13 +170,15 @@ def train_and_evaluate(
     report: Callable[[int, float], None] | None = None,
     progress: bool = True,
     name: str | None = None,
+    cost: tuple[int, int] | None = None,
 ) -> TrialResult:
     """Train ``model_or_config`` under ``protocol`` and score it; never raises for a failed trial.
 
     A `CMTConfig` is built at the protocol's resolution and class count; an ``nn.Module`` (a baseline from
     `build_baseline`) is trained as given. ``report(epoch, top1)`` is called after each epoch; raising
     `TrialPruned` from it ends the trial as ``"pruned"``. The same protocol and seed give the same result on
-    the CPU.
+    the CPU. ``cost`` (MACs, params at the protocol resolution), when the caller already counted a module,
+    spares a second fvcore trace.
 
     Example:
         >>> from proxy import ProxyProtocol, train_and_evaluate
@@ -191,7 +193,7 @@ def train_and_evaluate(
     try:
         if protocol.threads:
             torch.set_num_threads(protocol.threads)
-        _run(model_or_config, protocol, report, progress, result)
+        _run(model_or_config, protocol, report, progress, result, cost)
     except TrialPruned:
         result.state = "pruned"
     except _Diverged as err:
@@ -213,11 +215,14 @@ def train_and_evaluate(
     return result
 
 
-def _run(model_or_config, protocol: ProxyProtocol, report, progress: bool, result: TrialResult) -> None:
+def _run(model_or_config, protocol: ProxyProtocol, report, progress: bool, result: TrialResult,
+         cost: tuple[int, int] | None) -> None:
     data = load_dataset(protocol.dataset, protocol.data_root, protocol.download, load_size=protocol.resolution)
     device = _resolve_device(protocol)
     torch.manual_seed(protocol.seed)  # model initialisation
     model, macs, params, kind = _build(model_or_config, protocol, data.num_classes)
+    if macs is None and cost is not None:
+        macs, params = cost
     if macs is None:
         from scaling import count_flops
 

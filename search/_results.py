@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -84,7 +85,7 @@ def read_rows(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def _natural(text: str) -> tuple:
-    return tuple(int(t) if t.isdigit() else t for t in __import__("re").split(r"(\d+)", text))
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text))
 
 
 def write_results(run_dir: str | Path, rows: Iterable[Mapping[str, Any]] | None = None):

@@ -140,7 +140,7 @@ def run_trial(
 
     torch.manual_seed(protocol.seed)  # a baseline's initial weights are drawn here, when timm builds it
     result: TrialResult = train_and_evaluate(candidate.build(), protocol, report=report, progress=progress,
-                                             name=candidate.name)
+                                             name=candidate.name, cost=(candidate.macs, candidate.params))
     return make_row(**common, state=result.state, error=result.error, top1_final=result.final_top1,
                     top1_best=result.best_top1, test_top1=result.test_top1, epochs_run=result.epochs_run,
                     wall_s=time.perf_counter() - start, train_img_per_s=result.train_img_per_s)

@@ -15,7 +15,7 @@ import pytest
 
 from proxy import ProxyProtocol
 from search import RESULT_COLUMNS, read_rows, run_baselines, run_search
-from search_spaces import load_space, space_from_dict
+from search_spaces import space_from_dict
 
 TINY = ProxyProtocol(dataset="digits", train_size=400, val_size=200, resolution=32, epochs=1, batch_size=64, threads=2)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scaling import PRESETS, CMTConfig, count_flops, estimate_cost, solve
+from scaling import CMTConfig, count_flops, estimate_cost, solve
 
 
 @pytest.mark.parametrize("target", [0.6e9, 1.5e9, 4e9, 9.3e9])
