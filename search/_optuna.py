@@ -70,9 +70,16 @@ def _requeue_dead_trials(study) -> int:
     return count
 
 
-def _finished(study) -> int:
-    """Trials that ended with a recorded row (complete, pruned, infeasible or failed with a reason)."""
-    return sum(1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get("row_written"))
+def _finished(study, run_dir: Path) -> int:
+    """Trials that ended with a recorded row (complete, pruned, infeasible or failed with a reason).
+
+    The row files are the truth: a Ctrl-C that lands after a trial's row is written but before Optuna
+    hears of it leaves that trial FAIL in the study, yet it finished and must not be run again.
+    """
+    numbers = {t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get("row_written")}
+    numbers |= {int(r["trial_id"]) for r in read_rows(run_dir)
+                if r.get("backend") == "optuna" and r.get("study") == study.study_name and str(r["trial_id"]).isdigit()}
+    return len(numbers)
 
 
 def _suggest(trial, space: SearchSpace) -> dict[str, Any]:
@@ -120,7 +127,7 @@ def run_optuna_search(
         study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True, sampler=sampler,
                                     direction="maximize", pruner=optuna.pruners.SuccessiveHalvingPruner())
     _requeue_dead_trials(study)
-    remaining = trials - _finished(study)
+    remaining = trials - _finished(study, run_dir)
     if remaining <= 0:
         write_results(run_dir)
         return

@@ -15,6 +15,7 @@ import pytest
 
 from proxy import ProxyProtocol
 from search import RESULT_COLUMNS, read_rows, run_baselines, run_search
+from search._results import write_row
 from search_spaces import space_from_dict
 
 TINY = ProxyProtocol(dataset="digits", train_size=400, val_size=200, resolution=32, epochs=1, batch_size=64, threads=2)
@@ -81,6 +82,21 @@ def test_ctrl_c_leaves_a_valid_table_and_a_resumable_study(tmp_path) -> None:
     done = _cli(*args)
     done.communicate(timeout=300)
     assert done.returncode == 0 and len(read_rows(out)) == 2
+
+
+def test_a_trial_whose_row_was_written_before_an_interrupt_is_not_run_again(tmp_path) -> None:
+    """Ctrl-C between a trial's row file and Optuna's bookkeeping: the study says FAIL, the row says done."""
+    import optuna
+
+    out = tmp_path / "late"
+    run_search("cmt_compound", TINY, trials=1, out=out)
+    study = optuna.load_study(study_name="late", storage=f"sqlite:///{out / 'study.db'}")
+    interrupted = study.ask()
+    study.tell(interrupted, state=optuna.trial.TrialState.FAIL)
+    row = dict(read_rows(out)[0], trial_id=str(interrupted.number))
+    write_row(out, row)
+    summary = run_search("cmt_compound", TINY, trials=2, out=out)
+    assert len(summary.rows) == 2 and len(study.trials) == 2
 
 
 def test_two_studies_share_a_run_folder_without_overwriting(tmp_path) -> None:
