@@ -14,10 +14,14 @@ from ._fronts import (
 )
 from ._load import PUBLISHED_CSV, STANDARD_COLUMNS, load_published, load_results
 from ._plots import FamilyCurve, FrontPlotInfo, front_plot_info, plot_fronts
-from ._report import HeadlineRow, headline_comparison, write_report
+from ._ranking import RankAgreement, bootstrap_interval, kendall_tau, rank_agreement, spearman_rho, top_k_overlap
+from ._report import HeadlineRow, headline_comparison, markdown_table, write_report
+from ._study_plots import plot_coefficient_fit, plot_rank_agreement, plot_scaling_strategies
 
 __all__ = [
     "FamilyCurve", "FrontPlotInfo", "HeadlineRow", "PUBLISHED_CSV", "STANDARD_COLUMNS", "compare_families",
     "default_reference_point", "front_plot_info", "headline_comparison", "hypervolume", "interpolate_cost",
     "interpolate_metric", "load_published", "load_results", "pareto_front", "plot_fronts", "write_report",
+    "RankAgreement", "bootstrap_interval", "kendall_tau", "rank_agreement", "spearman_rho", "top_k_overlap",
+    "markdown_table", "plot_coefficient_fit", "plot_rank_agreement", "plot_scaling_strategies",
 ]

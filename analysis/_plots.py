@@ -10,7 +10,7 @@ import pandas as pd
 
 from ._fronts import pareto_front
 
-__all__ = ["FamilyCurve", "FrontPlotInfo", "front_plot_info", "plot_fronts"]
+__all__ = ["FamilyCurve", "FrontPlotInfo", "finish_figure", "front_plot_info", "new_axes", "plot_fronts"]
 
 _COLOURS = {"cmt": "#d62728", "cmt_compound": "#d62728", "cmt_free": "#ff7f0e", "deit": "#1f77b4",
             "efficientnet": "#2ca02c"}
@@ -62,16 +62,9 @@ def plot_fronts(df: pd.DataFrame | FrontPlotInfo, ax=None, path: str | Path | No
                 formats: Sequence[str] = ("png", "svg"), title: str = ""):
     """Draw the fronts (log MACs axis, one colour per family, fronts as step lines, dominated points faint,
     front points labelled). With ``path`` (no suffix), also saves ``path.png`` and ``path.svg``. Returns the axes."""
-    import matplotlib
-
-    if ax is None:
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     info = df if isinstance(df, FrontPlotInfo) else front_plot_info(df, title=title)
     own = ax is None
-    if own:
-        fig, ax = plt.subplots(figsize=(7.5, 5), dpi=120)
+    ax = new_axes() if own else ax
     for curve in info.curves:
         ax.scatter(curve.other_costs, curve.other_metrics, color=curve.colour, alpha=0.25, s=18, linewidths=0)
         ax.step(curve.front_costs, curve.front_metrics, where="post", color=curve.colour, linewidth=1.8,
@@ -86,11 +79,28 @@ def plot_fronts(df: pd.DataFrame | FrontPlotInfo, ax=None, path: str | Path | No
         ax.set_title(info.title)
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(loc="lower right")
+    return finish_figure(ax, path, formats, close=own)
+
+
+def new_axes(figsize: tuple[float, float] = (7.5, 5)):
+    """A fresh figure's axes on the non-interactive backend (scripts, CI and headless notebooks alike)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=figsize, dpi=120)[1]
+
+
+def finish_figure(ax, path: str | Path | None, formats: Sequence[str] = ("png", "svg"), close: bool = True):
+    """Save ``ax``'s figure as ``path.<fmt>`` for each format (when ``path`` is given); close it if we own it."""
     if path is not None:
         figure = ax.figure
         figure.tight_layout()
         for fmt in formats:
             figure.savefig(Path(f"{path}.{fmt}"), format=fmt)
-    if own:
+    if close:
+        import matplotlib.pyplot as plt
+
         plt.close(ax.figure)
     return ax

@@ -12,7 +12,7 @@ from ._fronts import compare_families, pareto_front
 from ._load import load_published, load_results
 from ._plots import plot_fronts
 
-__all__ = ["HeadlineRow", "headline_comparison", "write_report"]
+__all__ = ["HeadlineRow", "headline_comparison", "markdown_table", "write_report"]
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,8 @@ def headline_comparison(df: pd.DataFrame | None = None, ours: str = "CMT-S",
                         float(by_name.loc[r, "macs"])) for r in rivals]
 
 
-def _markdown(frame: pd.DataFrame) -> str:
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A pipe table of ``frame`` (its index first), floats to 4 significant digits; no tabulate needed."""
     cols = [frame.index.name or ""] + [str(c) for c in frame.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for index, row in frame.iterrows():
@@ -68,7 +69,7 @@ def write_report(paths: Sequence[str | Path] | None, out: str | Path, published:
     df = pd.concat(frames, ignore_index=True)
     table = compare_families(df, budgets=budgets, levels=levels, reference_family=reference_family)
     table.to_csv(out / "comparison.csv")
-    (out / "comparison.md").write_text(_markdown(table), encoding="utf-8")
+    (out / "comparison.md").write_text(markdown_table(table), encoding="utf-8")
     pareto_front(df).to_csv(out / "fronts.csv", index=False)
     plot_fronts(df, path=out / "fronts", title=title)
     return table

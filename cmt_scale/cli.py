@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 import io
 import json
+import math
 import sys
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import Any, Sequence
 
 from rich.console import Console
 from rich.table import Table
@@ -25,6 +25,9 @@ from scaling import PAPER_TABLE, PRESETS, CMTConfig, estimate_cost
 from scaling._compound import family, parse_stage_ratio
 from scaling._solver import Solution, solve
 from scaling._units import format_count, parse_count
+
+from ._common import _glue_negative_values, _Parser, _protocol_args, _protocol_from, _trial_printer
+from ._study_commands import run_ablate_command, run_fidelity_command, run_fit_command
 
 # Options whose value may start with "-" (a negative number is bad input to report, not an unknown option).
 _VALUE_OPTIONS = ("--target-flops", "--target-params", "--target-latency", "--alpha", "--beta", "--gamma", "--phi")
@@ -45,14 +48,10 @@ examples:
   cmt-scale baselines --dataset fashion-mnist --out runs/baselines
   cmt-scale report --published --out report/published
   cmt-scale report runs/cmt runs/baselines --levels 80,85 --reference cmt_compound --out report/mine
+  cmt-scale fit-coefficients --dataset fashion-mnist --resolution 64 --base-phi -2 --out runs/fit
+  cmt-scale ablate-scaling --dataset fashion-mnist --resolution 64 --base-phi -2 --out runs/ablation
+  cmt-scale proxy-fidelity --dataset fashion-mnist --out runs/fidelity
 """
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (and exit code 2), not usage text plus a line."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _coefficient_args(parser: argparse.ArgumentParser) -> None:
@@ -104,34 +103,6 @@ def _profile_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _protocol_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("proxy protocol (defaults: proxy.DEFAULT_PROTOCOL)")
-    group.add_argument("--dataset", help="fashion-mnist, cifar10, cifar100, digits or imagefolder:PATH")
-    group.add_argument("--data-root", help="where the data set's files are")
-    group.add_argument("--protocol", metavar="JSON", help="a ProxyProtocol as a JSON file; flags below override it")
-    for flag, kind, text in (("--epochs", int, "training epochs"), ("--train-size", int, "training images"),
-                             ("--val-size", int, "validation images held out from train"),
-                             ("--resolution", int, "input size"), ("--batch-size", int, "batch size"),
-                             ("--seed", int, "seed"), ("--threads", int, "torch threads per trial"),
-                             ("--lr", float, "peak learning rate")):
-        group.add_argument(flag, type=kind, help=text)
-    group.add_argument("--precision", choices=("fp32", "bf16"))
-    group.add_argument("--device", choices=("auto", "cpu", "cuda"))
-
-
-def _protocol_from(args: argparse.Namespace):
-    from proxy import DEFAULT_PROTOCOL, ProxyProtocol
-
-    protocol = DEFAULT_PROTOCOL
-    if args.protocol:
-        with open(args.protocol, encoding="utf-8") as handle:
-            protocol = ProxyProtocol.from_dict(json.load(handle))
-    changes = {name: getattr(args, name) for name in ("dataset", "data_root", "epochs", "train_size", "val_size",
-                                                       "resolution", "batch_size", "seed", "threads", "lr",
-                                                       "precision", "device") if getattr(args, name) is not None}
-    return protocol.replace(**changes) if changes else protocol
-
-
 def _search_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cmt-scale search", description="Search a space with the proxy protocol (resumable).",
                      epilog="example: cmt-scale search --space search_spaces/cmt_compound.yaml --dataset fashion-mnist "
@@ -159,25 +130,6 @@ def _baselines_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="runs/baselines", help="run folder (default runs/baselines)")
     _protocol_args(parser)
     return parser
-
-
-def _trial_printer(console: Console, total: int | None) -> Any:
-    from search import pareto_mask
-
-    seen: list[dict[str, Any]] = []
-
-    def on_trial(row: dict[str, Any]) -> None:
-        seen.append(row)
-        done = [r for r in seen if r["state"] == "complete" and r["top1_final"] is not None]
-        front = sum(pareto_mask([(float(r["macs"]), float(r["top1_final"])) for r in done]))
-        counts = {s: sum(r["state"] == s for r in seen) for s in ("complete", "pruned", "failed", "infeasible")}
-        top1 = f"{row['top1_final']:.2f}%" if row["top1_final"] is not None else "-"
-        macs = format_count(row["macs"]) if row["macs"] else "-"
-        of = f"/{total}" if total else ""
-        console.print(f"[{len(seen)}{of}] {row['state']:10s} {row['name']:30s} top-1 {top1:>7s}  MACs {macs:>8s}  "
-                      f"{row['wall_s']:.0f}s | " + " ".join(f"{k} {v}" for k, v in counts.items()) + f" | front {front}")
-
-    return on_trial
 
 
 def _print_summary(console: Console, summary: Any) -> None:
@@ -406,17 +358,6 @@ def run_solve(argv: Sequence[str], console: Console) -> int:
     return 0
 
 
-def _glue_negative_values(argv: Sequence[str], options: Sequence[str]) -> list[str]:
-    """``--phi -2:2:0.5`` -> ``--phi=-2:2:0.5``: argparse would read ``-2:2:0.5`` as an option."""
-    out: list[str] = []
-    for arg in argv:
-        if out and out[-1] in options and arg.startswith("-"):
-            out[-1] = f"{out[-1]}={arg}"
-        else:
-            out.append(arg)
-    return out
-
-
 def run_family(argv: Sequence[str], console: Console) -> int:
     args = _family_parser().parse_args(_glue_negative_values(argv, _VALUE_OPTIONS))
     base = _load_model_config(args.base)
@@ -503,7 +444,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Piped output gets a wide console so tables are not truncated to 80 columns.
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
     commands = {"family": run_family, "profile": run_profile, "presets": run_presets, "search": run_search_command,
-                "baselines": run_baselines_command, "report": run_report}
+                "baselines": run_baselines_command, "report": run_report, "fit-coefficients": run_fit_command,
+                "ablate-scaling": run_ablate_command, "proxy-fidelity": run_fidelity_command}
     try:
         if argv and argv[0] in commands:
             return commands[argv[0]](argv[1:], console)

@@ -11,6 +11,7 @@ from typing import Any
 
 from ._compound import (
     PAPER_COEFFICIENTS,
+    PHI_LIMIT,
     CompoundCoefficients,
     FamilyMember,
     family,
@@ -52,6 +53,7 @@ __all__ = [
     "Cost",
     "FamilyMember",
     "PAPER_COEFFICIENTS",
+    "PHI_LIMIT",
     "PAPER_TABLE",
     "PRESETS",
     "PaperFigures",

@@ -7,6 +7,7 @@ candidates from a `search_spaces` file, rejects those over budget with the analy
 
 from ._driver import BACKENDS, SearchSummary, run_baselines, run_search
 from ._results import RESULT_COLUMNS, STATES, pareto_mask, read_rows, write_results
+from ._trial import compound_member
 
-__all__ = ["BACKENDS", "RESULT_COLUMNS", "STATES", "SearchSummary", "pareto_mask", "read_rows", "run_baselines",
-           "run_search", "write_results"]
+__all__ = ["BACKENDS", "RESULT_COLUMNS", "STATES", "SearchSummary", "compound_member", "pareto_mask", "read_rows",
+           "run_baselines", "run_search", "write_results"]

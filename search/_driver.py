@@ -98,7 +98,7 @@ def _check_protocol_matches(run_dir: Path, protocol: ProxyProtocol) -> None:
 def run_search(
     space: SearchSpace | str | Path,
     protocol: ProxyProtocol,
-    trials: int,
+    trials: int | None,
     out: str | Path,
     backend: str = "optuna",
     study: str | None = None,
@@ -113,6 +113,8 @@ def run_search(
 ) -> SearchSummary:
     """Search ``space`` for ``trials`` trials under ``protocol``; results land in ``out`` (resumable).
 
+    A ``sampler: grid`` space runs each of its grid points once (``trials=None`` means all of them).
+
     Example:
         >>> from proxy import ProxyProtocol
         >>> summary = run_search("cmt_compound", ProxyProtocol(dataset="digits", resolution=32, val_size=300,
@@ -122,15 +124,19 @@ def run_search(
         raise ValueError(f"backend={backend!r} is not allowed; allowed: {', '.join(BACKENDS)}")
     if mode not in ("pareto", "budget"):
         raise ValueError(f"mode={mode!r} is not allowed; allowed: pareto, budget")
-    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
-        raise ValueError(f"trials={trials!r} is not allowed; allowed: an integer >= 1")
-    for name, value in (("cpus_per_trial", cpus_per_trial), ("num_cpus", num_cpus)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{name}={value!r} is not allowed; allowed: an integer >= 1")
     if isinstance(space, dict):
         space = space_from_dict(space)
     elif not isinstance(space, SearchSpace):
         space = load_space(space)
+    if trials is None and space.sampler == "grid":
+        trials = len(space.grid)
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise ValueError(f"trials={trials!r} is not allowed; allowed: an integer >= 1")
+    if space.sampler == "grid" and trials != len(space.grid):
+        raise ValueError(f"trials={trials} is not allowed for a grid space; allowed: its {len(space.grid)} grid points")
+    for name, value in (("cpus_per_trial", cpus_per_trial), ("num_cpus", num_cpus)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name}={value!r} is not allowed; allowed: an integer >= 1")
     run_dir = Path(out)
     study_name = study or run_dir.name
     data = load_dataset(protocol.dataset, protocol.data_root, protocol.download, load_size=protocol.resolution)

@@ -119,7 +119,10 @@ def run_optuna_search(
     except Exception as err:  # noqa: BLE001 - SQLAlchemy raises many kinds for a bad URL
         raise ValueError(f"--storage={url!r} cannot be opened ({type(err).__name__}); allowed: an Optuna RDB URL "
                          "such as sqlite:///runs/NAME/study.db or postgresql://...") from None
-    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+    if space.sampler == "grid":  # a study fixed in advance: every grid point once, in any order
+        sampler = optuna.samplers.GridSampler({p.name: list(p.choices) for p in space.params}, seed=seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
     if mode == "pareto":
         study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True, sampler=sampler,
                                     directions=["maximize", "minimize"])

@@ -5,7 +5,8 @@ directory), its session files in a short folder under the system temp dir; ``--a
 existing cluster (``auto``, ``host:port`` or ``ray://...``). Each trial gets ``cpus_per_trial`` CPUs and
 as many torch threads. Tune's experiment state lives in ``runs/NAME/ray/`` and ``Tuner.restore`` resumes
 it, with the OptunaSearch searcher's state (its study) restored from the experiment checkpoint, not only
-the trials. ASHA stops weak trials early on the per-epoch validation top-1.
+the trials. ASHA stops weak trials early on the per-epoch validation top-1. A ``sampler: grid`` space
+runs each grid point once (``tune.grid_search``), trained in full.
 """
 
 from __future__ import annotations
@@ -116,13 +117,17 @@ def run_ray_search(
         if tune.Tuner.can_restore(str(experiment)):
             tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True)
         else:
-            searcher = OptunaSearch(metric=["top1", "macs"], mode=["max", "min"], seed=seed)
-            scheduler = ASHAScheduler(metric="top1", mode="max", time_attr="epoch", max_t=protocol.epochs,
-                                      grace_period=1, reduction_factor=2)
+            if space.sampler == "grid":  # every grid point once, trained in full (no early stopping)
+                searcher, scheduler, samples = None, None, 1
+            else:
+                searcher = OptunaSearch(metric=["top1", "macs"], mode=["max", "min"], seed=seed)
+                scheduler = ASHAScheduler(metric="top1", mode="max", time_attr="epoch", max_t=protocol.epochs,
+                                          grace_period=1, reduction_factor=2)
+                samples = trials
             tuner = tune.Tuner(
                 trainable,
                 param_space=space.to_ray(),
-                tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=trials),
+                tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=samples),
                 run_config=tune.RunConfig(name=study_name, storage_path=str(storage), verbose=1),
             )
         grid = tuner.fit()

@@ -10,11 +10,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 from proxy import ProxyProtocol, TrialResult, build_baseline, deit_patch_size, train_and_evaluate
 from scaling import CMTConfig, estimate_cost, scale
-from search_spaces import SearchSpace
+from search_spaces import SearchSpace, parse_point
 
 from ._results import make_row
 
-__all__ = ["Candidate", "make_candidate", "run_trial"]
+__all__ = ["Candidate", "compound_member", "compound_values", "make_candidate", "run_trial", "trial_protocol"]
 
 
 @dataclass(frozen=True)
@@ -30,12 +30,27 @@ class Candidate:
     reason: str | None = None
 
 
+def compound_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with a grid ``point`` (``"phi=1 alpha=1.2 ..."``) unpacked over the other values."""
+    out = {k: v for k, v in values.items() if k != "point"}
+    if values.get("point") is not None:
+        out.update(parse_point(values["point"]))
+    return out
+
+
+def compound_member(base: str | CMTConfig, values: Mapping[str, Any], resolution: int) -> CMTConfig:
+    """The compound member of ``values``: scaled from the base (itself the preset at ``base_phi`` and the
+    protocol resolution); its resolution follows ``gamma**phi`` only when ``scale_resolution`` is set."""
+    start = scale(base, float(values.get("base_phi", 0.0)), resolution=resolution)
+    return scale(start, float(values["phi"]), alpha=float(values.get("alpha", 1.2)),
+                 beta=float(values.get("beta", 1.3)), gamma=float(values.get("gamma", 1.15)),
+                 stage_ratio=values.get("stage_ratio"),
+                 resolution=None if values.get("scale_resolution") else resolution)
+
+
 def _cmt_from_values(space: SearchSpace, values: Mapping[str, Any], resolution: int, num_classes: int) -> CMTConfig:
     if space.family == "cmt_compound":
-        cfg = scale(space.base, float(values["phi"]), alpha=float(values.get("alpha", 1.2)),
-                    beta=float(values.get("beta", 1.3)), gamma=float(values.get("gamma", 1.15)),
-                    stage_ratio=values.get("stage_ratio"), resolution=resolution)
-        return cfg.replace(num_classes=num_classes)
+        return compound_member(space.base, compound_values(values), resolution).replace(num_classes=num_classes)
     stages = sum(1 for i in range(8) if f"dim_{i}" in values)
     sr = values.get("sr_ratios") or [values.get(f"sr_{i}", (8, 4, 2, 1)[i] if i < 4 else 1) for i in range(stages)]
     ratio = values.get("mlp_ratio", 4.0)
@@ -75,8 +90,33 @@ def make_candidate(space: SearchSpace, values: Mapping[str, Any], protocol: Prox
     cost = estimate_cost(cfg)
     name = f"cmt d{'-'.join(map(str, cfg.embed_dims))} L{'-'.join(map(str, cfg.depths))}"
     if space.family == "cmt_compound":
-        name = f"cmt phi={float(values['phi']):+.2f} {values.get('stage_ratio') or ''}".strip()
+        name = _compound_name(compound_values(values), cfg)
     return Candidate(space.family, name, cfg.to_dict(), cost.macs, cost.params, lambda: cfg)
+
+
+def _compound_name(values: Mapping[str, Any], cfg: CMTConfig) -> str:
+    """``cmt phi=+1.00`` plus whatever departs from the paper's rule (coefficients, stage ratio, resolution)."""
+    parts = [f"cmt phi={float(values['phi']):+.2f}"]
+    coefficients = [values.get(k) for k in ("alpha", "beta", "gamma")]
+    if any(c is not None for c in coefficients):
+        parts.append("a/b/g=" + "/".join(f"{float(c if c is not None else d):g}"
+                                          for c, d in zip(coefficients, (1.2, 1.3, 1.15))))
+    if values.get("stage_ratio"):
+        parts.append(str(values["stage_ratio"]))
+    if values.get("scale_resolution"):
+        parts.append(f"@{cfg.img_size}")
+    return " ".join(parts)
+
+
+def trial_protocol(protocol: ProxyProtocol, values: Mapping[str, Any], candidate: Candidate) -> ProxyProtocol:
+    """The protocol one trial trains under: the run's, with the trial's own seed and member resolution."""
+    changes: dict[str, Any] = {}
+    if values.get("seed") is not None:
+        changes["seed"] = int(values["seed"])
+    resolution = candidate.config.get("img_size")
+    if resolution and candidate.family == "cmt_compound" and resolution != protocol.resolution:
+        changes["resolution"] = int(resolution)
+    return protocol.replace(**changes) if changes else protocol
 
 
 def _latency_ms(candidate: Candidate, protocol: ProxyProtocol) -> float:
@@ -111,26 +151,27 @@ def run_trial(
     """
     start = time.perf_counter()
     candidate = make_candidate(space, values, protocol, num_classes)
+    trained = trial_protocol(protocol, values, candidate)
     config_json = json.dumps(candidate.config, sort_keys=True)
     over_budget = candidate.reason or space.budget.violations(candidate.macs or 0, candidate.params or 0)
     for previous in ([] if over_budget else done):
         if (previous.get("state") == "complete" and previous.get("config") == config_json
-                and previous.get("protocol_hash") == protocol.protocol_hash and previous.get("seed") == protocol.seed):
+                and previous.get("protocol_hash") == protocol.protocol_hash and previous.get("seed") == trained.seed):
             reused = {k: previous[k] for k in ("macs", "params", "latency_ms", "top1_final", "top1_best", "test_top1",
                                                "epochs_run", "train_img_per_s")}
             return make_row(**{**reused, "trial_id": trial_id, "backend": backend, "study": study,
                                "family": candidate.family, "name": candidate.name, "config": config_json,
                                "state": "complete", "error": f"same architecture as trial {previous['trial_id']}: "
                                "result reused, not retrained", "wall_s": time.perf_counter() - start,
-                               "seed": protocol.seed, "protocol_hash": protocol.protocol_hash,
+                               "seed": trained.seed, "protocol_hash": protocol.protocol_hash,
                                "dataset": protocol.dataset})
     common = dict(trial_id=trial_id, backend=backend, study=study, family=candidate.family, name=candidate.name,
                   config=config_json, macs=candidate.macs, params=candidate.params,
-                  seed=protocol.seed, protocol_hash=protocol.protocol_hash, dataset=protocol.dataset)
+                  seed=trained.seed, protocol_hash=protocol.protocol_hash, dataset=protocol.dataset)
     latency_ms = None
     reasons = [candidate.reason] if candidate.reason else space.budget.violations(candidate.macs, candidate.params)
     if not reasons and space.budget.max_latency_ms is not None:
-        latency_ms = _latency_ms(candidate, protocol)
+        latency_ms = _latency_ms(candidate, trained)
         reasons = space.budget.violations(candidate.macs, candidate.params, latency_ms)
     common["latency_ms"] = latency_ms
     if reasons:
@@ -138,8 +179,8 @@ def run_trial(
                         wall_s=time.perf_counter() - start)
     import torch
 
-    torch.manual_seed(protocol.seed)  # a baseline's initial weights are drawn here, when timm builds it
-    result: TrialResult = train_and_evaluate(candidate.build(), protocol, report=report, progress=progress,
+    torch.manual_seed(trained.seed)  # a baseline's initial weights are drawn here, when timm builds it
+    result: TrialResult = train_and_evaluate(candidate.build(), trained, report=report, progress=progress,
                                              name=candidate.name, cost=(candidate.macs, candidate.params))
     return make_row(**common, state=result.state, error=result.error, top1_final=result.final_top1,
                     top1_best=result.best_top1, test_top1=result.test_top1, epochs_run=result.epochs_run,

@@ -5,6 +5,18 @@ beside this file; `load_space` takes one of their names or any YAML path. One `S
 Optuna distributions (`SearchSpace.to_optuna`) or a Ray Tune ``param_space`` (`SearchSpace.to_ray`).
 """
 
-from ._space import FAMILIES, Budget, Param, SearchSpace, builtin_space_path, load_space, space_from_dict
+from ._space import (
+    FAMILIES,
+    SAMPLERS,
+    Budget,
+    Param,
+    SearchSpace,
+    builtin_space_path,
+    format_point,
+    load_space,
+    parse_point,
+    space_from_dict,
+)
 
-__all__ = ["FAMILIES", "Budget", "Param", "SearchSpace", "builtin_space_path", "load_space", "space_from_dict"]
+__all__ = ["FAMILIES", "SAMPLERS", "Budget", "Param", "SearchSpace", "builtin_space_path", "format_point",
+           "load_space", "parse_point", "space_from_dict"]

@@ -7,7 +7,16 @@ A space file has:
 - ``params``: sampled values, each ``{type: float|int, low, high[, step][, log]}`` or
   ``{type: categorical, choices: [...]}``;
 - ``fixed``: values every trial gets;
-- ``budget``: ``max_macs``, ``max_params``, ``max_latency_ms``, checked before any training.
+- ``budget``: ``max_macs``, ``max_params``, ``max_latency_ms``, checked before any training;
+- ``sampler``: ``tpe`` (default: the backend's model-based sampler) or ``grid`` (every combination of the
+  categorical params exactly once: Optuna's ``GridSampler``, Ray Tune's ``grid_search``), for studies
+  whose candidates are fixed in advance (coefficient fits, ablations, proxy fidelity).
+
+``cmt_compound`` values may also hold ``base_phi`` (the base is the preset scaled by the paper's rule to this
+phi first), ``scale_resolution`` (true: the member's resolution follows ``gamma**phi`` from the protocol's,
+and it trains at that resolution; default false: every member at the protocol resolution), and ``point``
+(one grid entry naming several values at once, ``"phi=1 alpha=1.2 beta=1.3 gamma=1.15"``). Any family
+may sample ``seed`` (the trial's protocol seed).
 
 Files are parsed with ``yaml.safe_load`` (no object tags, nothing executed). Every problem is one
 `ValueError` line naming the file, the key, the value and what is allowed.
@@ -22,10 +31,12 @@ from typing import Any, Mapping
 
 from scaling import get_preset, parse_count, parse_latency_ms
 
-__all__ = ["FAMILIES", "Budget", "Param", "SearchSpace", "load_space", "builtin_space_path"]
+__all__ = ["FAMILIES", "SAMPLERS", "Budget", "Param", "SearchSpace", "builtin_space_path", "format_point", "load_space",
+           "parse_point"]
 
 FAMILIES = ("cmt_compound", "cmt_free", "deit", "efficientnet")
-_TOP_KEYS = {"family", "base", "params", "fixed", "budget", "description"}
+_TOP_KEYS = {"family", "base", "params", "fixed", "budget", "description", "sampler"}
+SAMPLERS = ("tpe", "grid")
 _PARAM_TYPES = ("float", "int", "categorical")
 
 
@@ -94,13 +105,27 @@ class SearchSpace:
     budget: Budget = Budget()
     base: str | None = None
     source: str = "<dict>"
+    sampler: str = "tpe"
+
+    @property
+    def grid(self) -> list[dict[str, Any]]:
+        """Every combination of the categorical params, in file order (``sampler: grid``)."""
+        import itertools
+
+        names = [p.name for p in self.params]
+        return [dict(zip(names, combo)) for combo in itertools.product(*(p.choices for p in self.params))]
 
     def to_optuna(self) -> dict[str, Any]:
         """``{name: optuna distribution}`` for ``study.ask(...)`` / ``OptunaSearch(space=...)``."""
         return {p.name: p.to_optuna() for p in self.params}
 
     def to_ray(self) -> dict[str, Any]:
-        """A Ray Tune ``param_space``: the sampled params as Tune domains, the fixed values as constants."""
+        """A Ray Tune ``param_space``: the sampled params as Tune domains (``grid_search`` lists for a grid
+        space), the fixed values as constants."""
+        if self.sampler == "grid":
+            from ray import tune
+
+            return {**{p.name: tune.grid_search(list(p.choices)) for p in self.params}, **dict(self.fixed)}
         return {**{p.name: p.to_ray() for p in self.params}, **dict(self.fixed)}
 
     def trial_values(self, sampled: Mapping[str, Any]) -> dict[str, Any]:
@@ -206,19 +231,47 @@ def space_from_dict(data: Any, source: str = "<dict>") -> SearchSpace:
             raise ValueError(f"{source}: base={base!r}: {err}") from None
     elif base is not None:
         raise _fail(source, "base", base, "no base (only cmt_compound scales from one)")
+    sampler = data.get("sampler", "tpe")
+    if sampler not in SAMPLERS:
+        raise _fail(source, "sampler", sampler, ", ".join(SAMPLERS))
     space = SearchSpace(family, tuple(_param(source, str(n), s) for n, s in params.items()), dict(fixed),
-                        _budget(source, data.get("budget")), base, source)
+                        _budget(source, data.get("budget")), base, source, sampler)
+    if sampler == "grid":
+        numeric = next((p for p in space.params if p.type != "categorical"), None)
+        if numeric is not None:
+            raise _fail(source, f"params.{numeric.name}.type", numeric.type, "categorical (sampler: grid lists choices)")
     _check_family_keys(space)
     return space
 
 
+COMPOUND_POINT_KEYS = ("phi", "alpha", "beta", "gamma", "stage_ratio")
 _FAMILY_KEYS = {
-    "cmt_compound": {"phi", "alpha", "beta", "gamma", "stage_ratio"},
-    "cmt_free": {"stem_channels", "mlp_ratio", "fc_dim", "sr_ratios"}
+    "cmt_compound": {*COMPOUND_POINT_KEYS, "point", "base_phi", "scale_resolution", "seed"},
+    "cmt_free": {"stem_channels", "mlp_ratio", "fc_dim", "sr_ratios", "seed"}
     | {f"{k}_{i}" for k in ("dim", "depth", "heads", "sr", "mlp_ratio") for i in range(8)},
-    "deit": {"model"},
-    "efficientnet": {"model"},
+    "deit": {"model", "seed"},
+    "efficientnet": {"model", "seed"},
 }
+
+
+def parse_point(text: str) -> dict[str, Any]:
+    """``"phi=1 alpha=1.2 stage_ratio=2:2:6:2"`` -> ``{"phi": 1.0, "alpha": 1.2, "stage_ratio": "2:2:6:2"}``."""
+    out: dict[str, Any] = {}
+    for item in str(text).split():
+        key, sep, value = item.partition("=")
+        if not sep or key not in COMPOUND_POINT_KEYS:
+            raise ValueError(f"point={text!r} is not allowed; allowed: space-separated key=value with keys "
+                             f"{', '.join(COMPOUND_POINT_KEYS)}")
+        try:
+            out[key] = value if key == "stage_ratio" else float(value)
+        except ValueError:
+            raise ValueError(f"point={text!r}: {key}={value!r} is not allowed; allowed: a number") from None
+    return out
+
+
+def format_point(**values: Any) -> str:
+    """The inverse of `parse_point` (``None`` values left out): a grid entry readable in a study's table."""
+    return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items() if v is not None)
 
 
 def _check_family_keys(space: SearchSpace) -> None:
@@ -228,7 +281,11 @@ def _check_family_keys(space: SearchSpace) -> None:
             raise _fail(space.source, name, name, f"for family {space.family}: {', '.join(sorted(allowed)[:12])}"
                         + (" ..." if len(allowed) > 12 else ""))
     names = {p.name for p in space.params} | set(space.fixed)
-    if space.family == "cmt_compound" and "phi" not in names:
+    for param in space.params:
+        if param.name == "point":
+            for choice in param.choices:
+                parse_point(choice)
+    if space.family == "cmt_compound" and "phi" not in names and "point" not in names:
         raise _fail(space.source, "params.phi", None, "a phi range (the compound coefficient)")
     if space.family in ("deit", "efficientnet") and "model" not in names:
         raise _fail(space.source, "params.model", None, f"a choice of {space.family} models")

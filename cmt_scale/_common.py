@@ -1,0 +1,78 @@
+"""What the CLI's training commands share: one-line usage errors, protocol flags, a line per finished trial."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any, NoReturn, Sequence
+
+from rich.console import Console
+
+from scaling import format_count
+
+__all__ = ["_Parser", "_glue_negative_values", "_protocol_args", "_protocol_from", "_trial_printer"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit code 2), not usage text plus a line."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _protocol_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("proxy protocol (defaults: proxy.DEFAULT_PROTOCOL)")
+    group.add_argument("--dataset", help="fashion-mnist, cifar10, cifar100, digits or imagefolder:PATH")
+    group.add_argument("--data-root", help="where the data set's files are")
+    group.add_argument("--protocol", metavar="JSON", help="a ProxyProtocol as a JSON file; flags below override it")
+    for flag, kind, text in (("--epochs", int, "training epochs"), ("--train-size", int, "training images"),
+                             ("--val-size", int, "validation images held out from train"),
+                             ("--resolution", int, "input size"), ("--batch-size", int, "batch size"),
+                             ("--seed", int, "seed"), ("--threads", int, "torch threads per trial"),
+                             ("--lr", float, "peak learning rate")):
+        group.add_argument(flag, type=kind, help=text)
+    group.add_argument("--precision", choices=("fp32", "bf16"))
+    group.add_argument("--device", choices=("auto", "cpu", "cuda"))
+
+
+def _protocol_from(args: argparse.Namespace):
+    from proxy import DEFAULT_PROTOCOL, ProxyProtocol
+
+    protocol = DEFAULT_PROTOCOL
+    if args.protocol:
+        with open(args.protocol, encoding="utf-8") as handle:
+            protocol = ProxyProtocol.from_dict(json.load(handle))
+    changes = {name: getattr(args, name) for name in ("dataset", "data_root", "epochs", "train_size", "val_size",
+                                                       "resolution", "batch_size", "seed", "threads", "lr",
+                                                       "precision", "device") if getattr(args, name) is not None}
+    return protocol.replace(**changes) if changes else protocol
+
+
+def _trial_printer(console: Console, total: int | None) -> Any:
+    from search import pareto_mask
+
+    seen: list[dict[str, Any]] = []
+
+    def on_trial(row: dict[str, Any]) -> None:
+        seen.append(row)
+        done = [r for r in seen if r["state"] == "complete" and r["top1_final"] is not None]
+        front = sum(pareto_mask([(float(r["macs"]), float(r["top1_final"])) for r in done]))
+        counts = {s: sum(r["state"] == s for r in seen) for s in ("complete", "pruned", "failed", "infeasible")}
+        top1 = f"{row['top1_final']:.2f}%" if row["top1_final"] is not None else "-"
+        macs = format_count(row["macs"]) if row["macs"] else "-"
+        of = f"/{total}" if total else ""
+        console.print(f"[{len(seen)}{of}] {row['state']:10s} {row['name']:30s} top-1 {top1:>7s}  MACs {macs:>8s}  "
+                      f"{row['wall_s']:.0f}s | " + " ".join(f"{k} {v}" for k, v in counts.items()) + f" | front {front}")
+
+    return on_trial
+
+
+def _glue_negative_values(argv: Sequence[str], options: Sequence[str]) -> list[str]:
+    """``--phi -2:2:0.5`` -> ``--phi=-2:2:0.5``: argparse would read ``-2:2:0.5`` as an option."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in options and arg.startswith("-"):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out

@@ -1,0 +1,196 @@
+"""``cmt-scale fit-coefficients``, ``ablate-scaling`` and ``proxy-fidelity``: parse, call `studies`, print."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from scaling import format_count
+
+from ._common import _glue_negative_values, _Parser, _protocol_args, _protocol_from, _trial_printer
+
+__all__ = ["run_ablate_command", "run_fidelity_command", "run_fit_command"]
+
+# Options whose value may start with "-" (argparse would read "-2,-1" as an option).
+_NEGATIVE_OK = ("--base-phi", "--budget-phi", "--phis")
+
+
+def _backend_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("where the trials run")
+    group.add_argument("--backend", choices=("optuna", "ray"), default="optuna",
+                       help="optuna: in this process, study in OUT/study.db; ray: Ray Tune (local or --address)")
+    group.add_argument("--address", help="Ray cluster to join: auto, host:port or ray://host:port")
+    group.add_argument("--cpus-per-trial", type=int, default=1, help="Ray: CPUs (and torch threads) per trial")
+    group.add_argument("--num-cpus", type=int, help="Ray: CPUs of a local cluster (default: all)")
+
+
+def _base_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base", default="cmt_ti", help="preset the members scale from (default cmt_ti)")
+    parser.add_argument("--base-phi", type=float, default=0.0,
+                        help="scale the base by the paper's rule to this phi first (e.g. -2 for a cheaper base)")
+
+
+def _options(args: argparse.Namespace, command: str, argv: Sequence[str], console: Console):
+    from studies import RunOptions
+
+    return RunOptions(backend=args.backend, address=args.address, cpus_per_trial=args.cpus_per_trial,
+                      num_cpus=args.num_cpus, command=["cmt-scale", command, *argv],
+                      on_trial=_trial_printer(console, None))
+
+
+def _print_frame(console: Console, title: str, frame, columns: dict[str, Any]) -> None:
+    """``columns``: header -> function of a row giving the cell text."""
+    table = Table(title=title, title_justify="left")
+    for header in columns:
+        table.add_column(header, justify="right")
+    for _, row in frame.iterrows():
+        table.add_row(*(fn(row) for fn in columns.values()))
+    console.print(table)
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None or value != value else f"{value:.2f}"
+
+
+def _fit_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="cmt-scale fit-coefficients",
+                     description="Grid-search alpha, beta, gamma at fixed phi under alpha*beta^1.5*gamma^2 = 2.5, "
+                                 "train each member with the proxy protocol, compare with the paper's triple.",
+                     epilog="example: cmt-scale fit-coefficients --dataset fashion-mnist --resolution 64 "
+                            "--base-phi -2 --out runs/fit")
+    parser.add_argument("--budget-phi", type=float, default=1.0, help="the phi every candidate is scaled to (default 1)")
+    parser.add_argument("--step", type=float, default=0.1, help="grid step of alpha and beta (default 0.1)")
+    parser.add_argument("--target", type=float, default=2.5, help="alpha*beta^1.5*gamma^2 (default 2.5, the paper's)")
+    parser.add_argument("--out", default="runs/fit", help="run folder (default runs/fit)")
+    _base_args(parser)
+    _backend_args(parser)
+    _protocol_args(parser)
+    return parser
+
+
+def run_fit_command(argv: Sequence[str], console: Console) -> int:
+    args = _fit_parser().parse_args(_glue_negative_values(argv, _NEGATIVE_OK))
+    from studies import fit_coefficients
+
+    protocol = _protocol_from(args)
+    console.print(f"fit-coefficients at phi={args.budget_phi:g} from {args.base} (base phi {args.base_phi:g}) on "
+                  f"{protocol.dataset} @{protocol.resolution}px, protocol {protocol.protocol_hash} -> {args.out}")
+    result = fit_coefficients(protocol, args.out, phi=args.budget_phi, base=args.base, base_phi=args.base_phi,
+                              step=args.step, target=args.target,
+                              options=_options(args, "fit-coefficients", argv, console))
+    ranked = result.table.sort_values(["top1", "macs"], ascending=[False, True]).head(10)
+    _print_frame(console, "Coefficients by validation top-1 (best 10; paper marked *)", ranked, {
+        "alpha": lambda r: f"{r['alpha']:g}", "beta": lambda r: f"{r['beta']:g}", "gamma": lambda r: f"{r['gamma']:g}",
+        "a*b^1.5*g^2": lambda r: f"{r['cost_growth']:.3f}", "res": lambda r: str(r["img_size"]),
+        "depths": lambda r: r["depths"], "MACs": lambda r: format_count(r["macs"]),
+        "top-1 %": lambda r: _pct(r["top1"]) + ("*" if r["is_paper"] else ""),
+    })
+    best, paper = result.best, result.paper
+    if best:
+        console.print(f"best ({best['alpha']:g}, {best['beta']:g}, {best['gamma']:g}): top-1 {_pct(best['top1'])}% at "
+                      f"{format_count(best['macs'])} MACs | paper (1.2, 1.3, 1.15): top-1 {_pct(paper['top1'])}% at "
+                      f"{format_count(paper['macs'])} MACs | {len(result.table) - 1} triples, "
+                      f"{result.table['trained_as'].nunique()} architectures trained")
+    console.print(f"tables: {result.run_dir / 'fit.csv'} (.md, .json), figure: {result.run_dir / 'fit.png'} (.svg)")
+    return 0
+
+
+def _ablate_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="cmt-scale ablate-scaling",
+                     description="Scale a base member by depth, width, resolution, stage ratio or compound to matched "
+                                 "MACs budgets and train each with several seeds.",
+                     epilog="example: cmt-scale ablate-scaling --dataset fashion-mnist --resolution 64 --base-phi -2 "
+                            "--out runs/ablation")
+    parser.add_argument("--multiples", default="2,4", help="MACs budgets as multiples of the base (default 2,4)")
+    parser.add_argument("--seeds", default="0,1", help="comma list of seeds each member trains with (default 0,1)")
+    parser.add_argument("--stage-ratio", default="2:2:6:2", help="the stage-ratio strategy's split (default 2:2:6:2)")
+    parser.add_argument("--out", default="runs/ablation", help="run folder (default runs/ablation)")
+    _base_args(parser)
+    _backend_args(parser)
+    _protocol_args(parser)
+    return parser
+
+
+def _numbers(text: str, flag: str, kind: type) -> list:
+    try:
+        return [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{flag}={text!r} is not allowed; allowed: a comma list of {kind.__name__}s") from None
+
+
+def run_ablate_command(argv: Sequence[str], console: Console) -> int:
+    args = _ablate_parser().parse_args(_glue_negative_values(argv, _NEGATIVE_OK))
+    from studies import ablate_scaling
+
+    protocol = _protocol_from(args)
+    multiples, seeds = _numbers(args.multiples, "--multiples", float), _numbers(args.seeds, "--seeds", int)
+    console.print(f"ablate-scaling from {args.base} (base phi {args.base_phi:g}) on {protocol.dataset} "
+                  f"@{protocol.resolution}px, budgets {multiples}x, seeds {seeds} -> {args.out}")
+    result = ablate_scaling(protocol, args.out, base=args.base, base_phi=args.base_phi, multiples=multiples,
+                            seeds=seeds, stage_ratio=args.stage_ratio,
+                            options=_options(args, "ablate-scaling", argv, console))
+    _print_frame(console, "Scaling strategies at matched MACs (validation top-1, mean and std over seeds)",
+                 result.members, {
+                     "strategy": lambda r: r["strategy"], "budget": lambda r: f"{r['multiple']:g}x",
+                     "MACs": lambda r: format_count(r["macs"]), "vs budget": lambda r: f"{100 * r['budget_error']:+.1f}%",
+                     "res": lambda r: str(r["img_size"]), "depths": lambda r: r["depths"],
+                     "widths": lambda r: r["embed_dims"], "top-1 %": lambda r: _pct(r["top1_mean"]),
+                     "std": lambda r: _pct(r["top1_std"]),
+                 })
+    console.print(f"tables: {result.run_dir / 'ablation.csv'} (.md, .json), figure: "
+                  f"{result.run_dir / 'ablation.png'} (.svg)")
+    return 0
+
+
+def _fidelity_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="cmt-scale proxy-fidelity",
+                     description="Train the same architectures under a cheap and a reference protocol; compare the "
+                                 "rankings (Spearman, Kendall with bootstrap intervals, top-k overlap).",
+                     epilog="The protocol flags set the cheap protocol (default: the search default); --reference-* "
+                            "change the reference (default: 2x the images, 8 epochs).")
+    parser.add_argument("--phis", default="-2,-1.5,-1,-0.5,0,0.5", help="compound members of --base (comma list)")
+    parser.add_argument("--base", default="cmt_ti", help="preset the compound members scale from (default cmt_ti)")
+    parser.add_argument("--families", default="deit,efficientnet", help="baseline families (comma list; '' for none)")
+    parser.add_argument("--reference-train-size", type=int, help="reference training images (default 2x cheap)")
+    parser.add_argument("--reference-epochs", type=int, default=8, help="reference epochs (default 8)")
+    parser.add_argument("--reference-resolution", type=int, help="reference input size (default: the cheap one)")
+    parser.add_argument("--top-k", type=int, help="k of the top-k overlap (default: a quarter of the models)")
+    parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    parser.add_argument("--out", default="runs/fidelity", help="run folder (default runs/fidelity)")
+    _backend_args(parser)
+    _protocol_args(parser)
+    return parser
+
+
+def run_fidelity_command(argv: Sequence[str], console: Console) -> int:
+    args = _fidelity_parser().parse_args(_glue_negative_values(argv, _NEGATIVE_OK))
+    from studies import proxy_fidelity
+
+    cheap = _protocol_from(args)
+    reference = cheap.replace(train_size=args.reference_train_size or 2 * (cheap.train_size or 8000),
+                              epochs=args.reference_epochs, resolution=args.reference_resolution or cheap.resolution)
+    families = [f.strip() for f in args.families.split(",") if f.strip()]
+    console.print(f"proxy-fidelity on {cheap.dataset}: cheap {cheap.protocol_hash} ({cheap.train_size} images x "
+                  f"{cheap.epochs} epochs) vs reference {reference.protocol_hash} ({reference.train_size} x "
+                  f"{reference.epochs}) -> {args.out}")
+    result = proxy_fidelity(cheap, reference, args.out, phis=_numbers(args.phis, "--phis", float), base=args.base,
+                            families=families, k=args.top_k, resamples=args.resamples,
+                            options=_options(args, "proxy-fidelity", argv, console))
+    _print_frame(console, "Rankings (validation top-1)", result.table, {
+        "model": lambda r: r["name"], "MACs": lambda r: format_count(r["macs"]),
+        "cheap %": lambda r: _pct(r["cheap_top1"]), "rank": lambda r: f"{r['cheap_rank']:g}",
+        "reference %": lambda r: _pct(r["reference_top1"]), "ref rank": lambda r: f"{r['reference_rank']:g}",
+    })
+    agreement = result.agreement
+    if agreement is not None:
+        level = f"{100 * agreement.level:.0f}%"
+        console.print(f"Spearman rho {agreement.spearman:.3f} ({level} bootstrap {agreement.spearman_interval[0]:.2f}.."
+                      f"{agreement.spearman_interval[1]:.2f}) | Kendall tau-b {agreement.kendall:.3f} "
+                      f"({agreement.kendall_interval[0]:.2f}..{agreement.kendall_interval[1]:.2f}) | top-{agreement.top_k} "
+                      f"overlap {agreement.top_k_overlap:.2f} | {agreement.models} models")
+    console.print(f"tables: {result.run_dir / 'fidelity.csv'} (.md, .json), figure: "
+                  f"{result.run_dir / 'fidelity.png'} (.svg)")
+    return 0

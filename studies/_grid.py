@@ -1,0 +1,103 @@
+"""What the three studies share: a fixed list of compound members run as a grid study, matched back to rows.
+
+A study decides its candidates before anything trains (a coefficient grid, an ablation's matched members,
+a fidelity study's architectures), so it runs them as a ``sampler: grid`` space through the search driver:
+the same trainable, results schema, resume and backends (Optuna or Ray Tune) as any search. Members that
+the rounding maps to one architecture are merged here, before the grid is built, so each is trained once
+whichever backend runs it (Ray trains grid points in parallel, where a row-based check would be too late).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import pandas as pd
+
+from proxy import ProxyProtocol
+from scaling import CMTConfig, estimate_cost
+from search import compound_member, read_rows, run_search
+from search_spaces import SearchSpace, format_point, parse_point, space_from_dict
+
+__all__ = ["Member", "RunOptions", "arch_key", "compound_grid_space", "member", "rows_by_arch", "run_grid",
+           "write_table"]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a study's grid runs: backend and its resources, the command recorded, a per-trial callback."""
+
+    backend: str = "optuna"
+    address: str | None = None
+    cpus_per_trial: int = 1
+    num_cpus: int | None = None
+    command: Sequence[str] | None = None
+    on_trial: Callable[[dict[str, Any]], None] | None = None
+
+
+@dataclass(frozen=True)
+class Member:
+    """One compound member a study wants trained: its grid point, config and analytic cost."""
+
+    point: str
+    config: CMTConfig
+    macs: int
+    params: int
+
+    @property
+    def key(self) -> str:
+        return arch_key(self.config.to_dict())
+
+
+def arch_key(config: Mapping[str, Any]) -> str:
+    """An architecture's identity: its config without the class count (which the data set decides)."""
+    return json.dumps({k: v for k, v in config.items() if k != "num_classes"}, sort_keys=True)
+
+
+def member(base: str, base_phi: float, resolution: int, scale_resolution: bool, **values: Any) -> Member:
+    """The member at ``values`` (phi, alpha, beta, gamma, stage_ratio), exactly as a grid trial builds it."""
+    point = format_point(**values)
+    cfg = compound_member(base, {**parse_point(point), "base_phi": base_phi, "scale_resolution": scale_resolution},
+                          resolution)
+    cost = estimate_cost(cfg)
+    return Member(point, cfg, cost.macs, cost.params)
+
+
+def compound_grid_space(base: str, points: Iterable[str], base_phi: float, scale_resolution: bool,
+                        seeds: Sequence[int] | None = None) -> SearchSpace:
+    """A grid space over ``points`` (and ``seeds``), each a distinct architecture."""
+    params: dict[str, Any] = {"point": {"type": "categorical", "choices": list(dict.fromkeys(points))}}
+    if seeds is not None and len(seeds) > 1:
+        params["seed"] = {"type": "categorical", "choices": [int(s) for s in seeds]}
+    fixed: dict[str, Any] = {"base_phi": float(base_phi), "scale_resolution": bool(scale_resolution)}
+    if seeds is not None and len(seeds) == 1:
+        fixed["seed"] = int(seeds[0])
+    return space_from_dict({"family": "cmt_compound", "base": base, "sampler": "grid", "params": params,
+                            "fixed": fixed})
+
+
+def run_grid(space: SearchSpace, protocol: ProxyProtocol, out: Path, study: str, options: RunOptions) -> list[dict]:
+    """Run every grid point of ``space`` (resumable) and return this study's rows."""
+    run_search(space, protocol, None, out, backend=options.backend, study=study, address=options.address,
+               cpus_per_trial=options.cpus_per_trial, num_cpus=options.num_cpus, command=options.command,
+               on_trial=options.on_trial)
+    return [r for r in read_rows(out) if r.get("study") == study]
+
+
+def rows_by_arch(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[str, int | None], Mapping[str, Any]]:
+    """Complete rows by (architecture, seed): the lookup a study's table is filled from."""
+    out: dict[tuple[str, int | None], Mapping[str, Any]] = {}
+    for row in rows:
+        if row.get("state") == "complete" and row.get("config"):
+            out.setdefault((arch_key(json.loads(row["config"])), row.get("seed")), row)
+    return out
+
+
+def write_table(frame: pd.DataFrame, out: Path, stem: str) -> None:
+    """``stem.csv`` (every column, full precision) and ``stem.md`` (for reading and the README)."""
+    from analysis import markdown_table
+
+    frame.to_csv(out / f"{stem}.csv", index=False)
+    (out / f"{stem}.md").write_text(markdown_table(frame.set_index(frame.columns[0])), encoding="utf-8")
