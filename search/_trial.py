@@ -41,6 +41,9 @@ def compound_values(values: Mapping[str, Any]) -> dict[str, Any]:
 def compound_member(base: str | CMTConfig, values: Mapping[str, Any], resolution: int) -> CMTConfig:
     """The compound member of ``values``: scaled from the base (itself the preset at ``base_phi`` and the
     protocol resolution); its resolution follows ``gamma**phi`` only when ``scale_resolution`` is set."""
+    if values.get("config") is not None:  # a solved member, named outright
+        cfg = CMTConfig.from_dict(values["config"])
+        return cfg if values.get("scale_resolution") else cfg.replace(img_size=resolution)
     start = scale(base, float(values.get("base_phi", 0.0)), resolution=resolution)
     return scale(start, float(values["phi"]), alpha=float(values.get("alpha", 1.2)),
                  beta=float(values.get("beta", 1.3)), gamma=float(values.get("gamma", 1.15)),
@@ -103,6 +106,8 @@ def _compound_name(values: Mapping[str, Any], cfg: CMTConfig) -> str:
                                           for c, d in zip(coefficients, (1.2, 1.3, 1.15))))
     if values.get("stage_ratio"):
         parts.append(str(values["stage_ratio"]))
+    if values.get("config") is not None:
+        parts.append("solved")
     if values.get("scale_resolution"):
         parts.append(f"@{cfg.img_size}")
     return " ".join(parts)

@@ -4,7 +4,8 @@ From one base member, each strategy is scaled to the same MACs budgets (about 2x
 trained with every seed, as in EfficientNet's scaling figure. Each single-axis strategy is the compound
 rule with the other coefficients at 1 (depth: alpha 1.2; width: beta 1.3; resolution: gamma 1.15; stage
 ratio: depth grows with its blocks re-split in another ratio); its ``phi`` is chosen so the member's exact
-analytic MACs are nearest the budget.
+analytic MACs are nearest the budget. Compound moves several axes at once, so its rounding can leave a gap
+around a budget; there the member is the solver's (`scaling.solve`, as ``cmt-scale --target-flops``).
 
 Resolution moves on the coarsest grid (multiples of 32 px: four stages' total stride, see
 `scaling.resolution_step`), so at proxy resolutions it cannot land near an arbitrary budget. Each budget is
@@ -24,9 +25,10 @@ import numpy as np
 import pandas as pd
 
 from proxy import ProxyProtocol
-from scaling import PHI_LIMIT, parse_stage_ratio
+from scaling import PHI_LIMIT, estimate_cost, parse_stage_ratio, solve
+from search_spaces import format_point
 
-from ._grid import Member, RunOptions, compound_grid_space, member, rows_by_arch, run_grid, write_table
+from ._grid import Member, RunOptions, compound_grid_space, member, num_classes_of, rows_by_arch, run_grid, write_table
 
 __all__ = ["STRATEGIES", "AblationResult", "ablate_scaling", "match_budget"]
 
@@ -43,20 +45,37 @@ _PHI_STEP = 0.01
 
 
 def match_budget(base: str, base_phi: float, resolution: int, strategy: str, target_macs: float,
-                 stage_ratio: str | None = None) -> Member:
+                 stage_ratio: str | None = None, num_classes: int = 1000) -> Member:
     """The ``strategy`` member whose analytic MACs are nearest ``target_macs`` (phi on a 0.01 grid)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy={strategy!r} is not allowed; allowed: {', '.join(STRATEGIES)}")
     values = dict(STRATEGIES[strategy], stage_ratio=stage_ratio if strategy == "stage_ratio" else None)
     best: Member | None = None
     for i in range(1, int(PHI_LIMIT / _PHI_STEP) + 1):
-        candidate = member(base, base_phi, resolution, True, phi=round(i * _PHI_STEP, 2), **values)
+        candidate = member(base, base_phi, resolution, True, num_classes, phi=round(i * _PHI_STEP, 2), **values)
         if best is None or abs(candidate.macs - target_macs) < abs(best.macs - target_macs):
             best = candidate
         if candidate.macs > 2 * target_macs:  # MACs only grow with phi: nothing nearer beyond here
             break
     assert best is not None
+    if strategy == "compound" and abs(best.macs / target_macs - 1) > MATCH_TOLERANCE:
+        best = _solved(base, base_phi, resolution, target_macs, num_classes, best)
     return best
+
+
+def _solved(base: str, base_phi: float, resolution: int, target_macs: float, num_classes: int, rule: Member) -> Member:
+    """The member `scaling.solve` gives for the budget (what ``cmt-scale --target-flops`` prints): the rule
+    member nearest the target, then its rounding neighbourhood (a block, a width step, 32 px either way)."""
+    origin = member(base, base_phi, resolution, True, num_classes, phi=0.0).config
+    try:
+        solution = solve(target_flops=target_macs, base=origin, phi_range=(0.0, 3.0))
+    except ValueError:  # out of the solver's reach: keep the rule's nearest member
+        return rule
+    cost = estimate_cost(solution.config)
+    if abs(cost.macs / target_macs - 1) >= abs(rule.macs / target_macs - 1):
+        return rule
+    point = format_point(phi=round(float(solution.phi), 2), config=solution.config.to_dict())
+    return Member(point, solution.config, cost.macs, cost.params)
 
 
 @dataclass(frozen=True)
@@ -66,13 +85,14 @@ class AblationResult:
     budgets: list[float]
 
 
-def _budgets(base: str, base_phi: float, resolution: int, base_macs: int,
-             multiples: Sequence[float]) -> list[tuple[float, float, bool]]:
+def _budgets(base: str, base_phi: float, resolution: int, base_macs: int, multiples: Sequence[float],
+             num_classes: int) -> list[tuple[float, float, bool]]:
     """(multiple, target MACs, resolution usable) per multiple; see the module docstring."""
     out: list[tuple[float, float, bool]] = []
     used: set[int] = {base_macs}
     for multiple in multiples:
-        by_resolution = match_budget(base, base_phi, resolution, "resolution", multiple * base_macs)
+        by_resolution = match_budget(base, base_phi, resolution, "resolution", multiple * base_macs,
+                                     num_classes=num_classes)
         usable = by_resolution.macs not in used and 0.7 <= by_resolution.macs / (multiple * base_macs) <= 1.4
         out.append((multiple, float(by_resolution.macs) if usable else multiple * base_macs, usable))
         used.add(by_resolution.macs)
@@ -98,15 +118,16 @@ def ablate_scaling(
         raise ValueError(f"multiples={list(multiples)!r} is not allowed; allowed: numbers in (1, 64]")
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds={list(seeds)!r} is not allowed; allowed: one or more distinct integers")
-    res = protocol.resolution
-    origin = member(base, base_phi, res, True, phi=0.0)
+    res, classes = protocol.resolution, num_classes_of(protocol)
+    origin = member(base, base_phi, res, True, classes, phi=0.0)
     plan: list[tuple[str, float, float, Member]] = [("base", 1.0, float(origin.macs), origin)]
-    budgets = _budgets(base, base_phi, res, origin.macs, multiples)
+    budgets = _budgets(base, base_phi, res, origin.macs, multiples, classes)
     for multiple, target, resolution_usable in budgets:
         for strategy in STRATEGIES:
             if strategy == "resolution" and not resolution_usable:
                 continue
-            plan.append((strategy, multiple, target, match_budget(base, base_phi, res, strategy, target, stage_ratio)))
+            plan.append((strategy, multiple, target,
+                         match_budget(base, base_phi, res, strategy, target, stage_ratio, classes)))
     out = Path(out)
     space = compound_grid_space(base, [m.point for *_, m in plan], base_phi, scale_resolution=True, seeds=seeds)
     rows = rows_by_arch(run_grid(space, protocol, out, "ablation", options))

@@ -22,7 +22,7 @@ import pandas as pd
 from proxy import ProxyProtocol
 from scaling import PAPER_COEFFICIENTS, PHI_LIMIT, CompoundCoefficients
 
-from ._grid import Member, RunOptions, compound_grid_space, member, rows_by_arch, run_grid, write_table
+from ._grid import Member, RunOptions, compound_grid_space, member, num_classes_of, rows_by_arch, run_grid, write_table
 
 __all__ = ["TARGET", "TOLERANCE", "FitResult", "coefficient_grid", "fit_coefficients"]
 
@@ -85,7 +85,8 @@ def fit_coefficients(
     if isinstance(phi, bool) or not isinstance(phi, (int, float)) or not 0 < phi <= PHI_LIMIT:
         raise ValueError(f"phi={phi!r} is not allowed; allowed: a number in (0, {PHI_LIMIT}]")
     triples = [PAPER_COEFFICIENTS, *coefficient_grid(step, target)]
-    members = [member(base, base_phi, protocol.resolution, True, phi=float(phi), alpha=c.alpha, beta=c.beta,
+    classes = num_classes_of(protocol)
+    members = [member(base, base_phi, protocol.resolution, True, classes, phi=float(phi), alpha=c.alpha, beta=c.beta,
                       gamma=c.gamma) for c in triples]
     first_of: dict[str, Member] = {}
     for m in members:

@@ -21,8 +21,8 @@ from scaling import CMTConfig, estimate_cost
 from search import compound_member, read_rows, run_search
 from search_spaces import SearchSpace, format_point, parse_point, space_from_dict
 
-__all__ = ["Member", "RunOptions", "arch_key", "compound_grid_space", "member", "rows_by_arch", "run_grid",
-           "write_table"]
+__all__ = ["Member", "RunOptions", "arch_key", "compound_grid_space", "member", "num_classes_of", "rows_by_arch",
+           "run_grid", "write_table"]
 
 
 @dataclass(frozen=True)
@@ -56,11 +56,20 @@ def arch_key(config: Mapping[str, Any]) -> str:
     return json.dumps({k: v for k, v in config.items() if k != "num_classes"}, sort_keys=True)
 
 
-def member(base: str, base_phi: float, resolution: int, scale_resolution: bool, **values: Any) -> Member:
-    """The member at ``values`` (phi, alpha, beta, gamma, stage_ratio), exactly as a grid trial builds it."""
+def num_classes_of(protocol: ProxyProtocol) -> int:
+    """The protocol's class count (the data set is loaded once per process and cached)."""
+    from proxy import load_dataset
+
+    return load_dataset(protocol.dataset, protocol.data_root, protocol.download, load_size=protocol.resolution).num_classes
+
+
+def member(base: str, base_phi: float, resolution: int, scale_resolution: bool, num_classes: int,
+           **values: Any) -> Member:
+    """The member at ``values`` (phi, alpha, beta, gamma, stage_ratio), exactly as a grid trial builds it
+    (with the data set's ``num_classes``: at proxy resolutions the head is a large share of the MACs)."""
     point = format_point(**values)
     cfg = compound_member(base, {**parse_point(point), "base_phi": base_phi, "scale_resolution": scale_resolution},
-                          resolution)
+                          resolution).replace(num_classes=num_classes)
     cost = estimate_cost(cfg)
     return Member(point, cfg, cost.macs, cost.params)
 

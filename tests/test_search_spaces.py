@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from search_spaces import FAMILIES, builtin_space_path, load_space, space_from_dict
+from search_spaces import FAMILIES, builtin_space_path, format_point, load_space, parse_point, space_from_dict
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -77,3 +77,36 @@ def test_budget_violations_are_named() -> None:
     space = load_space("cmt_compound")
     assert space.budget.violations(1e6, 1e6) == []
     assert space.budget.violations(5e8, 1e6) == ["MACs 500.0M > max_macs 200.0M"]
+
+
+def test_a_grid_space_lists_every_combination_once_for_both_backends() -> None:
+    from ray import tune
+
+    space = space_from_dict({"family": "cmt_compound", "base": "cmt_ti", "sampler": "grid",
+                             "params": {"point": {"type": "categorical", "choices": ["phi=0", "phi=1 alpha=1.5"]},
+                                        "seed": {"type": "categorical", "choices": [0, 1, 2]}}})
+    assert len(space.grid) == 6 and {"point": "phi=1 alpha=1.5", "seed": 2} in space.grid
+    ray_space = space.to_ray()
+    assert ray_space["seed"] == tune.grid_search([0, 1, 2])
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"family": "deit", "sampler": "grid", "params": {"model": {"type": "float", "low": 0, "high": 1}}},
+     "params.model.type='float' is not allowed; allowed: categorical"),
+    ({"family": "deit", "sampler": "random", "params": {"model": {"type": "categorical", "choices": ["deit_tiny"]}}},
+     "sampler='random' is not allowed; allowed: tpe, grid"),
+    ({"family": "cmt_compound", "base": "cmt_ti", "params": {"point": {"type": "categorical", "choices": ["phi=1 x=2"]}}},
+     "point='phi=1 x=2' is not allowed"),
+])
+def test_bad_grid_spaces_give_one_line(data, message) -> None:
+    with pytest.raises(ValueError, match=None) as err:
+        space_from_dict(data)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_points_round_trip_including_a_named_config() -> None:
+    values = {"phi": 1.25, "alpha": 1.2, "stage_ratio": "2:2:6:2", "config": {"depths": [1, 2], "img_size": 64}}
+    text = format_point(**values)
+    assert " " not in text.split("config=")[1] and parse_point(text) == values
+    with pytest.raises(ValueError, match="config='\\[1\\]' is not allowed; allowed: a JSON object"):
+        parse_point("config=[1]")
