@@ -184,13 +184,14 @@ def run_fidelity_command(argv: Sequence[str], console: Console) -> int:
         "cheap %": lambda r: _pct(r["cheap_top1"]), "rank": lambda r: f"{r['cheap_rank']:g}",
         "reference %": lambda r: _pct(r["reference_top1"]), "ref rank": lambda r: f"{r['reference_rank']:g}",
     })
-    agreement = result.agreement
-    if agreement is not None:
+    for label, agreement in [("all", result.agreement), *result.by_family.items()]:
+        if agreement is None:
+            continue
         level = f"{100 * agreement.level:.0f}%"
-        console.print(f"Spearman rho {agreement.spearman:.3f} ({level} bootstrap {agreement.spearman_interval[0]:.2f}.."
-                      f"{agreement.spearman_interval[1]:.2f}) | Kendall tau-b {agreement.kendall:.3f} "
-                      f"({agreement.kendall_interval[0]:.2f}..{agreement.kendall_interval[1]:.2f}) | top-{agreement.top_k} "
-                      f"overlap {agreement.top_k_overlap:.2f} | {agreement.models} models")
+        console.print(f"{label}: Spearman rho {agreement.spearman:.3f} ({level} bootstrap "
+                      f"{agreement.spearman_interval[0]:.2f}..{agreement.spearman_interval[1]:.2f}) | Kendall tau-b "
+                      f"{agreement.kendall:.3f} ({agreement.kendall_interval[0]:.2f}..{agreement.kendall_interval[1]:.2f}) "
+                      f"| top-{agreement.top_k} overlap {agreement.top_k_overlap:.2f} | {agreement.models} models")
     console.print(f"tables: {result.run_dir / 'fidelity.csv'} (.md, .json), figure: "
                   f"{result.run_dir / 'fidelity.png'} (.svg)")
     return 0
