@@ -92,7 +92,7 @@ def run_fit_command(argv: Sequence[str], console: Console) -> int:
     if best:
         console.print(f"best ({best['alpha']:g}, {best['beta']:g}, {best['gamma']:g}): top-1 {_pct(best['top1'])}% at "
                       f"{format_count(best['macs'])} MACs | paper (1.2, 1.3, 1.15): top-1 {_pct(paper['top1'])}% at "
-                      f"{format_count(paper['macs'])} MACs | {len(result.table) - 1} triples, "
+                      f"{format_count(paper['macs'])} MACs | {len(result.table) - 1} grid triples and the paper's, "
                       f"{result.table['trained_as'].nunique()} architectures trained")
     console.print(f"tables: {result.run_dir / 'fit.csv'} (.md, .json), figure: {result.run_dir / 'fit.png'} (.svg)")
     return 0
