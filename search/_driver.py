@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 from proxy import BASELINE_FAMILIES, ProxyProtocol, load_dataset
 from search_spaces import SearchSpace, load_space, space_from_dict
 
+from ._interrupt import interrupt_guard
 from ._results import pareto_mask, read_rows, write_results, write_row
 from ._trial import run_trial
 
@@ -186,17 +187,20 @@ def run_baselines(
     _write_run_json(run_dir, command, protocol, {"families": list(families), "backend": "baselines"})
     done = {r["trial_id"] for r in read_rows(run_dir)}
     start = time.perf_counter()
-    for family in families:
-        space = load_space(family)
-        for name in BASELINE_FAMILIES[family]:
-            trial_id = f"{family}-{name}"
-            if trial_id in done:
-                continue
-            row = run_trial(space, {"model": name}, protocol, data.num_classes, trial_id=trial_id,
-                            backend="baselines", study=run_dir.name)
-            write_row(run_dir, row)
-            write_results(run_dir)
-            if on_trial is not None:
-                on_trial(row)
+    with interrupt_guard() as interrupted:
+        for family in families:
+            space = load_space(family)
+            for name in BASELINE_FAMILIES[family]:
+                trial_id = f"{family}-{name}"
+                if trial_id in done:
+                    continue
+                if interrupted.raised:  # a Ctrl-C that a finalizer swallowed still stops here
+                    raise KeyboardInterrupt
+                row = run_trial(space, {"model": name}, protocol, data.num_classes, trial_id=trial_id,
+                                backend="baselines", study=run_dir.name)
+                write_row(run_dir, row)
+                write_results(run_dir)
+                if on_trial is not None:
+                    on_trial(row)
     write_results(run_dir)
     return SearchSummary(run_dir, read_rows(run_dir), time.perf_counter() - start)

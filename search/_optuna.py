@@ -30,6 +30,7 @@ from typing import Any, Callable
 from proxy import ProxyProtocol, TrialPruned
 from search_spaces import SearchSpace
 
+from ._interrupt import interrupt_guard
 from ._results import read_rows, write_results, write_row
 from ._trial import run_trial
 
@@ -165,10 +166,14 @@ def run_optuna_search(
 
     # A failed trial is recorded (its row says why) and the search goes on; whatever ends the loop (Ctrl-C
     # included), the table is rebuilt from the rows that were written.
-    try:
-        study.optimize(objective, n_trials=remaining, catch=(_TrialFailed,), gc_after_trial=False)
-    finally:
-        write_results(run_dir)
+    with interrupt_guard() as interrupted:
+        try:
+            study.optimize(objective, n_trials=remaining, catch=(_TrialFailed,), gc_after_trial=False,
+                           callbacks=[lambda study, _trial: study.stop() if interrupted.raised else None])
+        finally:
+            write_results(run_dir)
+        if interrupted.raised:  # a Ctrl-C that a finalizer swallowed still ends the search
+            raise KeyboardInterrupt
 
 
 class _TrialFailed(Exception):
