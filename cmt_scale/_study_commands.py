@@ -134,12 +134,15 @@ def run_ablate_command(argv: Sequence[str], console: Console) -> int:
                             options=_options(args, "ablate-scaling", argv, console))
     _print_frame(console, "Scaling strategies at matched MACs (validation top-1, mean and std over seeds)",
                  result.members, {
-                     "strategy": lambda r: r["strategy"], "budget": lambda r: f"{r['multiple']:g}x",
-                     "MACs": lambda r: format_count(r["macs"]), "vs budget": lambda r: f"{100 * r['budget_error']:+.1f}%",
+                     "strategy": lambda r: r["strategy"], "budget": lambda r: f"{r['budget_x_base']:.2f}x",
+                     "MACs": lambda r: format_count(r["macs"]),
+                     "vs budget": lambda r: f"{100 * r['budget_error']:+.1f}%" + ("" if r["matched"] else " (!)"),
                      "res": lambda r: str(r["img_size"]), "depths": lambda r: r["depths"],
                      "widths": lambda r: r["embed_dims"], "top-1 %": lambda r: _pct(r["top1_mean"]),
                      "std": lambda r: _pct(r["top1_std"]),
                  })
+    if not result.members["matched"].all():
+        console.print("(!) outside 5% of the budget: the axis's rounding has no member nearer (see ablation.csv)")
     console.print(f"tables: {result.run_dir / 'ablation.csv'} (.md, .json), figure: "
                   f"{result.run_dir / 'ablation.png'} (.svg)")
     return 0
@@ -170,7 +173,8 @@ def run_fidelity_command(argv: Sequence[str], console: Console) -> int:
     from studies import proxy_fidelity
 
     cheap = _protocol_from(args)
-    reference = cheap.replace(train_size=args.reference_train_size or 2 * (cheap.train_size or 8000),
+    doubled = 2 * cheap.train_size if cheap.train_size else None  # None: all the images, as the cheap one
+    reference = cheap.replace(train_size=args.reference_train_size or doubled,
                               epochs=args.reference_epochs, resolution=args.reference_resolution or cheap.resolution)
     families = [f.strip() for f in args.families.split(",") if f.strip()]
     console.print(f"proxy-fidelity on {cheap.dataset}: cheap {cheap.protocol_hash} ({cheap.train_size} images x "

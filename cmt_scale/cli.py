@@ -109,7 +109,7 @@ def _search_parser() -> argparse.ArgumentParser:
                             "--trials 40 --out runs/cmt")
     parser.add_argument("--space", required=True, help="a space YAML file or a shipped one: cmt_compound, cmt_free, "
                         "deit, efficientnet")
-    parser.add_argument("--trials", type=int, default=20, help="finished trials wanted (default 20)")
+    parser.add_argument("--trials", type=int, help="finished trials wanted (default 20; a grid space: its size)")
     parser.add_argument("--backend", choices=("optuna", "ray"), default="optuna")
     parser.add_argument("--mode", choices=("pareto", "budget"), default="pareto",
                         help="pareto: maximise top-1 and minimise MACs; budget: top-1 under the budget, with pruning")
@@ -152,6 +152,8 @@ def run_search_command(argv: Sequence[str], console: Console) -> int:
     space = load_space(args.space)
     protocol = _protocol_from(args)
     out = args.out or f"runs/{Path(args.space).stem}"
+    if args.trials is None and space.sampler != "grid":
+        args.trials = 20
     console.print(f"search {space.family} ({space.source}) on {protocol.dataset}, {args.trials} trials, backend "
                   f"{args.backend}, protocol {protocol.protocol_hash} -> {out}")
     summary = run_search(space, protocol, args.trials, out, backend=args.backend, study=args.study,

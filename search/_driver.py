@@ -23,7 +23,7 @@ from ._interrupt import interrupt_guard
 from ._results import pareto_mask, read_rows, write_results, write_row
 from ._trial import run_trial
 
-__all__ = ["BACKENDS", "SearchSummary", "run_baselines", "run_search"]
+__all__ = ["BACKENDS", "SearchSummary", "check_protocol_fits", "run_baselines", "run_search"]
 
 BACKENDS = ("optuna", "ray")
 
@@ -76,8 +76,10 @@ def _write_run_json(run_dir: Path, command: Sequence[str] | None, protocol: Prox
     path.write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
 
 
-def _check_protocol_fits(protocol: ProxyProtocol, data) -> None:
+def check_protocol_fits(protocol: ProxyProtocol, data=None) -> None:
     """Catch a protocol the data set cannot serve before anything is written to the run folder."""
+    if data is None:
+        data = load_dataset(protocol.dataset, protocol.data_root, protocol.download, load_size=protocol.resolution)
     available = len(data.train_labels)
     if protocol.val_size >= available:
         raise ValueError(f"val_size={protocol.val_size} is not allowed for {protocol.dataset}; allowed: fewer than its "
@@ -141,10 +143,12 @@ def run_search(
     run_dir = Path(out)
     study_name = study or run_dir.name
     data = load_dataset(protocol.dataset, protocol.data_root, protocol.download, load_size=protocol.resolution)
-    _check_protocol_fits(protocol, data)
+    check_protocol_fits(protocol, data)
     _check_protocol_matches(run_dir, protocol)
     previous = run_dir / "run.json"
-    if backend == "ray" and previous.is_file() and json.loads(previous.read_text(encoding="utf-8")).get("trials") != trials:
+    recorded = json.loads(previous.read_text(encoding="utf-8")) if previous.is_file() else {}
+    if (backend == "ray" and space.sampler != "grid" and recorded.get("study") == study_name
+            and recorded.get("trials") != trials):
         raise ValueError(f"trials={trials} is not allowed when resuming the Ray run in {str(run_dir)!r}: Tune restores "
                          "an experiment with its own trial count; allowed: the same --trials, or another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -180,7 +184,7 @@ def run_baselines(
     if unknown or not families:
         raise ValueError(f"families={','.join(families)!r} is not allowed; allowed: {', '.join(BASELINE_FAMILIES)}")
     data = load_dataset(protocol.dataset, protocol.data_root, protocol.download, load_size=protocol.resolution)
-    _check_protocol_fits(protocol, data)
+    check_protocol_fits(protocol, data)
     run_dir = Path(out)
     _check_protocol_matches(run_dir, protocol)
     run_dir.mkdir(parents=True, exist_ok=True)

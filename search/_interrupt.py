@@ -31,6 +31,9 @@ def interrupt_guard() -> Iterator[InterruptFlag]:
         yield flag  # signal handlers belong to the main thread; elsewhere Ctrl-C is not ours to see
         return
     previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN:  # started with SIGINT ignored (nohup, a script's &): keep it ignored
+        yield flag
+        return
 
     def handler(signum, frame) -> None:
         flag.raised = True

@@ -71,7 +71,7 @@ def _requeue_dead_trials(study) -> int:
     return count
 
 
-def _finished(study, run_dir: Path) -> int:
+def _finished_numbers(study, run_dir: Path) -> set[int]:
     """Trials that ended with a recorded row (complete, pruned, infeasible or failed with a reason).
 
     The row files are the truth: a Ctrl-C that lands after a trial's row is written but before Optuna
@@ -80,7 +80,35 @@ def _finished(study, run_dir: Path) -> int:
     numbers = {t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get("row_written")}
     numbers |= {int(r["trial_id"]) for r in read_rows(run_dir)
                 if r.get("backend") == "optuna" and r.get("study") == study.study_name and str(r["trial_id"]).isdigit()}
-    return len(numbers)
+    return numbers
+
+
+def _finished(study, run_dir: Path) -> int:
+    return len(_finished_numbers(study, run_dir))
+
+
+def _point_key(params: dict[str, Any]) -> tuple:
+    return tuple(sorted((k, repr(v)) for k, v in params.items()))
+
+
+def _enqueue_missing_grid_points(study, space: SearchSpace, run_dir: Path) -> int:
+    """Queue every grid point that has no row yet (once); return how many trials remain.
+
+    Each point is enqueued explicitly rather than left to ``GridSampler``, which counts a point whose
+    trial was interrupted (FAIL, no row) as visited and would never train it again.
+    """
+    import optuna
+
+    finished = _finished_numbers(study, run_dir)
+    trials = study.get_trials(deepcopy=False)
+    done = {_point_key(t.params) for t in trials if t.number in finished}
+    waiting = {_point_key(t.system_attrs.get("fixed_params", t.params)) for t in trials
+               if t.state == optuna.trial.TrialState.WAITING}
+    missing = [point for point in space.grid if _point_key(point) not in done]
+    for point in missing:
+        if _point_key(point) not in waiting:
+            study.enqueue_trial(point)
+    return len(missing)
 
 
 def _suggest(trial, space: SearchSpace) -> dict[str, Any]:
@@ -120,8 +148,8 @@ def run_optuna_search(
     except Exception as err:  # noqa: BLE001 - SQLAlchemy raises many kinds for a bad URL
         raise ValueError(f"--storage={url!r} cannot be opened ({type(err).__name__}); allowed: an Optuna RDB URL "
                          "such as sqlite:///runs/NAME/study.db or postgresql://...") from None
-    if space.sampler == "grid":  # a study fixed in advance: every grid point once, in any order
-        sampler = optuna.samplers.GridSampler({p.name: list(p.choices) for p in space.params}, seed=seed)
+    if space.sampler == "grid":  # a study fixed in advance: every point is enqueued, the sampler never asked
+        sampler = optuna.samplers.RandomSampler(seed=seed)
     else:
         sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
     if mode == "pareto":
@@ -131,7 +159,8 @@ def run_optuna_search(
         study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True, sampler=sampler,
                                     direction="maximize", pruner=optuna.pruners.SuccessiveHalvingPruner())
     _requeue_dead_trials(study)
-    remaining = trials - _finished(study, run_dir)
+    remaining = (_enqueue_missing_grid_points(study, space, run_dir) if space.sampler == "grid"
+                 else trials - _finished(study, run_dir))
     if remaining <= 0:
         write_results(run_dir)
         return

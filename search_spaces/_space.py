@@ -9,7 +9,7 @@ A space file has:
 - ``fixed``: values every trial gets;
 - ``budget``: ``max_macs``, ``max_params``, ``max_latency_ms``, checked before any training;
 - ``sampler``: ``tpe`` (default: the backend's model-based sampler) or ``grid`` (every combination of the
-  categorical params exactly once: Optuna's ``GridSampler``, Ray Tune's ``grid_search``), for studies
+  categorical params exactly once: enqueued Optuna trials, Ray Tune's ``grid_search``), for studies
   whose candidates are fixed in advance (coefficient fits, ablations, proxy fidelity).
 
 ``cmt_compound`` values may also hold ``base_phi`` (the base is the preset scaled by the paper's rule to this
@@ -300,7 +300,10 @@ def _check_family_keys(space: SearchSpace) -> None:
     for param in space.params:
         if param.name == "point":
             for choice in param.choices:
-                parse_point(choice)
+                values = parse_point(choice)
+                if space.family == "cmt_compound" and not ({"phi", "config"} & set(values)) and "phi" not in (
+                        set(space.fixed) | {p.name for p in space.params}):
+                    raise _fail(space.source, "params.point", choice, "a point with phi=... (or a fixed phi)")
     if space.family == "cmt_compound" and "phi" not in names and "point" not in names:
         raise _fail(space.source, "params.phi", None, "a phi range (the compound coefficient)")
     if space.family in ("deit", "efficientnet") and "model" not in names:

@@ -129,14 +129,19 @@ def ablate_scaling(
             plan.append((strategy, multiple, target,
                          match_budget(base, base_phi, res, strategy, target, stage_ratio, classes)))
     out = Path(out)
-    space = compound_grid_space(base, [m.point for *_, m in plan], base_phi, scale_resolution=True, seeds=seeds)
+    first_of: dict[str, Member] = {}  # two strategies that round to one architecture train it once
+    for *_, m in plan:
+        first_of.setdefault(m.key, m)
+    space = compound_grid_space(base, [m.point for m in first_of.values()], base_phi, scale_resolution=True,
+                                seeds=seeds)
     rows = rows_by_arch(run_grid(space, protocol, out, "ablation", options))
     records = []
     for strategy, multiple, target, m in plan:
         top1 = [rows[(m.key, s)]["top1_final"] for s in seeds if (m.key, s) in rows]
         records.append({
-            "strategy": strategy, "multiple": multiple, "target_macs": target, "macs": m.macs,
-            "budget_error": m.macs / target - 1, "params": m.params, "img_size": m.config.img_size,
+            "strategy": strategy, "multiple": multiple, "budget_x_base": target / origin.macs, "target_macs": target,
+            "macs": m.macs, "budget_error": m.macs / target - 1,
+            "matched": abs(m.macs / target - 1) <= MATCH_TOLERANCE, "params": m.params, "img_size": m.config.img_size,
             "depths": "-".join(map(str, m.config.depths)), "embed_dims": "-".join(map(str, m.config.embed_dims)),
             "point": m.point, "seeds": len(top1), "top1_mean": float(np.mean(top1)) if top1 else None,
             "top1_std": float(np.std(top1, ddof=1)) if len(top1) > 1 else None,

@@ -20,7 +20,7 @@ import pandas as pd
 
 from analysis import RankAgreement, rank_agreement
 from proxy import BASELINE_FAMILIES, DEFAULT_PROTOCOL, ProxyProtocol
-from search import read_rows
+from search import check_protocol_fits
 from search_spaces import format_point, space_from_dict
 
 from ._grid import RunOptions, compound_grid_space, run_grid, write_table
@@ -49,19 +49,16 @@ def _check_pair(cheap: ProxyProtocol, reference: ProxyProtocol) -> None:
 
 
 def _train_all(protocol: ProxyProtocol, out: Path, base: str, phis: Sequence[float], families: Sequence[str],
-               options: RunOptions) -> None:
-    run_grid(compound_grid_space(base, [format_point(phi=float(p)) for p in phis], 0.0, False), protocol, out,
-             "cmt", options)
+               options: RunOptions) -> pd.DataFrame:
+    """Train every architecture under ``protocol``; their top-1 by (family, name), this design's rows only."""
+    rows = run_grid(compound_grid_space(base, [format_point(phi=float(p)) for p in phis], 0.0, False), protocol,
+                    out, "cmt", options)
     for family in families:
         space = space_from_dict({"family": family, "sampler": "grid",
                                  "params": {"model": {"type": "categorical", "choices": list(BASELINE_FAMILIES[family])}}})
-        run_grid(space, protocol, out, family, options)
-
-
-def _top1_by_model(run_dir: Path) -> pd.DataFrame:
-    rows = [r for r in read_rows(run_dir) if r["state"] == "complete"]
+        rows += run_grid(space, protocol, out, family, options)
     frame = pd.DataFrame([{"family": r["family"], "name": r["name"], "macs": r["macs"], "top1": r["top1_final"]}
-                          for r in rows], columns=["family", "name", "macs", "top1"])
+                          for r in rows if r["state"] == "complete"], columns=["family", "name", "macs", "top1"])
     return frame.drop_duplicates(["family", "name"])
 
 
@@ -82,13 +79,19 @@ def proxy_fidelity(
     unknown = [f for f in families if f not in BASELINE_FAMILIES]
     if unknown:
         raise ValueError(f"families={','.join(families)!r} is not allowed; allowed: {', '.join(BASELINE_FAMILIES)}")
-    if len(phis) + sum(len(BASELINE_FAMILIES[f]) for f in families) < 3:
+    models = len(phis) + sum(len(BASELINE_FAMILIES[f]) for f in families)
+    if models < 3:
         raise ValueError("fewer than 3 architectures is not allowed; allowed: at least 3 to compare two rankings")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= models):
+        raise ValueError(f"k={k!r} is not allowed; allowed: an integer in [1, {models}] (the architectures)")
+    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
+        raise ValueError(f"resamples={resamples!r} is not allowed; allowed: an integer >= 1")
+    for protocol in (cheap, reference):  # both before anything trains: the reference runs second, hours later
+        check_protocol_fits(protocol)
     out = Path(out)
-    for name, protocol in (("cheap", cheap), ("reference", reference)):
-        _train_all(protocol, out / name, base, phis, families, options)
-    both = _top1_by_model(out / "cheap").merge(_top1_by_model(out / "reference"), on=["family", "name"],
-                                               suffixes=("_cheap", "_reference"))
+    scores = {name: _train_all(protocol, out / name, base, phis, families, options)
+              for name, protocol in (("cheap", cheap), ("reference", reference))}
+    both = scores["cheap"].merge(scores["reference"], on=["family", "name"], suffixes=("_cheap", "_reference"))
     table = pd.DataFrame({
         "name": both["name"], "family": both["family"], "macs": both["macs_cheap"],
         "cheap_top1": both["top1_cheap"], "reference_top1": both["top1_reference"],
@@ -98,7 +101,7 @@ def proxy_fidelity(
                  if len(table) >= 3 else None)
     # Across families a proxy can look trustworthy only because it separates the families; the question a
     # search asks is the ranking inside one.
-    by_family = {str(family): rank_agreement(group["cheap_top1"], group["reference_top1"], k=max(1, len(group) // 3),
+    by_family = {str(family): rank_agreement(group["cheap_top1"], group["reference_top1"], k=max(1, len(group) // 4),
                                              resamples=resamples)
                  for family, group in table.groupby("family") if len(group) >= 3}
     write_table(table, out, "fidelity")

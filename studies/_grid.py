@@ -21,7 +21,7 @@ from scaling import CMTConfig, estimate_cost
 from search import compound_member, read_rows, run_search
 from search_spaces import SearchSpace, format_point, parse_point, space_from_dict
 
-__all__ = ["Member", "RunOptions", "arch_key", "compound_grid_space", "member", "num_classes_of", "rows_by_arch",
+__all__ = ["Member", "RunOptions", "arch_key", "compound_grid_space", "design_study", "member", "num_classes_of", "rows_by_arch",
            "run_grid", "write_table"]
 
 
@@ -87,8 +87,20 @@ def compound_grid_space(base: str, points: Iterable[str], base_phi: float, scale
                             "fixed": fixed})
 
 
-def run_grid(space: SearchSpace, protocol: ProxyProtocol, out: Path, study: str, options: RunOptions) -> list[dict]:
-    """Run every grid point of ``space`` (resumable) and return this study's rows."""
+def design_study(prefix: str, space: SearchSpace) -> str:
+    """``prefix-<hash of the design>``: a rerun with other options (base, grid, seeds) in the same run folder
+    becomes a study of its own instead of silently reusing or skipping the first one's trials."""
+    import hashlib
+
+    design = {"family": space.family, "base": space.base, "fixed": dict(space.fixed),
+              "params": {p.name: list(p.choices) for p in space.params}}
+    digest = hashlib.sha256(json.dumps(design, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"{prefix}-{digest}"
+
+
+def run_grid(space: SearchSpace, protocol: ProxyProtocol, out: Path, prefix: str, options: RunOptions) -> list[dict]:
+    """Run every grid point of ``space`` as the study `design_study` names (resumable); return its rows."""
+    study = design_study(prefix, space)
     run_search(space, protocol, None, out, backend=options.backend, study=study, address=options.address,
                cpus_per_trial=options.cpus_per_trial, num_cpus=options.num_cpus, command=options.command,
                on_trial=options.on_trial)

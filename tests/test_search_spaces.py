@@ -97,6 +97,8 @@ def test_a_grid_space_lists_every_combination_once_for_both_backends() -> None:
      "sampler='random' is not allowed; allowed: tpe, grid"),
     ({"family": "cmt_compound", "base": "cmt_ti", "params": {"point": {"type": "categorical", "choices": ["phi=1 x=2"]}}},
      "point='phi=1 x=2' is not allowed"),
+    ({"family": "cmt_compound", "base": "cmt_ti", "params": {"point": {"type": "categorical", "choices": ["alpha=1.3"]}}},
+     "params.point='alpha=1.3' is not allowed; allowed: a point with phi="),
 ])
 def test_bad_grid_spaces_give_one_line(data, message) -> None:
     with pytest.raises(ValueError, match=None) as err:

@@ -80,7 +80,7 @@ def test_fit_trains_each_architecture_once_and_keeps_the_constraint(tmp_path) ->
     assert a11.depths == (1, 1, 8, 1) and a11.depths == scale(base, 1.0, 1.2, 1.0, 1.0).depths
     twins = grid[grid["alpha"].isin([1.1, 1.2]) & (grid["beta"] == 1.0)]
     assert twins["trained_as"].nunique() == 1 and twins["top1"].nunique() == 1
-    rows = [r for r in read_rows(tmp_path / "fit") if r["study"] == "fit"]
+    rows = [r for r in read_rows(tmp_path / "fit") if r["study"].startswith("fit-")]
     assert len(rows) == table["trained_as"].nunique() == 4
     assert all(r["state"] == "complete" and "reused" not in (r["error"] or "") for r in rows)
     summary = json.loads((tmp_path / "fit" / "fit.json").read_text())
@@ -88,7 +88,7 @@ def test_fit_trains_each_architecture_once_and_keeps_the_constraint(tmp_path) ->
     assert (tmp_path / "fit" / "fit.png").is_file() and (tmp_path / "fit" / "fit.md").is_file()
     # the same command again resumes: nothing is trained twice
     again = fit_coefficients(TINY, tmp_path / "fit", phi=1.0, base_phi=-2, step=0.1, target=1.2)
-    assert len([r for r in read_rows(tmp_path / "fit") if r["study"] == "fit"]) == 4
+    assert len([r for r in read_rows(tmp_path / "fit") if r["study"].startswith("fit-")]) == 4
     pd.testing.assert_frame_equal(again.table, table)
 
 
@@ -102,7 +102,7 @@ def test_ablation_matches_budgets_and_scales_one_axis_per_strategy(tmp_path) -> 
     for (strategy, multiple), row in members.iterrows():
         if strategy == "base":
             continue
-        assert abs(row["budget_error"]) <= 0.05, (strategy, multiple, row["budget_error"])
+        assert abs(row["budget_error"]) <= 0.05 and row["matched"], (strategy, multiple, row["budget_error"])
         same = {"depth": ("embed_dims", "img_size"), "stage_ratio": ("embed_dims", "img_size"),
                 "width": ("depths", "img_size"), "resolution": ("depths", "embed_dims")}.get(strategy, ())
         for column in same:
@@ -146,6 +146,11 @@ def test_proxy_fidelity_needs_the_same_data_and_two_protocols(tmp_path) -> None:
         proxy_fidelity(TINY, TINY.replace(dataset="fashion-mnist"), tmp_path / "x")
     with pytest.raises(ValueError, match="differs from the cheap one"):
         proxy_fidelity(TINY, TINY.replace(threads=1), tmp_path / "x")
+    with pytest.raises(ValueError, match="k=99 is not allowed"):
+        proxy_fidelity(TINY, TINY.replace(epochs=2), tmp_path / "x", k=99)
+    # the reference is checked against the data before the cheap protocol trains
+    with pytest.raises(ValueError, match="train_size=5000 is not allowed for digits"):
+        proxy_fidelity(TINY, TINY.replace(train_size=5000), tmp_path / "x")
     assert not (tmp_path / "x").exists()
 
 
@@ -174,10 +179,38 @@ def test_proxy_fidelity_command_prints_the_statistics(tmp_path, capsys) -> None:
     assert (tmp_path / "cli" / "fidelity.csv").is_file()
 
 
+def test_a_grid_point_whose_trial_was_interrupted_is_trained_on_resume(tmp_path) -> None:
+    """An interrupted grid trial is FAIL with no row; resuming must train that point, not count it visited."""
+    import optuna
+
+    from search import run_search
+    from studies._grid import compound_grid_space, design_study
+
+    space = compound_grid_space("cmt_ti", ["phi=-2", "phi=-1.5"], 0.0, False)
+    out, study_name = tmp_path / "grid", design_study("g", space)
+    out.mkdir()
+    study = optuna.create_study(study_name=study_name, storage=f"sqlite:///{out / 'study.db'}",
+                                directions=["maximize", "minimize"])
+    study.enqueue_trial({"point": "phi=-2"})
+    interrupted = study.ask()
+    study.tell(interrupted, state=optuna.trial.TrialState.FAIL)
+    run_search(space, TINY, None, out, study=study_name)
+    rows = read_rows(out)
+    assert sorted(r["name"] for r in rows) == ["cmt phi=-1.50", "cmt phi=-2.00"]
+    assert all(r["state"] == "complete" for r in rows)
+
+
+@pytest.mark.slow
+def test_fidelity_on_ray_runs_several_studies_in_one_folder(tmp_path) -> None:
+    result = proxy_fidelity(TINY, TINY.replace(epochs=2), tmp_path / "fid", phis=(-2.0, -1.5), families=("deit",),
+                            resamples=50, options=RunOptions(backend="ray", num_cpus=2))
+    assert len(result.table) == 6 and {r["backend"] for r in read_rows(tmp_path / "fid" / "reference")} == {"ray"}
+
+
 @pytest.mark.slow
 def test_fit_on_ray_trains_each_architecture_once(tmp_path) -> None:
     result = fit_coefficients(TINY, tmp_path / "ray", phi=1.0, base_phi=-2, step=0.1, target=1.2,
                               options=RunOptions(backend="ray", num_cpus=2))
-    rows = [r for r in read_rows(tmp_path / "ray") if r["study"] == "fit"]
+    rows = [r for r in read_rows(tmp_path / "ray") if r["study"].startswith("fit-")]
     assert len(rows) == 4 and {r["backend"] for r in rows} == {"ray"}
     assert result.table["top1"].notna().all()
