@@ -23,7 +23,7 @@ from proxy import ProxyProtocol
 from search_spaces import SearchSpace
 
 from ._results import make_row, read_rows, write_results, write_row
-from ._trial import make_candidate, run_trial
+from ._trial import make_candidate, run_trial, trial_protocol
 
 __all__ = ["run_ray_search"]
 
@@ -153,12 +153,14 @@ def _rows_for_stopped_trials(grid, space, protocol, num_classes, run_dir: Path, 
         if metrics.get("row"):  # the worker's own row, reported with its last result
             write_row(run_dir, json.loads(metrics["row"]))
             continue
-        candidate = make_candidate(space, space.trial_values(result.config or {}), protocol, num_classes)
+        values = space.trial_values(result.config or {})
+        candidate = make_candidate(space, values, protocol, num_classes)
         state = "failed" if result.error else "pruned"
         write_row(run_dir, make_row(
             trial_id=trial_id, backend="ray", study=study_name, family=candidate.family, name=candidate.name,
             config=json.dumps(candidate.config, sort_keys=True), macs=candidate.macs, params=candidate.params,
             top1_final=metrics.get("top1"), top1_best=metrics.get("top1"), epochs_run=metrics.get("epoch"),
             state=state, error=str(result.error).splitlines()[0] if result.error else "stopped early by ASHA",
-            seed=protocol.seed, protocol_hash=protocol.protocol_hash, dataset=protocol.dataset,
+            seed=trial_protocol(protocol, values, candidate).seed, protocol_hash=protocol.protocol_hash,
+            dataset=protocol.dataset,
         ))
