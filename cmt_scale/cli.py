@@ -152,8 +152,8 @@ def run_search_command(argv: Sequence[str], console: Console) -> int:
     space = load_space(args.space)
     protocol = _protocol_from(args)
     out = args.out or f"runs/{Path(args.space).stem}"
-    if args.trials is None and space.sampler != "grid":
-        args.trials = 20
+    if args.trials is None:
+        args.trials = len(space.grid) if space.sampler == "grid" else 20
     console.print(f"search {space.family} ({space.source}) on {protocol.dataset}, {args.trials} trials, backend "
                   f"{args.backend}, protocol {protocol.protocol_hash} -> {out}")
     summary = run_search(space, protocol, args.trials, out, backend=args.backend, study=args.study,
