@@ -51,6 +51,11 @@ def _print_frame(console: Console, title: str, frame, columns: dict[str, Any]) -
     console.print(table)
 
 
+def _print_outputs(console: Console, run_dir, stem: str) -> None:
+    """Where a study's files are: every study writes the same four kinds."""
+    console.print(f"tables: {run_dir / (stem + '.csv')} (.md, .json), figure: {run_dir / (stem + '.png')} (.svg)")
+
+
 def _pct(value: Any) -> str:
     return "-" if value is None or value != value else f"{value:.2f}"
 
@@ -94,7 +99,7 @@ def run_fit_command(argv: Sequence[str], console: Console) -> int:
                       f"{format_count(best['macs'])} MACs | paper (1.2, 1.3, 1.15): top-1 {_pct(paper['top1'])}% at "
                       f"{format_count(paper['macs'])} MACs | {len(result.table) - 1} grid triples and the paper's, "
                       f"{result.table['trained_as'].nunique()} architectures trained")
-    console.print(f"tables: {result.run_dir / 'fit.csv'} (.md, .json), figure: {result.run_dir / 'fit.png'} (.svg)")
+    _print_outputs(console, result.run_dir, "fit")
     return 0
 
 
@@ -143,8 +148,7 @@ def run_ablate_command(argv: Sequence[str], console: Console) -> int:
                  })
     if not result.members["matched"].all():
         console.print("(!) outside 5% of the budget: the axis's rounding has no member nearer (see ablation.csv)")
-    console.print(f"tables: {result.run_dir / 'ablation.csv'} (.md, .json), figure: "
-                  f"{result.run_dir / 'ablation.png'} (.svg)")
+    _print_outputs(console, result.run_dir, "ablation")
     return 0
 
 
@@ -196,6 +200,5 @@ def run_fidelity_command(argv: Sequence[str], console: Console) -> int:
                       f"{agreement.spearman_interval[0]:.2f}..{agreement.spearman_interval[1]:.2f}) | Kendall tau-b "
                       f"{agreement.kendall:.3f} ({agreement.kendall_interval[0]:.2f}..{agreement.kendall_interval[1]:.2f}) "
                       f"| top-{agreement.top_k} overlap {agreement.top_k_overlap:.2f} | {agreement.models} models")
-    console.print(f"tables: {result.run_dir / 'fidelity.csv'} (.md, .json), figure: "
-                  f"{result.run_dir / 'fidelity.png'} (.svg)")
+    _print_outputs(console, result.run_dir, "fidelity")
     return 0
