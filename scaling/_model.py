@@ -23,6 +23,7 @@ from timm.layers import DropPath, trunc_normal_, use_fused_attn
 from timm.models._features import feature_take_indices
 
 from ._config import CMTConfig
+from ._fused import act_batch_norm, depthwise_conv3x3
 from ._position_bias import resize_position_bias
 
 __all__ = ["CMT", "build_cmt"]
@@ -42,16 +43,23 @@ def _to_nhwc(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1)
 
 
-class PointwiseLinear(nn.Linear):
-    """A linear layer over the channels of an NHWC map, run as a 1x1 convolution.
+# Maps with at most this many positions take the GEMM: there oneDNN's 1x1 convolution loses to it.
+_GEMM_MAX_POSITIONS = 16
 
-    Same weights, names and count as `nn.Linear` (and as the official 1x1 convs), but on CPU oneDNN's
-    channels-last 1x1 convolution is 2-3x faster than the BLAS GEMM behind ``F.linear`` for these
-    shapes (measured: benchmarks/RESULTS.md), and the NHWC input is already in its layout: no copy.
+
+class PointwiseLinear(nn.Linear):
+    """A linear layer over the channels of an NHWC map, run as a 1x1 convolution on larger maps.
+
+    Same weights, names and count as `nn.Linear` (and as the official 1x1 convs). On CPU oneDNN's
+    channels-last 1x1 convolution is 2-3x faster than the BLAS GEMM behind ``F.linear`` on maps of 8x8
+    positions and more, and the NHWC input is already in its layout: no copy. On the tiny maps of late
+    stages at proxy resolutions (4x4, 2x2) it is the other way round, by 1.2-2x in training
+    (benchmarks/RESULTS.md), so those take ``F.linear``. The rule depends on the shape only, so a run
+    is reproducible.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4:
+        if x.ndim != 4 or x.shape[1] * x.shape[2] <= _GEMM_MAX_POSITIONS:
             return super().forward(x)
         out = F.conv2d(_to_nchw(x), self.weight[:, :, None, None], self.bias)
         return _to_nhwc(out)
@@ -67,7 +75,7 @@ class ConvGeluBn(nn.Module):
         self.bn = nn.BatchNorm2d(out_chs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(self.act(self.conv(x)))
+        return _to_nchw(act_batch_norm(_to_nhwc(self.conv(x)), self.act, self.bn))
 
 
 class PatchMerging(nn.Module):
@@ -124,7 +132,7 @@ class LightweightAttention(nn.Module):
         q = self.q(x).reshape(batch, height * width, heads, head_dim).transpose(1, 2)
         kv_in = x
         if self.sr is not None:
-            kv_in = _to_nhwc(self.sr_norm(self._reduce(_to_nchw(x))))
+            kv_in = act_batch_norm(_to_nhwc(self._reduce(_to_nchw(x))), None, self.sr_norm)
         k = self.k(kv_in).reshape(batch, -1, heads, head_dim).transpose(1, 2)
         v = self.v(kv_in).reshape(batch, -1, heads, head_dim).transpose(1, 2)
         if self.fused_attn:
@@ -155,10 +163,9 @@ class InvertedResidualFFN(nn.Module):
         self.norm3 = nn.BatchNorm2d(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm1(_to_nchw(self.act1(self.fc1(x))))
-        x = self.norm2(self.act2(x + self.dwconv(x)))
-        x = self.fc2(_to_nhwc(x))
-        return _to_nhwc(self.norm3(_to_nchw(x)))
+        x = act_batch_norm(self.fc1(x), self.act1, self.norm1)
+        x = act_batch_norm(depthwise_conv3x3(x, self.dwconv, residual=True), self.act2, self.norm2)
+        return act_batch_norm(self.fc2(x), None, self.norm3)
 
 
 class CMTBlock(nn.Module):
@@ -174,8 +181,7 @@ class CMTBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, pos_bias: torch.Tensor) -> torch.Tensor:
-        x_nchw = _to_nchw(x)
-        x = _to_nhwc(x_nchw + self.lpu(x_nchw))
+        x = depthwise_conv3x3(x, self.lpu, residual=True)
         x = x + self.drop_path(self.attn(self.norm1(x), pos_bias))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 

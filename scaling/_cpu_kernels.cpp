@@ -1,0 +1,445 @@
+// Fused CPU training kernels for CMT's convolutional parts, on channels-innermost (NHWC) tensors.
+//
+// Why they exist: at proxy resolutions (32-64 px) a CMT training step on a CPU is dominated not by its
+// matmuls but by BatchNorm, GELU and 3x3 depthwise convolutions on maps with awkward channel counts
+// (CMT-Ti's hidden widths are 165, 331, 662, 1324). oneDNN and ATen run those several times slower than
+// for a multiple of 16 channels, and each op is its own pass over memory. These kernels do
+// "activation + BatchNorm (training statistics)" in two passes forward and two backward, and the 3x3
+// depthwise conv (with its residual) directly on NHWC rows, for any channel count, in fp32 or bf16
+// (bf16 in and out, float arithmetic inside).
+//
+// Written with ATen's `at::vec::Vectorized` (the abstraction ATen's own CPU kernels use), compiled for the
+// CPU capability torch reports, and threaded with `at::parallel_for`. Statistics are accumulated in
+// blocks of float and flushed to double, per thread, then reduced in thread order: deterministic for a
+// fixed thread count. Every kernel has a PyTorch reference in `scaling/_fused.py`; tests compare them.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace {
+
+using Vec = at::vec::Vectorized<float>;
+constexpr int64_t kV = Vec::size();
+constexpr int64_t kFlushRows = 64;  // float partial sums are flushed to double every this many rows
+
+// ----------------------------------------------------------------------------------------- row I/O
+// Kernels compute on float rows. A float tensor is read and written in place; a bf16 row is converted
+// into a per-thread scratch row first (and back after).
+
+template <typename T>
+struct Rows;
+
+template <>
+struct Rows<float> {
+  static const float* read(const float* src, float* /*scratch*/, int64_t /*n*/) { return src; }
+  static float* target(float* dst, float* /*scratch*/) { return dst; }
+  static void commit(const float* /*buf*/, float* /*dst*/, int64_t /*n*/) {}
+};
+
+template <>
+struct Rows<at::BFloat16> {
+  static const float* read(const at::BFloat16* src, float* scratch, int64_t n) {
+    at::vec::convert(src, scratch, n);
+    return scratch;
+  }
+  static float* target(at::BFloat16* /*dst*/, float* scratch) { return scratch; }
+  static void commit(const float* buf, at::BFloat16* dst, int64_t n) { at::vec::convert(buf, dst, n); }
+};
+
+inline Vec load(const float* p, int64_t n) { return n >= kV ? Vec::loadu(p) : Vec::loadu(p, n); }
+inline void store(const Vec& v, float* p, int64_t n) {
+  if (n >= kV) {
+    v.store(p);
+  } else {
+    v.store(p, n);
+  }
+}
+
+// Per-thread float block sums flushed into double totals: float speed, double accuracy.
+struct ChannelSums {
+  int64_t channels, width;  // width: number of sums per thread (2 * channels, or 10 * channels, ...)
+  std::vector<double> totals;  // [threads][width]
+
+  ChannelSums(int64_t c, int64_t per_channel)
+      : channels(c), width(c * per_channel), totals(static_cast<size_t>(at::get_num_threads()) * c * per_channel, 0.0) {}
+
+  double* mine() { return totals.data() + static_cast<size_t>(at::get_thread_num()) * width; }
+
+  static void flush(float* partial, double* total, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) {
+      total[i] += partial[i];
+      partial[i] = 0.f;
+    }
+  }
+
+  // Sum over threads in thread order (deterministic for a fixed thread count).
+  std::vector<double> reduce() const {
+    std::vector<double> out(width, 0.0);
+    const int64_t threads = static_cast<int64_t>(totals.size()) / std::max<int64_t>(width, 1);
+    for (int64_t t = 0; t < threads; ++t)
+      for (int64_t i = 0; i < width; ++i) out[i] += totals[t * width + i];
+    return out;
+  }
+};
+
+// ------------------------------------------------------------------------------------ GELU pieces
+// Exact (erf) GELU and its derivative: y = v * cdf(v), y' = cdf(v) + v * pdf(v). One exponential serves
+// both, since erf's Abramowitz-Stegun 7.1.26 form (|error| < 1.5e-7, ATen's own) needs exp(-v^2 / 2) too.
+inline void gelu_with_grad(const Vec v, Vec& y, Vec& d) {
+  const Vec one(1.0f), half(0.5f);
+  const Vec x = v.abs() * Vec(0.70710678118654752f);
+  const Vec e = (Vec(-0.5f) * v * v).exp_u20();
+  const Vec t = one / at::vec::fmadd(Vec(0.3275911f), x, one);
+  Vec r = at::vec::fmadd(Vec(1.061405429f), t, Vec(-1.453152027f));
+  r = at::vec::fmadd(r, t, Vec(1.421413741f));
+  r = at::vec::fmadd(r, t, Vec(-0.284496736f));
+  r = at::vec::fmadd(r, t, Vec(0.254829592f));
+  const Vec erf_abs = one - r * t * e;
+  const Vec erf = Vec::blendv(erf_abs, Vec(0.f) - erf_abs, v < Vec(0.f));
+  const Vec cdf = half * (one + erf);
+  y = v * cdf;
+  d = at::vec::fmadd(v * Vec(0.39894228040143268f), e, cdf);
+}
+
+// --------------------------------------------------------------------- activation + BatchNorm
+// a (M, C) -> y = act(a) (saved, with d = act'(a)), batch statistics of y per channel, and
+// out = (y - mean) * invstd * weight + bias. `act`: 0 none (y is a itself), 1 GELU.
+
+template <typename T>
+void act_bn_forward_kernel(const T* a, T* y, T* d, T* out, const float* weight, const float* bias, int64_t M,
+                           int64_t C, double eps, bool gelu, float* mean_out, float* invstd_out, float* var_out) {
+  // Shift by the first row so E[x^2] - E[x]^2 does not cancel when the mean is large against the spread.
+  std::vector<float> shift(C);
+  {
+    std::vector<float> first(C), dummy(C);
+    const float* row = Rows<T>::read(a, first.data(), C);
+    for (int64_t c = 0; c < C; c += kV) {
+      const int64_t n = std::min(kV, C - c);
+      Vec yv = load(row + c, n), dv;
+      if (gelu) gelu_with_grad(load(row + c, n), yv, dv);
+      store(yv, shift.data() + c, n);
+    }
+  }
+  ChannelSums sums(C, 2);
+  at::parallel_for(0, M, 1, [&](int64_t begin, int64_t end) {
+    double* total = sums.mine();
+    std::vector<float> partial(2 * C, 0.f), in_buf(C), y_buf(C), d_buf(C);
+    float* s1 = partial.data();
+    float* s2 = s1 + C;
+    for (int64_t r = begin; r < end; ++r) {
+      const float* ar = Rows<T>::read(a + r * C, in_buf.data(), C);
+      float* yt = gelu ? Rows<T>::target(y + r * C, y_buf.data()) : nullptr;
+      float* dt = gelu ? Rows<T>::target(d + r * C, d_buf.data()) : nullptr;
+      for (int64_t c = 0; c < C; c += kV) {
+        const int64_t n = std::min(kV, C - c);
+        Vec yv = load(ar + c, n);
+        if (gelu) {
+          // the statistics use the value in the register: reloading a just-stored row stalls on odd widths
+          Vec dv;
+          gelu_with_grad(yv, yv, dv);
+          store(yv, yt + c, n);
+          store(dv, dt + c, n);
+        }
+        const Vec v = yv - load(shift.data() + c, n);
+        store(load(s1 + c, n) + v, s1 + c, n);
+        store(at::vec::fmadd(v, v, load(s2 + c, n)), s2 + c, n);
+      }
+      if (gelu) {
+        Rows<T>::commit(yt, y + r * C, C);
+        Rows<T>::commit(dt, d + r * C, C);
+      }
+      if ((r - begin) % kFlushRows == kFlushRows - 1 || r == end - 1) ChannelSums::flush(s1, total, 2 * C);
+    }
+  });
+  const std::vector<double> total = sums.reduce();
+  std::vector<float> scale(C), offset(C);
+  for (int64_t c = 0; c < C; ++c) {
+    const double m1 = total[c] / M;
+    const double var = std::max(0.0, total[C + c] / M - m1 * m1);
+    const double mean = shift[c] + m1;
+    const double invstd = 1.0 / std::sqrt(var + eps);
+    mean_out[c] = static_cast<float>(mean);
+    invstd_out[c] = static_cast<float>(invstd);
+    var_out[c] = static_cast<float>(var);
+    scale[c] = static_cast<float>(weight[c] * invstd);
+    offset[c] = static_cast<float>(bias[c] - mean * weight[c] * invstd);
+  }
+  const T* src = gelu ? y : a;
+  at::parallel_for(0, M, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> in_buf(C), out_buf(C);
+    for (int64_t r = begin; r < end; ++r) {
+      const float* yr = Rows<T>::read(src + r * C, in_buf.data(), C);
+      float* o = Rows<T>::target(out + r * C, out_buf.data());
+      for (int64_t c = 0; c < C; c += kV) {
+        const int64_t n = std::min(kV, C - c);
+        store(at::vec::fmadd(load(yr + c, n), load(scale.data() + c, n), load(offset.data() + c, n)), o + c, n);
+      }
+      Rows<T>::commit(o, out + r * C, C);
+    }
+  });
+}
+
+// g (M, C), y, d as saved -> da, dweight, dbias. With xhat = (y - mean) * invstd:
+// dy = weight * invstd * (g - mean(g) - xhat * mean(g * xhat)), da = dy * d (GELU) or dy.
+template <typename T>
+void act_bn_backward_kernel(const T* g, const T* y, const T* d, T* da, const float* mean, const float* invstd,
+                            const float* weight, int64_t M, int64_t C, bool gelu, float* dweight, float* dbias) {
+  ChannelSums sums(C, 2);
+  at::parallel_for(0, M, 1, [&](int64_t begin, int64_t end) {
+    double* total = sums.mine();
+    std::vector<float> partial(2 * C, 0.f), g_buf(C), y_buf(C);
+    float* s1 = partial.data();
+    float* s2 = s1 + C;
+    for (int64_t r = begin; r < end; ++r) {
+      const float* gr = Rows<T>::read(g + r * C, g_buf.data(), C);
+      const float* yr = Rows<T>::read(y + r * C, y_buf.data(), C);
+      for (int64_t c = 0; c < C; c += kV) {
+        const int64_t n = std::min(kV, C - c);
+        const Vec gv = load(gr + c, n);
+        store(load(s1 + c, n) + gv, s1 + c, n);
+        store(at::vec::fmadd(gv, load(yr + c, n) - load(mean + c, n), load(s2 + c, n)), s2 + c, n);
+      }
+      if ((r - begin) % kFlushRows == kFlushRows - 1 || r == end - 1) ChannelSums::flush(s1, total, 2 * C);
+    }
+  });
+  const std::vector<double> total = sums.reduce();
+  std::vector<float> k_scale(C), k_mean_g(C), k_proj(C);
+  for (int64_t c = 0; c < C; ++c) {
+    const double inv = invstd[c];
+    dbias[c] = static_cast<float>(total[c]);
+    dweight[c] = static_cast<float>(total[C + c] * inv);
+    k_scale[c] = static_cast<float>(weight[c] * inv);
+    k_mean_g[c] = static_cast<float>(total[c] / M);
+    k_proj[c] = static_cast<float>(total[C + c] / M * inv * inv);
+  }
+  at::parallel_for(0, M, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> g_buf(C), y_buf(C), d_buf(C), o_buf(C);
+    for (int64_t r = begin; r < end; ++r) {
+      const float* gr = Rows<T>::read(g + r * C, g_buf.data(), C);
+      const float* yr = Rows<T>::read(y + r * C, y_buf.data(), C);
+      const float* dr = gelu ? Rows<T>::read(d + r * C, d_buf.data(), C) : nullptr;
+      float* o = Rows<T>::target(da + r * C, o_buf.data());
+      for (int64_t c = 0; c < C; c += kV) {
+        const int64_t n = std::min(kV, C - c);
+        const Vec centred = load(yr + c, n) - load(mean + c, n);
+        const Vec inner = load(gr + c, n) - load(k_mean_g.data() + c, n) - centred * load(k_proj.data() + c, n);
+        Vec dy = inner * load(k_scale.data() + c, n);
+        if (gelu) dy = dy * load(dr + c, n);
+        store(dy, o + c, n);
+      }
+      Rows<T>::commit(o, da + r * C, C);
+    }
+  });
+}
+
+// --------------------------------------------------------------------- 3x3 depthwise convolution
+// x (B, H, W, C), taps (9, C) (tap t = 3 * dy + dx), stride 1, padding 1:
+// out[b, h, w] = bias + sum_t taps[t] * x[b, h + dy - 1, w + dx - 1] (+ x[b, h, w] with `residual`).
+// The input gradient is the same convolution of g with the taps mirrored, so one kernel does both.
+
+template <typename T>
+void dwconv3x3_kernel(const T* x, const float* taps, const float* bias, bool residual, T* out, int64_t B,
+                      int64_t H, int64_t W, int64_t C) {
+  const int64_t row = W * C;
+  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> in_buf(3 * row), out_buf(row);
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / H, h = bh % H;
+      const float* rows[3] = {nullptr, nullptr, nullptr};
+      for (int64_t i = 0; i < 3; ++i) {
+        const int64_t hh = h + i - 1;
+        if (hh >= 0 && hh < H) rows[i] = Rows<T>::read(x + (b * H + hh) * row, in_buf.data() + i * row, row);
+      }
+      float* o = Rows<T>::target(out + bh * row, out_buf.data());
+      // Channel block outer, pixels inner: the nine taps and the bias stay in registers along the row.
+      for (int64_t c = 0; c < C; c += kV) {
+        const int64_t n = std::min(kV, C - c);
+        Vec tap[9];
+        for (int64_t t = 0; t < 9; ++t) tap[t] = load(taps + t * C + c, n);
+        const Vec base = bias ? load(bias + c, n) : Vec(0.f);
+        for (int64_t w = 0; w < W; ++w) {
+          Vec acc = residual ? base + load(rows[1] + w * C + c, n) : base;
+          for (int64_t i = 0; i < 3; ++i) {
+            const float* r = rows[i];
+            if (!r) continue;
+            if (w > 0) acc = at::vec::fmadd(tap[3 * i], load(r + (w - 1) * C + c, n), acc);
+            acc = at::vec::fmadd(tap[3 * i + 1], load(r + w * C + c, n), acc);
+            if (w + 1 < W) acc = at::vec::fmadd(tap[3 * i + 2], load(r + (w + 1) * C + c, n), acc);
+          }
+          store(acc, o + w * C + c, n);
+        }
+      }
+      Rows<T>::commit(o, out + bh * row, row);
+    }
+  });
+}
+
+// dtaps[t, c] = sum over (b, h, w) of g[b, h, w, c] * x[b, h + dy - 1, w + dx - 1, c]; dbias = sum of g.
+template <typename T>
+void dwconv3x3_weight_grad_kernel(const T* g, const T* x, float* dtaps, float* dbias, int64_t B, int64_t H,
+                                  int64_t W, int64_t C) {
+  const int64_t row = W * C;
+  ChannelSums sums(C, 10);
+  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    double* total = sums.mine();
+    std::vector<float> partial(10 * C, 0.f), in_buf(3 * row), g_buf(row);
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / H, h = bh % H;
+      const float* gr = Rows<T>::read(g + bh * row, g_buf.data(), row);
+      const float* rows[3] = {nullptr, nullptr, nullptr};
+      for (int64_t i = 0; i < 3; ++i) {
+        const int64_t hh = h + i - 1;
+        if (hh >= 0 && hh < H) rows[i] = Rows<T>::read(x + (b * H + hh) * row, in_buf.data() + i * row, row);
+      }
+      // Ten accumulators (nine taps and the bias) per channel block live in registers along the row.
+      for (int64_t c = 0; c < C; c += kV) {
+        const int64_t n = std::min(kV, C - c);
+        Vec acc[10];
+        for (int64_t t = 0; t < 10; ++t) acc[t] = Vec(0.f);
+        for (int64_t w = 0; w < W; ++w) {
+          const Vec gv = load(gr + w * C + c, n);
+          acc[9] = acc[9] + gv;
+          for (int64_t i = 0; i < 3; ++i) {
+            const float* r = rows[i];
+            if (!r) continue;
+            if (w > 0) acc[3 * i] = at::vec::fmadd(gv, load(r + (w - 1) * C + c, n), acc[3 * i]);
+            acc[3 * i + 1] = at::vec::fmadd(gv, load(r + w * C + c, n), acc[3 * i + 1]);
+            if (w + 1 < W) acc[3 * i + 2] = at::vec::fmadd(gv, load(r + (w + 1) * C + c, n), acc[3 * i + 2]);
+          }
+        }
+        for (int64_t t = 0; t < 10; ++t) {
+          float* s = partial.data() + t * C + c;
+          store(load(s, n) + acc[t], s, n);
+        }
+      }
+      if ((bh - begin) % 4 == 3 || bh == end - 1) ChannelSums::flush(partial.data(), total, 10 * C);
+    }
+  });
+  const std::vector<double> total = sums.reduce();
+  for (int64_t i = 0; i < 9 * C; ++i) dtaps[i] = static_cast<float>(total[i]);
+  for (int64_t c = 0; c < C; ++c) dbias[c] = static_cast<float>(total[9 * C + c]);
+}
+
+// ------------------------------------------------------------------------------------ op entries
+
+void check_rows(const at::Tensor& t, int64_t dims, const char* what) {
+  TORCH_CHECK(t.device().is_cpu(), what, ": expected a CPU tensor");
+  TORCH_CHECK(t.dim() == dims && t.is_contiguous(), what, ": expected a contiguous ", dims, "-d tensor");
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16, what,
+              ": expected float32 or bfloat16, got ", t.scalar_type());
+}
+
+at::Tensor as_float_vector(const at::Tensor& t, int64_t n, const char* what) {
+  TORCH_CHECK(t.numel() == n, what, ": expected ", n, " values, got ", t.numel());
+  return t.detach().to(at::kFloat).contiguous();
+}
+
+std::vector<at::Tensor> act_bn_forward(const at::Tensor& a, const at::Tensor& weight, const at::Tensor& bias,
+                                       double eps, int64_t act) {
+  check_rows(a, 2, "act_bn_forward");
+  const int64_t M = a.size(0), C = a.size(1);
+  TORCH_CHECK(M > 1, "act_bn_forward: batch statistics need more than one value per channel");
+  const bool gelu = act == 1;
+  const at::Tensor w = as_float_vector(weight, C, "act_bn_forward weight");
+  const at::Tensor b = as_float_vector(bias, C, "act_bn_forward bias");
+  at::Tensor out = at::empty_like(a);
+  at::Tensor y = gelu ? at::empty_like(a) : a;
+  at::Tensor d = gelu ? at::empty_like(a) : at::empty({0}, a.options());
+  const auto fopt = a.options().dtype(at::kFloat);
+  at::Tensor mean = at::empty({C}, fopt), invstd = at::empty({C}, fopt), var = at::empty({C}, fopt);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, a.scalar_type(), "act_bn_forward", [&] {
+    if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, at::BFloat16>) {
+      act_bn_forward_kernel<scalar_t>(a.const_data_ptr<scalar_t>(), gelu ? y.data_ptr<scalar_t>() : nullptr,
+                                      gelu ? d.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(),
+                                      w.const_data_ptr<float>(), b.const_data_ptr<float>(), M, C, eps, gelu,
+                                      mean.data_ptr<float>(), invstd.data_ptr<float>(), var.data_ptr<float>());
+    }
+  });
+  return {out, y, d, mean, invstd, var};
+}
+
+std::vector<at::Tensor> act_bn_backward(const at::Tensor& grad, const at::Tensor& y, const at::Tensor& d,
+                                        const at::Tensor& mean, const at::Tensor& invstd, const at::Tensor& weight,
+                                        int64_t act) {
+  check_rows(y, 2, "act_bn_backward");
+  const int64_t M = y.size(0), C = y.size(1);
+  const bool gelu = act == 1;
+  const at::Tensor g = grad.to(y.scalar_type()).contiguous().view({M, C});
+  const at::Tensor w = as_float_vector(weight, C, "act_bn_backward weight");
+  at::Tensor da = at::empty_like(y);
+  const auto fopt = y.options().dtype(at::kFloat);
+  at::Tensor dweight = at::empty({C}, fopt), dbias = at::empty({C}, fopt);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, y.scalar_type(), "act_bn_backward", [&] {
+    if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, at::BFloat16>) {
+      act_bn_backward_kernel<scalar_t>(g.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(),
+                                       gelu ? d.const_data_ptr<scalar_t>() : nullptr, da.data_ptr<scalar_t>(),
+                                       mean.const_data_ptr<float>(), invstd.const_data_ptr<float>(),
+                                       w.const_data_ptr<float>(), M, C, gelu, dweight.data_ptr<float>(),
+                                       dbias.data_ptr<float>());
+    }
+  });
+  return {da, dweight, dbias};
+}
+
+at::Tensor dwconv3x3_forward(const at::Tensor& x, const at::Tensor& taps, const std::optional<at::Tensor>& bias,
+                             bool residual) {
+  check_rows(x, 4, "dwconv3x3_forward");
+  const int64_t B = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
+  const at::Tensor t = as_float_vector(taps, 9 * C, "dwconv3x3_forward taps");
+  at::Tensor b;
+  if (bias.has_value() && bias->defined()) b = as_float_vector(*bias, C, "dwconv3x3_forward bias");
+  at::Tensor out = at::empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "dwconv3x3_forward", [&] {
+    if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, at::BFloat16>) {
+      dwconv3x3_kernel<scalar_t>(x.const_data_ptr<scalar_t>(), t.const_data_ptr<float>(),
+                                 b.defined() ? b.const_data_ptr<float>() : nullptr, residual,
+                                 out.data_ptr<scalar_t>(), B, H, W, C);
+    }
+  });
+  return out;
+}
+
+std::vector<at::Tensor> dwconv3x3_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& taps,
+                                           bool residual) {
+  check_rows(x, 4, "dwconv3x3_backward");
+  const int64_t B = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
+  const at::Tensor g = grad.to(x.scalar_type()).contiguous().view({B, H, W, C});
+  // The input gradient: the same convolution with the 3x3 taps mirrored (tap t -> 8 - t), no bias.
+  const at::Tensor mirrored = as_float_vector(taps, 9 * C, "dwconv3x3_backward taps").view({9, C}).flip(0).contiguous();
+  at::Tensor gx = at::empty_like(x);
+  const auto fopt = x.options().dtype(at::kFloat);
+  at::Tensor dtaps = at::empty({9, C}, fopt), dbias = at::empty({C}, fopt);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "dwconv3x3_backward", [&] {
+    if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, at::BFloat16>) {
+      dwconv3x3_kernel<scalar_t>(g.const_data_ptr<scalar_t>(), mirrored.const_data_ptr<float>(), nullptr, residual,
+                                 gx.data_ptr<scalar_t>(), B, H, W, C);
+      dwconv3x3_weight_grad_kernel<scalar_t>(g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                                             dtaps.data_ptr<float>(), dbias.data_ptr<float>(), B, H, W, C);
+    }
+  });
+  return {gx, dtaps, dbias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(cmt_scale, m) {
+  m.def("act_bn_forward(Tensor a, Tensor weight, Tensor bias, float eps, int act) -> Tensor[]");
+  m.def("act_bn_backward(Tensor grad, Tensor y, Tensor d, Tensor mean, Tensor invstd, Tensor weight, int act) -> Tensor[]");
+  m.def("dwconv3x3_forward(Tensor x, Tensor taps, Tensor? bias, bool residual) -> Tensor");
+  m.def("dwconv3x3_backward(Tensor grad, Tensor x, Tensor taps, bool residual) -> Tensor[]");
+}
+
+TORCH_LIBRARY_IMPL(cmt_scale, CPU, m) {
+  m.impl("act_bn_forward", &act_bn_forward);
+  m.impl("act_bn_backward", &act_bn_backward);
+  m.impl("dwconv3x3_forward", &dwconv3x3_forward);
+  m.impl("dwconv3x3_backward", &dwconv3x3_backward);
+}

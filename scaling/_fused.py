@@ -1,0 +1,204 @@
+"""Fused CPU training kernels for CMT's BatchNorm + GELU and 3x3 depthwise convolutions, with a plain path.
+
+Why: at proxy resolutions a CMT training step on a CPU spends most of its time in BatchNorm, GELU and
+depthwise convolutions on odd channel counts (CMT-Ti's IRFFN widths are 165, 331, 662, 1324), where ATen
+and oneDNN fall off their fast paths, and each op is its own pass over memory (benchmarks/RESULTS.md).
+`scaling/_cpu_kernels.cpp` does "activation + BatchNorm with batch statistics" in two passes each way and
+the depthwise conv directly on NHWC rows, in fp32 or bf16. It is compiled on first use with
+``torch.utils.cpp_extension`` for the CPU capability torch reports, and cached (the first compile takes
+about 20-40 s).
+
+The model calls `act_batch_norm` and `depthwise_conv3x3`; each takes the kernels only for a CPU module in
+training mode, outside tracing, scripting and ``torch.compile``, and otherwise runs exactly the modules'
+own forward (the plain path: it is also the reference the tests compare the kernels with). Parameters,
+buffers and module names are untouched, so checkpoints, fvcore counts and `fuse_for_inference` see the
+same model. ``CMT_SCALE_FUSED_KERNELS=0`` or `set_fused_kernels(False)` turns the kernels off; if they
+cannot be built (no C++ compiler), one warning says so and training takes the plain path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+__all__ = ["act_batch_norm", "depthwise_conv3x3", "fused_kernels_available", "set_fused_kernels"]
+
+_SOURCE = Path(__file__).with_name("_cpu_kernels.cpp")
+_ENV_SWITCH = "CMT_SCALE_FUSED_KERNELS"
+_ACT_CODES = {"none": 0, "gelu": 1}
+
+_state: dict[str, bool | None] = {"enabled": None, "loaded": None}
+
+
+def set_fused_kernels(enabled: bool) -> None:
+    """Turn the fused CPU kernels on or off for this process (the environment switch sets the default)."""
+    _state["enabled"] = bool(enabled)
+
+
+def _enabled() -> bool:
+    if _state["enabled"] is None:
+        _state["enabled"] = os.environ.get(_ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+    return bool(_state["enabled"])
+
+
+def _capability_flags() -> tuple[str, list[str]]:
+    """ATen's vector width for this CPU, as the ``CPU_CAPABILITY`` defines and ``-m`` flags ATen's own
+    kernels are built with (so `at::vec::Vectorized` has the width the CPU runs)."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability in ("AVX512", "AVX512_BF16", "AMX") or capability.startswith("AVX512"):
+        return "avx512", ["-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512", "-mavx512f", "-mavx512bw",
+                          "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"]
+    if capability == "AVX2":
+        return "avx2", ["-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2", "-mavx2", "-mfma", "-mf16c"]
+    return "default", ["-DCPU_CAPABILITY=DEFAULT", "-DCPU_CAPABILITY_DEFAULT"]
+
+
+def _load() -> bool:
+    """Compile (first time) and load the kernels; False, with one warning, when that is impossible."""
+    if _state["loaded"] is not None:
+        return bool(_state["loaded"])
+    _state["loaded"] = False
+    tag, flags = _capability_flags()
+    cflags = ["-O3", "-fopenmp", *flags]
+    digest = hashlib.sha256(_SOURCE.read_bytes() + " ".join(cflags).encode() + torch.__version__.encode())
+    name = f"cmt_scale_kernels_{tag}_{digest.hexdigest()[:12]}"
+    try:
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime" noise
+        from torch.utils.cpp_extension import _get_build_directory, load
+
+        build_dir = Path(_get_build_directory(name, verbose=False))
+        if not (build_dir / f"{name}.so").exists():
+            print(f"cmt-scale: compiling fused CPU kernels once ({tag}, about 30 s) into {build_dir}",
+                  file=sys.stderr, flush=True)
+        load(name=name, sources=[str(_SOURCE)], extra_cflags=cflags, extra_ldflags=["-fopenmp"],
+             is_python_module=False, verbose=False)
+    except Exception as err:  # no compiler, no ninja, a read-only cache: train on the plain path
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        warnings.warn(f"cmt-scale: fused CPU kernels unavailable ({reason[:200]}); training uses the plain "
+                      f"PyTorch path (set {_ENV_SWITCH}=0 to skip the attempt)", RuntimeWarning, stacklevel=3)
+        return False
+    _state["loaded"] = True
+    return True
+
+
+def fused_kernels_available() -> bool:
+    """Whether the fused CPU kernels are switched on and built (builds them on the first call)."""
+    return _enabled() and _load()
+
+
+def _takes_kernels(x: torch.Tensor, module: nn.Module) -> bool:
+    return (
+        module.training
+        and x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.bfloat16)
+        and not torch.jit.is_tracing()
+        and not torch.jit.is_scripting()
+        and not torch.compiler.is_compiling()
+        and fused_kernels_available()
+    )
+
+
+# ------------------------------------------------------------------------------- BatchNorm + activation
+class _BatchNormAct(torch.autograd.Function):
+    """``bn(act(x))`` with batch statistics over the rows of ``x`` (M, C); saves act(x) and act'(x)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, act: int
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out, y, d, mean, invstd, var = torch.ops.cmt_scale.act_bn_forward(x, weight, bias, eps, act)
+        ctx.save_for_backward(y, d, mean, invstd, weight)
+        ctx.act = act
+        ctx.mark_non_differentiable(mean, var)
+        return out, mean, var
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor, _grad_mean: torch.Tensor, _grad_var: torch.Tensor):
+        y, d, mean, invstd, weight = ctx.saved_tensors
+        dx, dweight, dbias = torch.ops.cmt_scale.act_bn_backward(grad, y, d, mean, invstd, weight, ctx.act)
+        return dx, dweight.to(weight.dtype), dbias.to(weight.dtype), None, None
+
+
+def _update_running_stats(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
+    """What ``nn.BatchNorm2d.forward`` does to its buffers in training: count the batch, then an
+    exponential (or, with ``momentum=None``, cumulative) average of the mean and the unbiased variance."""
+    if not bn.track_running_stats:
+        return
+    bn.num_batches_tracked.add_(1)
+    factor = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+    with torch.no_grad():
+        bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), factor)
+        bn.running_var.lerp_((var * (count / max(count - 1, 1))).to(bn.running_var.dtype), factor)
+
+
+def _act_code(act: nn.Module | None) -> int | None:
+    """The kernel's code for ``act`` (None: not one the kernels know)."""
+    if act is None or isinstance(act, nn.Identity):
+        return _ACT_CODES["none"]
+    if isinstance(act, nn.GELU) and act.approximate == "none":
+        return _ACT_CODES["gelu"]
+    return None
+
+
+def act_batch_norm(x: torch.Tensor, act: nn.Module | None, bn: nn.Module) -> torch.Tensor:
+    """``bn(act(x))`` for an NHWC tensor ``x``: ``act`` an activation module (or None), ``bn`` a
+    BatchNorm2d over the channels (or an Identity, as `fuse_for_inference` leaves it).
+
+    The plain path is exactly the modules on the NCHW view; the fused one (exact GELU or no activation,
+    a training-mode affine BatchNorm) gives the same values, gradients and running-statistics updates
+    (tested), in two passes over memory each way.
+    """
+    code = _act_code(act)
+    if code is None or not (isinstance(bn, nn.BatchNorm2d) and bn.affine and _takes_kernels(x, bn)):
+        y = x if act is None else act(x)
+        return bn(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    rows = x.reshape(-1, x.shape[-1])
+    out, mean, var = _BatchNormAct.apply(rows, bn.weight, bn.bias, bn.eps, code)
+    _update_running_stats(bn, mean, var, rows.shape[0])
+    return out.view(x.shape)
+
+
+# ------------------------------------------------------------------------------ 3x3 depthwise conv
+class _DepthwiseConv3x3(torch.autograd.Function):
+    """``x + conv(x)`` (``residual``) or ``conv(x)`` for a 3x3, stride-1, padding-1 depthwise conv on NHWC."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: bool) -> torch.Tensor:
+        taps = weight.reshape(weight.shape[0], 9).t()  # (9, C): tap-major, channels innermost
+        ctx.save_for_backward(x, taps)
+        ctx.residual, ctx.has_bias = residual, bias is not None
+        return torch.ops.cmt_scale.dwconv3x3_forward(x, taps, bias, residual)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, taps = ctx.saved_tensors
+        dx, dtaps, dbias = torch.ops.cmt_scale.dwconv3x3_backward(grad, x, taps, ctx.residual)
+        dweight = dtaps.t().reshape(-1, 1, 3, 3)
+        return dx, dweight, dbias if ctx.has_bias else None, None
+
+
+def _is_depthwise3x3(conv: nn.Module) -> bool:
+    return (
+        isinstance(conv, nn.Conv2d)
+        and conv.kernel_size == (3, 3)
+        and conv.stride == (1, 1)
+        and conv.padding == (1, 1)
+        and conv.dilation == (1, 1)
+        and conv.groups == conv.in_channels == conv.out_channels
+        and conv.padding_mode == "zeros"
+    )
+
+
+def depthwise_conv3x3(x: torch.Tensor, conv: nn.Module, residual: bool) -> torch.Tensor:
+    """``x + conv(x)`` (``residual=True``) or ``conv(x)`` for an NHWC tensor and a 3x3 depthwise conv."""
+    if not (_is_depthwise3x3(conv) and _takes_kernels(x, conv)):
+        x_nchw = x.permute(0, 3, 1, 2)
+        out = conv(x_nchw)
+        return (x_nchw + out if residual else out).permute(0, 2, 3, 1)
+    return _DepthwiseConv3x3.apply(x.contiguous(), conv.weight, conv.bias, residual)
