@@ -287,6 +287,7 @@ template <typename T>
 void dwconv3x3_weight_grad_kernel(const T* g, const T* x, float* dtaps, float* dbias, int64_t B, int64_t H,
                                   int64_t W, int64_t C) {
   const int64_t row = W * C;
+  const int64_t flush_rows = std::max<int64_t>(1, 256 / W);
   ChannelSums sums(C, 10);
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     double* total = sums.mine();
@@ -320,7 +321,8 @@ void dwconv3x3_weight_grad_kernel(const T* g, const T* x, float* dtaps, float* d
           store(load(s, n) + acc[t], s, n);
         }
       }
-      if ((bh - begin) % 4 == 3 || bh == end - 1) ChannelSums::flush(partial.data(), total, 10 * C);
+      // float partials hold at most ~256 positions before they go to double
+      if ((bh - begin) % flush_rows == flush_rows - 1 || bh == end - 1) ChannelSums::flush(partial.data(), total, 10 * C);
     }
   });
   const std::vector<double> total = sums.reduce();
