@@ -1,0 +1,149 @@
+"""The fused CPU kernels against PyTorch's own modules: values, gradients, running statistics, both dtypes.
+
+The expectation is always the plain path, i.e. ``nn.GELU`` + ``nn.BatchNorm2d`` and ``nn.Conv2d`` run by
+PyTorch on the same tensors; odd channel counts are there because they are why the kernels exist.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import pytest
+import torch
+import torch.nn as nn
+
+from conftest import random_config
+from official_reference import official_forward, random_official_state_dict
+from scaling import build_cmt, checkpoint_filter_fn
+from scaling import _fused as fused
+
+pytestmark = pytest.mark.skipif(not fused.fused_kernels_available(), reason="fused CPU kernels could not be built")
+
+
+@pytest.fixture(autouse=True)
+def _kernels_on():
+    fused.set_fused_kernels(True)
+    yield
+    fused.set_fused_kernels(True)
+
+
+def _run(fn, enabled: bool, x: torch.Tensor, grad: torch.Tensor):
+    """fn(x) and its gradient with the kernels on or off; returns output and input gradient."""
+    fused.set_fused_kernels(enabled)
+    leaf = x.detach().clone().requires_grad_()
+    out = fn(leaf)
+    out.backward(grad)
+    return out.detach(), leaf.grad
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor, rtol: float) -> None:
+    """Relative to the largest magnitude: a sum over thousands of rows is compared at its own scale."""
+    scale = expected.abs().max().clamp_min(1e-12)
+    assert ((actual.float() - expected.float()).abs().max() / scale).item() < rtol
+
+
+@pytest.mark.parametrize("channels,size", [(165, 16), (46, 8), (1324, 2), (7, 5), (16, 3)])
+@pytest.mark.parametrize("act", ["gelu", "none"])
+def test_act_batch_norm_matches_the_modules(channels: int, size: int, act: str) -> None:
+    torch.manual_seed(channels)
+    bn = nn.BatchNorm2d(channels)
+    nn.init.uniform_(bn.weight, 0.5, 1.5)
+    nn.init.normal_(bn.bias)
+    ref_bn, ref_act = copy.deepcopy(bn), nn.GELU() if act == "gelu" else None
+    x = torch.randn(4, size, size, channels) * 2 + 3  # a mean far from zero tests the variance's accuracy
+    grad = torch.randn_like(x)
+    out, dx = _run(lambda t: fused.act_batch_norm(t, ref_act, bn), True, x, grad)
+    ref, ref_dx = _run(lambda t: fused.act_batch_norm(t, ref_act, ref_bn), False, x, grad)
+    _close(out, ref, 1e-5)
+    _close(dx, ref_dx, 1e-5)
+    _close(bn.weight.grad, ref_bn.weight.grad, 1e-5)
+    _close(bn.bias.grad, ref_bn.bias.grad, 1e-5)
+    _close(bn.running_mean, ref_bn.running_mean, 1e-5)
+    _close(bn.running_var, ref_bn.running_var, 1e-5)
+    assert bn.num_batches_tracked.item() == ref_bn.num_batches_tracked.item() == 1
+
+
+def test_cumulative_running_average_when_momentum_is_none() -> None:
+    bn = nn.BatchNorm2d(9, momentum=None)
+    ref_bn = copy.deepcopy(bn)
+    for seed in range(3):
+        x = torch.randn(2, 4, 4, 9, generator=torch.Generator().manual_seed(seed))
+        _run(lambda t: fused.act_batch_norm(t, None, bn), True, x, torch.ones_like(x))
+        _run(lambda t: fused.act_batch_norm(t, None, ref_bn), False, x, torch.ones_like(x))
+    _close(bn.running_mean, ref_bn.running_mean, 1e-6)
+    _close(bn.running_var, ref_bn.running_var, 1e-6)
+
+
+@pytest.mark.parametrize("channels,size", [(165, 16), (662, 4), (1324, 2), (5, 1), (3, 7)])
+@pytest.mark.parametrize("residual", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+def test_depthwise_conv_matches_conv2d(channels: int, size: int, residual: bool, bias: bool) -> None:
+    torch.manual_seed(size)
+    conv = nn.Conv2d(channels, channels, 3, 1, 1, groups=channels, bias=bias)
+    ref_conv = copy.deepcopy(conv)
+    x = torch.randn(3, size, size + 1, channels)  # a non-square map catches swapped axes
+    grad = torch.randn_like(x)
+    out, dx = _run(lambda t: fused.depthwise_conv3x3(t, conv, residual), True, x, grad)
+    ref, ref_dx = _run(lambda t: fused.depthwise_conv3x3(t, ref_conv, residual), False, x, grad)
+    _close(out, ref, 1e-5)
+    _close(dx, ref_dx, 1e-5)
+    _close(conv.weight.grad, ref_conv.weight.grad, 1e-5)
+    if bias:
+        _close(conv.bias.grad, ref_conv.bias.grad, 1e-5)
+
+
+def test_bf16_kernels_stay_within_bf16_rounding_of_fp32() -> None:
+    torch.manual_seed(0)
+    bn, conv = nn.BatchNorm2d(165), nn.Conv2d(165, 165, 3, 1, 1, groups=165)
+    x = torch.randn(4, 8, 8, 165)
+    grad = torch.randn_like(x)
+
+    def block(t: torch.Tensor) -> torch.Tensor:
+        return fused.act_batch_norm(fused.depthwise_conv3x3(t, conv, True), nn.GELU(), bn)
+
+    out, dx = _run(block, True, x, grad)
+    out16, dx16 = _run(block, True, x.bfloat16(), grad.bfloat16())
+    assert out16.dtype == dx16.dtype == torch.bfloat16
+    _close(out16, out, 3e-2)
+    _close(dx16, dx, 5e-2)
+
+
+def test_the_plain_path_is_taken_in_eval_mode_and_when_switched_off() -> None:
+    bn = nn.BatchNorm2d(6).eval()
+    x = torch.randn(2, 3, 3, 6)
+    torch.testing.assert_close(fused.act_batch_norm(x, None, bn), bn(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+    fused.set_fused_kernels(False)
+    assert not fused.fused_kernels_available()
+
+
+def test_a_training_step_of_a_cmt_matches_the_official_reference_with_the_kernels() -> None:
+    """Logits in training mode (batch statistics in every BN) and the gradient of every parameter equal
+    those of the plain path, on random configs; the logits also equal the official layout's."""
+    rng = random.Random(3)
+    for seed in range(3):
+        cfg = random_config(rng)
+        sd = random_official_state_dict(cfg, seed)
+        x = torch.randn(3, cfg.in_chans, cfg.img_size, cfg.img_size)
+        grads = {}
+        for enabled in (True, False):
+            fused.set_fused_kernels(enabled)
+            model = build_cmt(cfg).train()
+            model.load_state_dict(checkpoint_filter_fn(sd, model))
+            logits = model(x)
+            torch.testing.assert_close(logits, official_forward(sd, cfg, x, training=True), rtol=1e-4, atol=1e-4)
+            logits.square().sum().backward()
+            grads[enabled] = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        assert grads[True].keys() == grads[False].keys()
+        # Biases in front of a BatchNorm get a gradient of pure rounding noise: compare at the model's scale.
+        scale = max(grad.abs().max().item() for grad in grads[False].values())
+        for name, grad in grads[False].items():
+            torch.testing.assert_close(grads[True][name], grad, rtol=1e-3, atol=1e-5 * scale,
+                                       msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_kernels_are_deterministic_for_a_fixed_thread_count() -> None:
+    bn = nn.BatchNorm2d(37)
+    x = torch.randn(8, 9, 9, 37)
+    runs = [_run(lambda t: fused.act_batch_norm(t, nn.GELU(), bn), True, x, torch.ones_like(x)) for _ in range(2)]
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
