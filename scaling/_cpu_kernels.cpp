@@ -115,7 +115,8 @@ inline void gelu_with_grad(const Vec v, Vec& y, Vec& d) {
 
 template <typename T>
 void act_bn_forward_kernel(const T* a, T* y, T* d, T* out, const float* weight, const float* bias, int64_t M,
-                           int64_t C, double eps, bool gelu, float* mean_out, float* invstd_out, float* var_out) {
+                           int64_t C, double eps, bool gelu, float* mean_out, float* invstd_out, float* running_mean,
+                           float* running_var, double factor) {
   // Shift by the first row so E[x^2] - E[x]^2 does not cancel when the mean is large against the spread.
   std::vector<float> shift(C);
   {
@@ -168,7 +169,10 @@ void act_bn_forward_kernel(const T* a, T* y, T* d, T* out, const float* weight, 
     const double invstd = 1.0 / std::sqrt(var + eps);
     mean_out[c] = static_cast<float>(mean);
     invstd_out[c] = static_cast<float>(invstd);
-    var_out[c] = static_cast<float>(var);
+    if (running_mean) {  // as nn.BatchNorm2d: the running variance takes the unbiased batch variance
+      running_mean[c] = static_cast<float>((1.0 - factor) * running_mean[c] + factor * mean);
+      running_var[c] = static_cast<float>((1.0 - factor) * running_var[c] + factor * var * M / (M - 1));
+    }
     scale[c] = static_cast<float>(weight[c] * invstd);
     offset[c] = static_cast<float>(bias[c] - mean * weight[c] * invstd);
   }
@@ -345,27 +349,39 @@ at::Tensor as_float_vector(const at::Tensor& t, int64_t n, const char* what) {
 }
 
 std::vector<at::Tensor> act_bn_forward(const at::Tensor& a, const at::Tensor& weight, const at::Tensor& bias,
-                                       double eps, int64_t act) {
+                                       const std::optional<at::Tensor>& running_mean,
+                                       const std::optional<at::Tensor>& running_var, double factor, double eps,
+                                       int64_t act) {
   check_rows(a, 2, "act_bn_forward");
   const int64_t M = a.size(0), C = a.size(1);
   TORCH_CHECK(M > 1, "act_bn_forward: batch statistics need more than one value per channel");
   const bool gelu = act == 1;
   const at::Tensor w = as_float_vector(weight, C, "act_bn_forward weight");
   const at::Tensor b = as_float_vector(bias, C, "act_bn_forward bias");
+  float* rm = nullptr;
+  float* rv = nullptr;
+  if (running_mean.has_value() && running_mean->defined()) {
+    for (const at::Tensor* t : {&*running_mean, &*running_var}) {
+      TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == C,
+                  "act_bn_forward: running statistics must be contiguous float32 vectors of ", C);
+    }
+    rm = running_mean->data_ptr<float>();
+    rv = running_var->data_ptr<float>();
+  }
   at::Tensor out = at::empty_like(a);
   at::Tensor y = gelu ? at::empty_like(a) : a;
   at::Tensor d = gelu ? at::empty_like(a) : at::empty({0}, a.options());
   const auto fopt = a.options().dtype(at::kFloat);
-  at::Tensor mean = at::empty({C}, fopt), invstd = at::empty({C}, fopt), var = at::empty({C}, fopt);
+  at::Tensor mean = at::empty({C}, fopt), invstd = at::empty({C}, fopt);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, a.scalar_type(), "act_bn_forward", [&] {
     if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, at::BFloat16>) {
       act_bn_forward_kernel<scalar_t>(a.const_data_ptr<scalar_t>(), gelu ? y.data_ptr<scalar_t>() : nullptr,
                                       gelu ? d.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(),
                                       w.const_data_ptr<float>(), b.const_data_ptr<float>(), M, C, eps, gelu,
-                                      mean.data_ptr<float>(), invstd.data_ptr<float>(), var.data_ptr<float>());
+                                      mean.data_ptr<float>(), invstd.data_ptr<float>(), rm, rv, factor);
     }
   });
-  return {out, y, d, mean, invstd, var};
+  return {out, y, d, mean, invstd};
 }
 
 std::vector<at::Tensor> act_bn_backward(const at::Tensor& grad, const at::Tensor& y, const at::Tensor& d,
@@ -433,7 +449,8 @@ std::vector<at::Tensor> dwconv3x3_backward(const at::Tensor& grad, const at::Ten
 }  // namespace
 
 TORCH_LIBRARY(cmt_scale, m) {
-  m.def("act_bn_forward(Tensor a, Tensor weight, Tensor bias, float eps, int act) -> Tensor[]");
+  m.def("act_bn_forward(Tensor a, Tensor weight, Tensor bias, Tensor(a!)? running_mean, Tensor(b!)? running_var, "
+        "float factor, float eps, int act) -> Tensor[]");
   m.def("act_bn_backward(Tensor grad, Tensor y, Tensor d, Tensor mean, Tensor invstd, Tensor weight, int act) -> Tensor[]");
   m.def("dwconv3x3_forward(Tensor x, Tensor taps, Tensor? bias, bool residual) -> Tensor");
   m.def("dwconv3x3_backward(Tensor grad, Tensor x, Tensor taps, bool residual) -> Tensor[]");

@@ -107,34 +107,34 @@ def _takes_kernels(x: torch.Tensor, module: nn.Module) -> bool:
 
 # ------------------------------------------------------------------------------- BatchNorm + activation
 class _BatchNormAct(torch.autograd.Function):
-    """``bn(act(x))`` with batch statistics over the rows of ``x`` (M, C); saves act(x) and act'(x)."""
+    """``bn(act(x))`` with batch statistics over the rows of ``x`` (M, C); saves act(x) and act'(x).
+
+    The running statistics are updated in place by the kernel (``factor`` is the averaging weight),
+    as ``nn.BatchNorm2d`` does in training."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, act: int
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        out, y, d, mean, invstd, var = torch.ops.cmt_scale.act_bn_forward(x, weight, bias, eps, act)
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, running_mean: torch.Tensor | None,
+                running_var: torch.Tensor | None, factor: float, eps: float, act: int) -> torch.Tensor:
+        out, y, d, mean, invstd = torch.ops.cmt_scale.act_bn_forward(
+            x, weight, bias, running_mean, running_var, factor, eps, act)
         ctx.save_for_backward(y, d, mean, invstd, weight)
         ctx.act = act
-        ctx.mark_non_differentiable(mean, var)
-        return out, mean, var
+        return out
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor, _grad_mean: torch.Tensor, _grad_var: torch.Tensor):
+    def backward(ctx, grad: torch.Tensor):
         y, d, mean, invstd, weight = ctx.saved_tensors
         dx, dweight, dbias = torch.ops.cmt_scale.act_bn_backward(grad, y, d, mean, invstd, weight, ctx.act)
-        return dx, dweight.to(weight.dtype), dbias.to(weight.dtype), None, None
+        return dx, dweight.to(weight.dtype), dbias.to(weight.dtype), None, None, None, None, None
 
 
-def _update_running_stats(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
-    """What ``nn.BatchNorm2d.forward`` does to its buffers in training: count the batch, then an
-    exponential (or, with ``momentum=None``, cumulative) average of the mean and the unbiased variance."""
+def _averaging_factor(bn: nn.BatchNorm2d) -> float:
+    """Count the batch and return the running-average weight, as ``nn.BatchNorm2d.forward`` does:
+    ``momentum``, or with ``momentum=None`` a cumulative average (1 / batches seen)."""
     if not bn.track_running_stats:
-        return
+        return 0.0
     bn.num_batches_tracked.add_(1)
-    factor = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-    with torch.no_grad():
-        bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), factor)
-        bn.running_var.lerp_((var * (count / max(count - 1, 1))).to(bn.running_var.dtype), factor)
+    return bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
 
 
 def _act_code(act: nn.Module | None) -> int | None:
@@ -159,8 +159,10 @@ def act_batch_norm(x: torch.Tensor, act: nn.Module | None, bn: nn.Module) -> tor
         y = x if act is None else act(x)
         return bn(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
     rows = x.reshape(-1, x.shape[-1])
-    out, mean, var = _BatchNormAct.apply(rows, bn.weight, bn.bias, bn.eps, code)
-    _update_running_stats(bn, mean, var, rows.shape[0])
+    factor = _averaging_factor(bn)
+    tracked = bn.track_running_stats and bn.running_mean is not None
+    out = _BatchNormAct.apply(rows, bn.weight, bn.bias, bn.running_mean if tracked else None,
+                              bn.running_var if tracked else None, factor, bn.eps, code)
     return out.view(x.shape)
 
 

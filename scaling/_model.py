@@ -61,7 +61,7 @@ class PointwiseLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] * x.shape[2] <= _GEMM_MAX_POSITIONS:
             return super().forward(x)
-        out = F.conv2d(_to_nchw(x), self.weight[:, :, None, None], self.bias)
+        out = F.conv2d(_to_nchw(x), self.weight.view(*self.weight.shape, 1, 1), self.bias)
         return _to_nhwc(out)
 
 
