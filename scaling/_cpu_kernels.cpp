@@ -247,85 +247,101 @@ void act_bn_backward_kernel(const T* g, const T* y, const T* d, T* da, const flo
 // --------------------------------------------------------------------- 3x3 depthwise convolution
 // x (B, H, W, C), taps (9, C) (tap t = 3 * dy + dx), stride 1, padding 1:
 // out[b, h, w] = bias + sum_t taps[t] * x[b, h + dy - 1, w + dx - 1] (+ x[b, h, w] with `residual`).
-// The input gradient is the same convolution of g with the taps mirrored, so one kernel does both.
+// The input gradient is the same convolution of g with the taps mirrored; the backward kernel computes it
+// and the tap gradients in one pass over the rows, so g and x are read once.
+
+// The three input rows around output row h (nullptr outside the map), as float rows.
+template <typename T>
+void neighbour_rows(const T* src, int64_t b, int64_t h, int64_t H, int64_t row, float* scratch, const float* rows[3]) {
+  for (int64_t i = 0; i < 3; ++i) {
+    const int64_t hh = h + i - 1;
+    rows[i] = (hh >= 0 && hh < H) ? Rows<T>::read(src + (b * H + hh) * row, scratch + i * row, row) : nullptr;
+  }
+}
+
+// One output row. Channel block outer, pixels inner: the nine taps and the bias stay in registers.
+inline void conv_row(const float* const rows[3], const float* taps, const float* bias, bool residual, float* o,
+                     int64_t W, int64_t C) {
+  for (int64_t c = 0; c < C; c += kV) {
+    const int64_t n = std::min(kV, C - c);
+    Vec tap[9];
+    for (int64_t t = 0; t < 9; ++t) tap[t] = load(taps + t * C + c, n);
+    const Vec base = bias ? load(bias + c, n) : Vec(0.f);
+    for (int64_t w = 0; w < W; ++w) {
+      Vec acc = residual ? base + load(rows[1] + w * C + c, n) : base;
+      for (int64_t i = 0; i < 3; ++i) {
+        const float* r = rows[i];
+        if (!r) continue;
+        if (w > 0) acc = at::vec::fmadd(tap[3 * i], load(r + (w - 1) * C + c, n), acc);
+        acc = at::vec::fmadd(tap[3 * i + 1], load(r + w * C + c, n), acc);
+        if (w + 1 < W) acc = at::vec::fmadd(tap[3 * i + 2], load(r + (w + 1) * C + c, n), acc);
+      }
+      store(acc, o + w * C + c, n);
+    }
+  }
+}
+
+// Adds one row's contribution to the tap gradients (partial[t * C + c], t < 9) and the bias gradient
+// (partial[9 * C + c]); ten accumulators per channel block live in registers along the row.
+inline void tap_grad_row(const float* g, const float* const rows[3], float* partial, int64_t W, int64_t C) {
+  for (int64_t c = 0; c < C; c += kV) {
+    const int64_t n = std::min(kV, C - c);
+    Vec acc[10];
+    for (int64_t t = 0; t < 10; ++t) acc[t] = Vec(0.f);
+    for (int64_t w = 0; w < W; ++w) {
+      const Vec gv = load(g + w * C + c, n);
+      acc[9] = acc[9] + gv;
+      for (int64_t i = 0; i < 3; ++i) {
+        const float* r = rows[i];
+        if (!r) continue;
+        if (w > 0) acc[3 * i] = at::vec::fmadd(gv, load(r + (w - 1) * C + c, n), acc[3 * i]);
+        acc[3 * i + 1] = at::vec::fmadd(gv, load(r + w * C + c, n), acc[3 * i + 1]);
+        if (w + 1 < W) acc[3 * i + 2] = at::vec::fmadd(gv, load(r + (w + 1) * C + c, n), acc[3 * i + 2]);
+      }
+    }
+    for (int64_t t = 0; t < 10; ++t) {
+      float* s = partial + t * C + c;
+      store(load(s, n) + acc[t], s, n);
+    }
+  }
+}
 
 template <typename T>
-void dwconv3x3_kernel(const T* x, const float* taps, const float* bias, bool residual, T* out, int64_t B,
-                      int64_t H, int64_t W, int64_t C) {
+void dwconv3x3_forward_kernel(const T* x, const float* taps, const float* bias, bool residual, T* out, int64_t B,
+                              int64_t H, int64_t W, int64_t C) {
   const int64_t row = W * C;
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> in_buf(3 * row), out_buf(row);
+    const float* rows[3];
     for (int64_t bh = begin; bh < end; ++bh) {
-      const int64_t b = bh / H, h = bh % H;
-      const float* rows[3] = {nullptr, nullptr, nullptr};
-      for (int64_t i = 0; i < 3; ++i) {
-        const int64_t hh = h + i - 1;
-        if (hh >= 0 && hh < H) rows[i] = Rows<T>::read(x + (b * H + hh) * row, in_buf.data() + i * row, row);
-      }
+      neighbour_rows(x, bh / H, bh % H, H, row, in_buf.data(), rows);
       float* o = Rows<T>::target(out + bh * row, out_buf.data());
-      // Channel block outer, pixels inner: the nine taps and the bias stay in registers along the row.
-      for (int64_t c = 0; c < C; c += kV) {
-        const int64_t n = std::min(kV, C - c);
-        Vec tap[9];
-        for (int64_t t = 0; t < 9; ++t) tap[t] = load(taps + t * C + c, n);
-        const Vec base = bias ? load(bias + c, n) : Vec(0.f);
-        for (int64_t w = 0; w < W; ++w) {
-          Vec acc = residual ? base + load(rows[1] + w * C + c, n) : base;
-          for (int64_t i = 0; i < 3; ++i) {
-            const float* r = rows[i];
-            if (!r) continue;
-            if (w > 0) acc = at::vec::fmadd(tap[3 * i], load(r + (w - 1) * C + c, n), acc);
-            acc = at::vec::fmadd(tap[3 * i + 1], load(r + w * C + c, n), acc);
-            if (w + 1 < W) acc = at::vec::fmadd(tap[3 * i + 2], load(r + (w + 1) * C + c, n), acc);
-          }
-          store(acc, o + w * C + c, n);
-        }
-      }
+      conv_row(rows, taps, bias, residual, o, W, C);
       Rows<T>::commit(o, out + bh * row, row);
     }
   });
 }
 
-// dtaps[t, c] = sum over (b, h, w) of g[b, h, w, c] * x[b, h + dy - 1, w + dx - 1, c]; dbias = sum of g.
+// gx = conv(g, mirrored taps) (+ g with `residual`); dtaps[t, c] = sum of g * shifted x; dbias = sum of g.
 template <typename T>
-void dwconv3x3_weight_grad_kernel(const T* g, const T* x, float* dtaps, float* dbias, int64_t B, int64_t H,
-                                  int64_t W, int64_t C) {
+void dwconv3x3_backward_kernel(const T* g, const T* x, const float* mirrored, bool residual, T* gx, float* dtaps,
+                               float* dbias, int64_t B, int64_t H, int64_t W, int64_t C) {
   const int64_t row = W * C;
-  const int64_t flush_rows = std::max<int64_t>(1, 256 / W);
+  const int64_t flush_rows = std::max<int64_t>(1, 256 / W);  // float partials hold ~256 positions
   ChannelSums sums(C, 10);
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     double* total = sums.mine();
-    std::vector<float> partial(10 * C, 0.f), in_buf(3 * row), g_buf(row);
+    std::vector<float> partial(10 * C, 0.f), g_buf(3 * row), x_buf(3 * row), out_buf(row);
+    const float* g_rows[3];
+    const float* x_rows[3];
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / H, h = bh % H;
-      const float* gr = Rows<T>::read(g + bh * row, g_buf.data(), row);
-      const float* rows[3] = {nullptr, nullptr, nullptr};
-      for (int64_t i = 0; i < 3; ++i) {
-        const int64_t hh = h + i - 1;
-        if (hh >= 0 && hh < H) rows[i] = Rows<T>::read(x + (b * H + hh) * row, in_buf.data() + i * row, row);
-      }
-      // Ten accumulators (nine taps and the bias) per channel block live in registers along the row.
-      for (int64_t c = 0; c < C; c += kV) {
-        const int64_t n = std::min(kV, C - c);
-        Vec acc[10];
-        for (int64_t t = 0; t < 10; ++t) acc[t] = Vec(0.f);
-        for (int64_t w = 0; w < W; ++w) {
-          const Vec gv = load(gr + w * C + c, n);
-          acc[9] = acc[9] + gv;
-          for (int64_t i = 0; i < 3; ++i) {
-            const float* r = rows[i];
-            if (!r) continue;
-            if (w > 0) acc[3 * i] = at::vec::fmadd(gv, load(r + (w - 1) * C + c, n), acc[3 * i]);
-            acc[3 * i + 1] = at::vec::fmadd(gv, load(r + w * C + c, n), acc[3 * i + 1]);
-            if (w + 1 < W) acc[3 * i + 2] = at::vec::fmadd(gv, load(r + (w + 1) * C + c, n), acc[3 * i + 2]);
-          }
-        }
-        for (int64_t t = 0; t < 10; ++t) {
-          float* s = partial.data() + t * C + c;
-          store(load(s, n) + acc[t], s, n);
-        }
-      }
-      // float partials hold at most ~256 positions before they go to double
+      neighbour_rows(g, b, h, H, row, g_buf.data(), g_rows);
+      neighbour_rows(x, b, h, H, row, x_buf.data(), x_rows);
+      float* o = Rows<T>::target(gx + bh * row, out_buf.data());
+      conv_row(g_rows, mirrored, nullptr, residual, o, W, C);
+      Rows<T>::commit(o, gx + bh * row, row);
+      tap_grad_row(g_rows[1], x_rows, partial.data(), W, C);
       if ((bh - begin) % flush_rows == flush_rows - 1 || bh == end - 1) ChannelSums::flush(partial.data(), total, 10 * C);
     }
   });
@@ -417,7 +433,7 @@ at::Tensor dwconv3x3_forward(const at::Tensor& x, const at::Tensor& taps, const 
   at::Tensor out = at::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "dwconv3x3_forward", [&] {
     if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, at::BFloat16>) {
-      dwconv3x3_kernel<scalar_t>(x.const_data_ptr<scalar_t>(), t.const_data_ptr<float>(),
+      dwconv3x3_forward_kernel<scalar_t>(x.const_data_ptr<scalar_t>(), t.const_data_ptr<float>(),
                                  b.defined() ? b.const_data_ptr<float>() : nullptr, residual,
                                  out.data_ptr<scalar_t>(), B, H, W, C);
     }
@@ -437,10 +453,9 @@ std::vector<at::Tensor> dwconv3x3_backward(const at::Tensor& grad, const at::Ten
   at::Tensor dtaps = at::empty({9, C}, fopt), dbias = at::empty({C}, fopt);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "dwconv3x3_backward", [&] {
     if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, at::BFloat16>) {
-      dwconv3x3_kernel<scalar_t>(g.const_data_ptr<scalar_t>(), mirrored.const_data_ptr<float>(), nullptr, residual,
-                                 gx.data_ptr<scalar_t>(), B, H, W, C);
-      dwconv3x3_weight_grad_kernel<scalar_t>(g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-                                             dtaps.data_ptr<float>(), dbias.data_ptr<float>(), B, H, W, C);
+      dwconv3x3_backward_kernel<scalar_t>(g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                                          mirrored.const_data_ptr<float>(), residual, gx.data_ptr<scalar_t>(),
+                                          dtaps.data_ptr<float>(), dbias.data_ptr<float>(), B, H, W, C);
     }
   });
   return {gx, dtaps, dbias};
