@@ -1,36 +1,58 @@
-"""Training speed (forward + backward + AdamW) of CMT-Ti against DeiT-Ti and EfficientNet-B0, one process.
+"""Training speed (forward + backward + AdamW) of CMT-Ti against a plain port of the official code, one process.
 
-Prints img/s per model and precision (median step time over rounds, interleaved round-robin), each ratio
-to DeiT-Ti in fp32, bf16 vs fp32 per model, and the share of a real proxy epoch spent preparing batches
-(outside forward/backward) from `train_and_evaluate` on Fashion-MNIST.
+Every model runs the same training step (cross-entropy, fused AdamW, batch 64, 2 threads), interleaved
+round-robin, and each figure is the median step over rounds. The baseline is `plain_port.PlainCMT`, the
+official network in the official layout, fed NCHW images as the official training script feeds it; our
+model gets channels-last images, as `proxy.train_and_evaluate` feeds it. Printed: img/s per model and
+precision, each fp32 figure as a multiple of the plain port's, bf16 over fp32 per model, DeiT-Ti and
+EfficientNet-B0 at the same resolution, and the share of a real proxy epoch spent preparing batches.
 
-Usage: python benchmarks/bench_train.py [--threads 2] [--batch-size 64] [--resolution 64] [--rounds 3]
+Usage: python benchmarks/bench_train.py [--threads 2] [--batch-size 64] [--resolution 64] [--rounds 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
+from typing import Callable
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-def _step_rate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool, steps: int) -> float:
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+
+def _step_rate(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, bf16: bool,
+               steps: int) -> float:
+    """img/s of the median of ``steps`` training steps after one warm-up step."""
     model.train()
     times = []
-    for i in range(steps + 2):
+    for i in range(steps + 1):
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if i >= 2:  # two warm-up steps
+        if i:
             times.append(time.perf_counter() - start)
     return len(y) / statistics.median(times)
+
+
+class _Entry:
+    """One model of the comparison: built once, with its own optimizer, input layout and kernel switch."""
+
+    def __init__(self, make: Callable[[], nn.Module], size: int, channels_last: bool, kernels: bool) -> None:
+        torch.manual_seed(0)
+        self.model = make()
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-3, fused=True)
+        self.size, self.channels_last, self.kernels = size, channels_last, kernels
 
 
 def main() -> None:
@@ -38,42 +60,61 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--resolution", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    from plain_port import PlainCMT, check_port
     from proxy import build_baseline
-    from scaling import PRESETS, build_cmt
+    from scaling import PRESETS, build_cmt, fused_kernels_available, set_fused_kernels
 
-    res, bs = args.resolution, args.batch_size
-    models = {
-        f"cmt_ti@{res}": lambda: build_cmt(PRESETS["cmt_ti"], img_size=res, num_classes=10),
-        f"cmt_ti@{res // 2}": lambda: build_cmt(PRESETS["cmt_ti"], img_size=res // 2, num_classes=10),
-        f"deit_tiny@{res}": lambda: build_baseline("deit_tiny", 10, res),
-        f"efficientnet_b0@{res}": lambda: build_baseline("efficientnet_b0", 10, res),
+    res, half, bs = args.resolution, args.resolution // 2, args.batch_size
+    print(f"fused CPU kernels: {'on' if fused_kernels_available() else 'unavailable'}")
+
+    def cmt_cfg(size: int):
+        return PRESETS["cmt_ti"].replace(img_size=size, num_classes=10)
+
+    check_port(cmt_cfg(res), res)  # the baseline computes our network, or the comparison means nothing
+    entries = {
+        f"plain port cmt_ti@{res}": _Entry(lambda: PlainCMT(cmt_cfg(res)), res, False, False),
+        f"cmt_ti@{res}": _Entry(lambda: build_cmt(cmt_cfg(res)), res, True, True),
+        f"cmt_ti@{res} kernels off": _Entry(lambda: build_cmt(cmt_cfg(res)), res, True, False),
+        f"plain port cmt_ti@{half}": _Entry(lambda: PlainCMT(cmt_cfg(half)), half, False, False),
+        f"cmt_ti@{half}": _Entry(lambda: build_cmt(cmt_cfg(half)), half, True, True),
+        f"deit_tiny@{res}": _Entry(lambda: build_baseline("deit_tiny", 10, res), res, True, True),
+        f"efficientnet_b0@{res}": _Entry(lambda: build_baseline("efficientnet_b0", 10, res), res, True, True),
     }
-    rates: dict[str, list[float]] = {}
     gen = torch.Generator().manual_seed(0)
+    inputs = {}
+    for size in {res, half}:
+        x = torch.randn(bs, 3, size, size, generator=gen)
+        inputs[size] = (x, x.contiguous(memory_format=torch.channels_last), torch.randint(0, 10, (bs,), generator=gen))
+    rates: dict[tuple[str, str], list[float]] = {}
     for _ in range(args.rounds):
-        for name, make in models.items():
-            size = int(name.split("@")[1])
-            x = torch.randn(bs, 3, size, size, generator=gen).contiguous(memory_format=torch.channels_last)
-            y = torch.randint(0, 10, (bs,), generator=gen)
+        for name, entry in entries.items():
+            x_nchw, x_cl, y = inputs[entry.size]
+            set_fused_kernels(entry.kernels)
             for precision in ("fp32", "bf16"):
-                torch.manual_seed(0)
-                model = make().to(memory_format=torch.channels_last)
-                rates.setdefault(f"{name} {precision}", []).append(_step_rate(model, x, y, precision == "bf16",
-                                                                                args.steps))
-    reference = statistics.median(rates[f"deit_tiny@{res} fp32"])
-    print(f"\ntraining img/s, batch {bs}, {args.threads} threads, median over {args.rounds} rounds")
-    print(f"{'model':32s} {'img/s':>8s} {'x DeiT-Ti fp32':>15s}   rounds")
-    for key, values in rates.items():
-        med = statistics.median(values)
-        print(f"{key:32s} {med:8.1f} {med / reference:15.2f}   {' '.join(f'{v:.0f}' for v in values)}")
-    for name in models:
-        ratio = statistics.median(rates[f"{name} bf16"]) / statistics.median(rates[f"{name} fp32"])
-        print(f"bf16 / fp32 {name}: {ratio:.2f}x")
+                rate = _step_rate(entry.model, entry.optimizer, x_cl if entry.channels_last else x_nchw, y,
+                                  precision == "bf16", args.steps)
+                rates.setdefault((name, precision), []).append(rate)
+    set_fused_kernels(True)
+
+    def median(name: str, precision: str) -> float:
+        return statistics.median(rates[(name, precision)])
+
+    print(f"\ntraining img/s, batch {bs}, {args.threads} threads, median over {args.rounds} interleaved rounds")
+    print(f"{'model':30s} {'fp32':>7s} {'x port':>7s} {'bf16':>7s} {'bf16/fp32':>9s}   fp32 rounds")
+    for name in entries:
+        size = entries[name].size
+        port = median(f"plain port cmt_ti@{size}", "fp32")
+        fp32, bf16 = median(name, "fp32"), median(name, "bf16")
+        rounds = " ".join(f"{v:.0f}" for v in rates[(name, "fp32")])
+        print(f"{name:30s} {fp32:7.1f} {fp32 / port:7.2f} {bf16:7.1f} {bf16 / fp32:9.2f}   {rounds}")
+    ours, port = median(f"cmt_ti@{res}", "fp32"), median(f"plain port cmt_ti@{res}", "fp32")
+    print(f"\ncmt_ti@{res} fp32: {ours:.1f} img/s = {ours / port:.2f}x the plain port (target: 1.3x and 130 img/s)")
+    print(f"cmt_ti@{res} bf16: {median(f'cmt_ti@{res}', 'bf16') / ours:.2f}x our fp32 (target: 2x)")
 
     from proxy import DEFAULT_PROTOCOL, train_and_evaluate
 

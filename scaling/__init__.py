@@ -45,6 +45,8 @@ _LAZY = {
     "load_official_checkpoint": "_checkpoint",
     "read_checkpoint": "_checkpoint",
     "resize_position_bias": "_position_bias",
+    "fused_kernels_available": "_fused",
+    "set_fused_kernels": "_fused",
 }
 
 __all__ = [

@@ -147,3 +147,17 @@ def test_kernels_are_deterministic_for_a_fixed_thread_count() -> None:
     x = torch.randn(8, 9, 9, 37)
     runs = [_run(lambda t: fused.act_batch_norm(t, nn.GELU(), bn), True, x, torch.ones_like(x)) for _ in range(2)]
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
+def test_a_failed_build_warns_once_and_training_takes_the_plain_path(tmp_path, monkeypatch) -> None:
+    broken = tmp_path / "broken_kernels.cpp"
+    broken.write_text("this is not C++\n")
+    monkeypatch.setattr(fused, "_SOURCE", broken)
+    monkeypatch.setitem(fused._state, "loaded", None)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "build"))
+    with pytest.warns(RuntimeWarning, match="fused CPU kernels unavailable"):
+        assert not fused.fused_kernels_available()
+    bn = nn.BatchNorm2d(5)
+    x = torch.randn(2, 3, 3, 5)
+    expected = copy.deepcopy(bn)(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    torch.testing.assert_close(fused.act_batch_norm(x, None, bn), expected)  # no second warning, no error
