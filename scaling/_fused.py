@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-__all__ = ["act_batch_norm", "depthwise_conv3x3", "fused_kernels_available", "set_fused_kernels"]
+__all__ = ["act_batch_norm", "depthwise_conv3x3", "fused_kernels_available", "layer_norm", "set_fused_kernels"]
 
 _SOURCE = Path(__file__).with_name("_cpu_kernels.cpp")
 _ENV_SWITCH = "CMT_SCALE_FUSED_KERNELS"
@@ -164,6 +164,38 @@ def act_batch_norm(x: torch.Tensor, act: nn.Module | None, bn: nn.Module) -> tor
     out = _BatchNormAct.apply(rows, bn.weight, bn.bias, bn.running_mean if tracked else None,
                               bn.running_var if tracked else None, factor, bn.eps, code)
     return out.view(x.shape)
+
+
+# ------------------------------------------------------------------------------------ LayerNorm
+class _LayerNorm(torch.autograd.Function):
+    """LayerNorm over the last dimension of ``x`` (M, C); saves x and each row's mean and rstd."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+        y, mean, rstd = torch.ops.cmt_scale.layer_norm_forward(x, weight, bias, eps)
+        ctx.save_for_backward(x, mean, rstd, weight)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, mean, rstd, weight = ctx.saved_tensors
+        dx, dweight, dbias = torch.ops.cmt_scale.layer_norm_backward(grad, x, mean, rstd, weight)
+        return dx, dweight.to(weight.dtype), dbias.to(weight.dtype), None
+
+
+def layer_norm(x: torch.Tensor, ln: nn.Module) -> torch.Tensor:
+    """``ln(x)`` for a LayerNorm over the last dimension of ``x`` (NHWC tokens); fused in training."""
+    fusable = (
+        isinstance(ln, nn.LayerNorm)
+        and ln.elementwise_affine
+        and ln.bias is not None
+        and len(ln.normalized_shape) == 1
+        and _takes_kernels(x, ln)
+    )
+    if not fusable:
+        return ln(x)
+    rows = x.reshape(-1, x.shape[-1])
+    return _LayerNorm.apply(rows, ln.weight, ln.bias, ln.eps).view(x.shape)
 
 
 # ------------------------------------------------------------------------------ 3x3 depthwise conv

@@ -23,7 +23,7 @@ from timm.layers import DropPath, trunc_normal_, use_fused_attn
 from timm.models._features import feature_take_indices
 
 from ._config import CMTConfig
-from ._fused import act_batch_norm, depthwise_conv3x3
+from ._fused import act_batch_norm, depthwise_conv3x3, layer_norm
 from ._position_bias import resize_position_bias
 
 __all__ = ["CMT", "build_cmt"]
@@ -87,7 +87,7 @@ class PatchMerging(nn.Module):
         self.norm = nn.LayerNorm(out_chs, eps=_MERGE_LN_EPS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(_to_nhwc(self.proj(x)))
+        return layer_norm(_to_nhwc(self.proj(x)), self.norm)
 
 
 class LightweightAttention(nn.Module):
@@ -182,8 +182,8 @@ class CMTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, pos_bias: torch.Tensor) -> torch.Tensor:
         x = depthwise_conv3x3(x, self.lpu, residual=True)
-        x = x + self.drop_path(self.attn(self.norm1(x), pos_bias))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = x + self.drop_path(self.attn(layer_norm(x, self.norm1), pos_bias))
+        return x + self.drop_path(self.mlp(layer_norm(x, self.norm2)))
 
 
 class CMTStage(nn.Module):

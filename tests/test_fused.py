@@ -93,14 +93,33 @@ def test_depthwise_conv_matches_conv2d(channels: int, size: int, residual: bool,
         _close(conv.bias.grad, ref_conv.bias.grad, 1e-5)
 
 
+@pytest.mark.parametrize("rows,channels", [(16384, 46), (300, 184), (7, 1324), (5, 3), (64, 16)])
+def test_layer_norm_matches_the_module(rows: int, channels: int) -> None:
+    torch.manual_seed(rows)
+    ln = nn.LayerNorm(channels, eps=1e-6)
+    nn.init.uniform_(ln.weight, 0.5, 1.5)
+    nn.init.normal_(ln.bias)
+    ref_ln = copy.deepcopy(ln)
+    x = torch.randn(1, rows, 1, channels) * 3 + 5
+    grad = torch.randn_like(x)
+    out, dx = _run(lambda t: fused.layer_norm(t, ln), True, x, grad)
+    ref, ref_dx = _run(lambda t: fused.layer_norm(t, ref_ln), False, x, grad)
+    _close(out, ref, 1e-5)
+    _close(dx, ref_dx, 1e-4)
+    _close(ln.weight.grad, ref_ln.weight.grad, 1e-5)
+    _close(ln.bias.grad, ref_ln.bias.grad, 1e-5)
+
+
 def test_bf16_kernels_stay_within_bf16_rounding_of_fp32() -> None:
     torch.manual_seed(0)
     bn, conv = nn.BatchNorm2d(165), nn.Conv2d(165, 165, 3, 1, 1, groups=165)
     x = torch.randn(4, 8, 8, 165)
     grad = torch.randn_like(x)
 
+    ln = nn.LayerNorm(165)
+
     def block(t: torch.Tensor) -> torch.Tensor:
-        return fused.act_batch_norm(fused.depthwise_conv3x3(t, conv, True), nn.GELU(), bn)
+        return fused.layer_norm(fused.act_batch_norm(fused.depthwise_conv3x3(t, conv, True), nn.GELU(), bn), ln)
 
     out, dx = _run(block, True, x, grad)
     out16, dx16 = _run(block, True, x.bfloat16(), grad.bfloat16())
