@@ -1,12 +1,12 @@
-// Fused CPU training kernels for CMT's convolutional parts, on channels-innermost (NHWC) tensors.
+// Fused CPU training kernels for CMT's convolutional parts and norms, on channels-innermost (NHWC) rows.
 //
 // Why they exist: at proxy resolutions (32-64 px) a CMT training step on a CPU is dominated not by its
-// matmuls but by BatchNorm, GELU and 3x3 depthwise convolutions on maps with awkward channel counts
-// (CMT-Ti's hidden widths are 165, 331, 662, 1324). oneDNN and ATen run those several times slower than
-// for a multiple of 16 channels, and each op is its own pass over memory. These kernels do
-// "activation + BatchNorm (training statistics)" in two passes forward and two backward, and the 3x3
-// depthwise conv (with its residual) directly on NHWC rows, for any channel count, in fp32 or bf16
-// (bf16 in and out, float arithmetic inside).
+// matmuls but by BatchNorm, GELU, LayerNorm and 3x3 depthwise convolutions on maps with awkward channel
+// counts (CMT-Ti's hidden widths are 165, 331, 662, 1324; its stage widths 46 and 92). ATen and oneDNN
+// run those several times slower than for a multiple of 16 channels, and each op is its own pass over
+// memory. These kernels do "activation + BatchNorm (training statistics)" in two passes forward and two
+// backward, LayerNorm over each row, and the 3x3 depthwise conv (with its residual) directly on NHWC rows,
+// for any channel count, in fp32 or bf16 (bf16 in and out, float arithmetic inside).
 //
 // Written with ATen's `at::vec::Vectorized` (the abstraction ATen's own CPU kernels use), compiled for the
 // CPU capability torch reports, and threaded with `at::parallel_for`. Statistics are accumulated in
@@ -27,34 +27,15 @@
 namespace {
 
 using Vec = at::vec::Vectorized<float>;
+using BF16 = at::BFloat16;
 constexpr int64_t kV = Vec::size();
 constexpr int64_t kFlushRows = 64;  // float partial sums are flushed to double every this many rows
 
-// ----------------------------------------------------------------------------------------- row I/O
-// Kernels compute on float rows. A float tensor is read and written in place; a bf16 row is converted
-// into a per-thread scratch row first (and back after).
-
-template <typename T>
-struct Rows;
-
-template <>
-struct Rows<float> {
-  static const float* read(const float* src, float* /*scratch*/, int64_t /*n*/) { return src; }
-  static float* target(float* dst, float* /*scratch*/) { return dst; }
-  static void commit(const float* /*buf*/, float* /*dst*/, int64_t /*n*/) {}
-};
-
-template <>
-struct Rows<at::BFloat16> {
-  static const float* read(const at::BFloat16* src, float* scratch, int64_t n) {
-    at::vec::convert(src, scratch, n);
-    return scratch;
-  }
-  static float* target(at::BFloat16* /*dst*/, float* scratch) { return scratch; }
-  static void commit(const float* buf, at::BFloat16* dst, int64_t n) { at::vec::convert(buf, dst, n); }
-};
+// ------------------------------------------------------------------------------- typed loads/stores
+// Up to kV values at p as a float vector (missing lanes zero), and back. bf16 converts in registers.
 
 inline Vec load(const float* p, int64_t n) { return n >= kV ? Vec::loadu(p) : Vec::loadu(p, n); }
+
 inline void store(const Vec& v, float* p, int64_t n) {
   if (n >= kV) {
     v.store(p);
@@ -62,6 +43,35 @@ inline void store(const Vec& v, float* p, int64_t n) {
     v.store(p, n);
   }
 }
+
+#if defined(CPU_CAPABILITY_AVX512)
+inline Vec load(const BF16* p, int64_t n) {
+  const __m256i raw = n >= kV ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))
+                              : _mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << n) - 1), p);
+  return Vec(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16)));
+}
+
+inline void store(const Vec& v, BF16* p, int64_t n) {
+  const __m256i packed = at::vec::cvtfp32_bf16(static_cast<__m512>(v));  // round to nearest even
+  if (n >= kV) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), packed);
+  } else {
+    _mm256_mask_storeu_epi16(p, static_cast<__mmask16>((1u << n) - 1), packed);
+  }
+}
+#else
+inline Vec load(const BF16* p, int64_t n) {
+  float lanes[kV] = {};
+  for (int64_t i = 0; i < std::min(n, kV); ++i) lanes[i] = static_cast<float>(p[i]);
+  return Vec::loadu(lanes);
+}
+
+inline void store(const Vec& v, BF16* p, int64_t n) {
+  float lanes[kV];
+  v.store(lanes);
+  for (int64_t i = 0; i < std::min(n, kV); ++i) p[i] = static_cast<BF16>(lanes[i]);
+}
+#endif
 
 // Per-thread float block sums flushed into double totals: float speed, double accuracy.
 struct ChannelSums {
@@ -119,43 +129,32 @@ void act_bn_forward_kernel(const T* a, T* y, T* d, T* out, const float* weight, 
                            float* running_var, double factor) {
   // Shift by the first row so E[x^2] - E[x]^2 does not cancel when the mean is large against the spread.
   std::vector<float> shift(C);
-  {
-    std::vector<float> first(C), dummy(C);
-    const float* row = Rows<T>::read(a, first.data(), C);
-    for (int64_t c = 0; c < C; c += kV) {
-      const int64_t n = std::min(kV, C - c);
-      Vec yv = load(row + c, n), dv;
-      if (gelu) gelu_with_grad(load(row + c, n), yv, dv);
-      store(yv, shift.data() + c, n);
-    }
+  for (int64_t c = 0; c < C; c += kV) {
+    const int64_t n = std::min(kV, C - c);
+    Vec v = load(a + c, n), dv;
+    if (gelu) gelu_with_grad(v, v, dv);
+    store(v, shift.data() + c, n);
   }
   ChannelSums sums(C, 2);
   at::parallel_for(0, M, 1, [&](int64_t begin, int64_t end) {
     double* total = sums.mine();
-    std::vector<float> partial(2 * C, 0.f), in_buf(C), y_buf(C), d_buf(C);
+    std::vector<float> partial(2 * C, 0.f);
     float* s1 = partial.data();
     float* s2 = s1 + C;
     for (int64_t r = begin; r < end; ++r) {
-      const float* ar = Rows<T>::read(a + r * C, in_buf.data(), C);
-      float* yt = gelu ? Rows<T>::target(y + r * C, y_buf.data()) : nullptr;
-      float* dt = gelu ? Rows<T>::target(d + r * C, d_buf.data()) : nullptr;
       for (int64_t c = 0; c < C; c += kV) {
         const int64_t n = std::min(kV, C - c);
-        Vec yv = load(ar + c, n);
+        Vec v = load(a + r * C + c, n);
         if (gelu) {
           // the statistics use the value in the register: reloading a just-stored row stalls on odd widths
           Vec dv;
-          gelu_with_grad(yv, yv, dv);
-          store(yv, yt + c, n);
-          store(dv, dt + c, n);
+          gelu_with_grad(v, v, dv);
+          store(v, y + r * C + c, n);
+          store(dv, d + r * C + c, n);
         }
-        const Vec v = yv - load(shift.data() + c, n);
-        store(load(s1 + c, n) + v, s1 + c, n);
-        store(at::vec::fmadd(v, v, load(s2 + c, n)), s2 + c, n);
-      }
-      if (gelu) {
-        Rows<T>::commit(yt, y + r * C, C);
-        Rows<T>::commit(dt, d + r * C, C);
+        const Vec centred = v - load(shift.data() + c, n);
+        store(load(s1 + c, n) + centred, s1 + c, n);
+        store(at::vec::fmadd(centred, centred, load(s2 + c, n)), s2 + c, n);
       }
       if ((r - begin) % kFlushRows == kFlushRows - 1 || r == end - 1) ChannelSums::flush(s1, total, 2 * C);
     }
@@ -178,15 +177,12 @@ void act_bn_forward_kernel(const T* a, T* y, T* d, T* out, const float* weight, 
   }
   const T* src = gelu ? y : a;
   at::parallel_for(0, M, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> in_buf(C), out_buf(C);
     for (int64_t r = begin; r < end; ++r) {
-      const float* yr = Rows<T>::read(src + r * C, in_buf.data(), C);
-      float* o = Rows<T>::target(out + r * C, out_buf.data());
       for (int64_t c = 0; c < C; c += kV) {
         const int64_t n = std::min(kV, C - c);
-        store(at::vec::fmadd(load(yr + c, n), load(scale.data() + c, n), load(offset.data() + c, n)), o + c, n);
+        const Vec v = at::vec::fmadd(load(src + r * C + c, n), load(scale.data() + c, n), load(offset.data() + c, n));
+        store(v, out + r * C + c, n);
       }
-      Rows<T>::commit(o, out + r * C, C);
     }
   });
 }
@@ -199,17 +195,15 @@ void act_bn_backward_kernel(const T* g, const T* y, const T* d, T* da, const flo
   ChannelSums sums(C, 2);
   at::parallel_for(0, M, 1, [&](int64_t begin, int64_t end) {
     double* total = sums.mine();
-    std::vector<float> partial(2 * C, 0.f), g_buf(C), y_buf(C);
+    std::vector<float> partial(2 * C, 0.f);
     float* s1 = partial.data();
     float* s2 = s1 + C;
     for (int64_t r = begin; r < end; ++r) {
-      const float* gr = Rows<T>::read(g + r * C, g_buf.data(), C);
-      const float* yr = Rows<T>::read(y + r * C, y_buf.data(), C);
       for (int64_t c = 0; c < C; c += kV) {
         const int64_t n = std::min(kV, C - c);
-        const Vec gv = load(gr + c, n);
+        const Vec gv = load(g + r * C + c, n);
         store(load(s1 + c, n) + gv, s1 + c, n);
-        store(at::vec::fmadd(gv, load(yr + c, n) - load(mean + c, n), load(s2 + c, n)), s2 + c, n);
+        store(at::vec::fmadd(gv, load(y + r * C + c, n) - load(mean + c, n), load(s2 + c, n)), s2 + c, n);
       }
       if ((r - begin) % kFlushRows == kFlushRows - 1 || r == end - 1) ChannelSums::flush(s1, total, 2 * C);
     }
@@ -225,21 +219,15 @@ void act_bn_backward_kernel(const T* g, const T* y, const T* d, T* da, const flo
     k_proj[c] = static_cast<float>(total[C + c] / M * inv * inv);
   }
   at::parallel_for(0, M, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> g_buf(C), y_buf(C), d_buf(C), o_buf(C);
     for (int64_t r = begin; r < end; ++r) {
-      const float* gr = Rows<T>::read(g + r * C, g_buf.data(), C);
-      const float* yr = Rows<T>::read(y + r * C, y_buf.data(), C);
-      const float* dr = gelu ? Rows<T>::read(d + r * C, d_buf.data(), C) : nullptr;
-      float* o = Rows<T>::target(da + r * C, o_buf.data());
       for (int64_t c = 0; c < C; c += kV) {
         const int64_t n = std::min(kV, C - c);
-        const Vec centred = load(yr + c, n) - load(mean + c, n);
-        const Vec inner = load(gr + c, n) - load(k_mean_g.data() + c, n) - centred * load(k_proj.data() + c, n);
+        const Vec centred = load(y + r * C + c, n) - load(mean + c, n);
+        const Vec inner = load(g + r * C + c, n) - load(k_mean_g.data() + c, n) - centred * load(k_proj.data() + c, n);
         Vec dy = inner * load(k_scale.data() + c, n);
-        if (gelu) dy = dy * load(dr + c, n);
-        store(dy, o + c, n);
+        if (gelu) dy = dy * load(d + r * C + c, n);
+        store(dy, da + r * C + c, n);
       }
-      Rows<T>::commit(o, da + r * C, C);
     }
   });
 }
@@ -263,9 +251,8 @@ template <typename T>
 void layer_norm_forward_kernel(const T* x, const float* weight, const float* bias, double eps, T* y, float* mean_out,
                                float* rstd_out, int64_t M, int64_t C) {
   at::parallel_for(0, M, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> in_buf(C), out_buf(C);
     for (int64_t r = begin; r < end; ++r) {
-      const float* xr = Rows<T>::read(x + r * C, in_buf.data(), C);
+      const T* xr = x + r * C;
       Vec acc(0.f);
       for (int64_t c = 0; c < C; c += kV) acc = acc + load(xr + c, std::min(kV, C - c));
       const float mean = horizontal_sum(acc) / C;
@@ -278,13 +265,11 @@ void layer_norm_forward_kernel(const T* x, const float* weight, const float* bia
       const float rstd = static_cast<float>(1.0 / std::sqrt(static_cast<double>(horizontal_sum(sq)) / C + eps));
       mean_out[r] = mean;
       rstd_out[r] = rstd;
-      float* o = Rows<T>::target(y + r * C, out_buf.data());
       for (int64_t c = 0; c < C; c += kV) {
         const int64_t n = std::min(kV, C - c);
         const Vec xhat = (load(xr + c, n) - Vec(mean)) * Vec(rstd);
-        store(at::vec::fmadd(xhat, load(weight + c, n), load(bias + c, n)), o + c, n);
+        store(at::vec::fmadd(xhat, load(weight + c, n), load(bias + c, n)), y + r * C + c, n);
       }
-      Rows<T>::commit(o, y + r * C, C);
     }
   });
 }
@@ -297,12 +282,12 @@ void layer_norm_backward_kernel(const T* g, const T* x, const float* mean, const
   ChannelSums sums(C, 2);
   at::parallel_for(0, M, 1, [&](int64_t begin, int64_t end) {
     double* total = sums.mine();
-    std::vector<float> partial(2 * C, 0.f), g_buf(C), x_buf(C), o_buf(C);
+    std::vector<float> partial(2 * C, 0.f);
     float* s_w = partial.data();
     float* s_b = s_w + C;
     for (int64_t r = begin; r < end; ++r) {
-      const float* gr = Rows<T>::read(g + r * C, g_buf.data(), C);
-      const float* xr = Rows<T>::read(x + r * C, x_buf.data(), C);
+      const T* gr = g + r * C;
+      const T* xr = x + r * C;
       const Vec m(mean[r]), rs(rstd[r]);
       Vec sum_gw(0.f), sum_gw_xhat(0.f);
       for (int64_t c = 0; c < C; c += kV) {
@@ -316,14 +301,12 @@ void layer_norm_backward_kernel(const T* g, const T* x, const float* mean, const
         store(load(s_b + c, n) + gv, s_b + c, n);
       }
       const Vec a(horizontal_sum(sum_gw) / C), b(horizontal_sum(sum_gw_xhat) / C);
-      float* o = Rows<T>::target(dx + r * C, o_buf.data());
       for (int64_t c = 0; c < C; c += kV) {
         const int64_t n = std::min(kV, C - c);
         const Vec xhat = (load(xr + c, n) - m) * rs;
         const Vec gw = load(gr + c, n) * load(weight + c, n);
-        store(rs * (gw - a - xhat * b), o + c, n);
+        store(rs * (gw - a - xhat * b), dx + r * C + c, n);
       }
-      Rows<T>::commit(o, dx + r * C, C);
       if ((r - begin) % kFlushRows == kFlushRows - 1 || r == end - 1) ChannelSums::flush(s_w, total, 2 * C);
     }
   });
@@ -340,18 +323,19 @@ void layer_norm_backward_kernel(const T* g, const T* x, const float* mean, const
 // The input gradient is the same convolution of g with the taps mirrored; the backward kernel computes it
 // and the tap gradients in one pass over the rows, so g and x are read once.
 
-// The three input rows around output row h (nullptr outside the map), as float rows.
+// The three input rows around output row h (nullptr outside the map).
 template <typename T>
-void neighbour_rows(const T* src, int64_t b, int64_t h, int64_t H, int64_t row, float* scratch, const float* rows[3]) {
+void neighbour_rows(const T* src, int64_t b, int64_t h, int64_t H, int64_t row, const T* rows[3]) {
   for (int64_t i = 0; i < 3; ++i) {
     const int64_t hh = h + i - 1;
-    rows[i] = (hh >= 0 && hh < H) ? Rows<T>::read(src + (b * H + hh) * row, scratch + i * row, row) : nullptr;
+    rows[i] = (hh >= 0 && hh < H) ? src + (b * H + hh) * row : nullptr;
   }
 }
 
 // One output row. Channel block outer, pixels inner: the nine taps and the bias stay in registers.
-inline void conv_row(const float* const rows[3], const float* taps, const float* bias, bool residual, float* o,
-                     int64_t W, int64_t C) {
+template <typename T>
+void conv_row(const T* const rows[3], const float* taps, const float* bias, bool residual, T* o, int64_t W,
+              int64_t C) {
   for (int64_t c = 0; c < C; c += kV) {
     const int64_t n = std::min(kV, C - c);
     Vec tap[9];
@@ -360,7 +344,7 @@ inline void conv_row(const float* const rows[3], const float* taps, const float*
     for (int64_t w = 0; w < W; ++w) {
       Vec acc = residual ? base + load(rows[1] + w * C + c, n) : base;
       for (int64_t i = 0; i < 3; ++i) {
-        const float* r = rows[i];
+        const T* r = rows[i];
         if (!r) continue;
         if (w > 0) acc = at::vec::fmadd(tap[3 * i], load(r + (w - 1) * C + c, n), acc);
         acc = at::vec::fmadd(tap[3 * i + 1], load(r + w * C + c, n), acc);
@@ -373,7 +357,8 @@ inline void conv_row(const float* const rows[3], const float* taps, const float*
 
 // Adds one row's contribution to the tap gradients (partial[t * C + c], t < 9) and the bias gradient
 // (partial[9 * C + c]); ten accumulators per channel block live in registers along the row.
-inline void tap_grad_row(const float* g, const float* const rows[3], float* partial, int64_t W, int64_t C) {
+template <typename T>
+void tap_grad_row(const T* g, const T* const rows[3], float* partial, int64_t W, int64_t C) {
   for (int64_t c = 0; c < C; c += kV) {
     const int64_t n = std::min(kV, C - c);
     Vec acc[10];
@@ -382,7 +367,7 @@ inline void tap_grad_row(const float* g, const float* const rows[3], float* part
       const Vec gv = load(g + w * C + c, n);
       acc[9] = acc[9] + gv;
       for (int64_t i = 0; i < 3; ++i) {
-        const float* r = rows[i];
+        const T* r = rows[i];
         if (!r) continue;
         if (w > 0) acc[3 * i] = at::vec::fmadd(gv, load(r + (w - 1) * C + c, n), acc[3 * i]);
         acc[3 * i + 1] = at::vec::fmadd(gv, load(r + w * C + c, n), acc[3 * i + 1]);
@@ -401,13 +386,10 @@ void dwconv3x3_forward_kernel(const T* x, const float* taps, const float* bias, 
                               int64_t H, int64_t W, int64_t C) {
   const int64_t row = W * C;
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> in_buf(3 * row), out_buf(row);
-    const float* rows[3];
+    const T* rows[3];
     for (int64_t bh = begin; bh < end; ++bh) {
-      neighbour_rows(x, bh / H, bh % H, H, row, in_buf.data(), rows);
-      float* o = Rows<T>::target(out + bh * row, out_buf.data());
-      conv_row(rows, taps, bias, residual, o, W, C);
-      Rows<T>::commit(o, out + bh * row, row);
+      neighbour_rows(x, bh / H, bh % H, H, row, rows);
+      conv_row(rows, taps, bias, residual, out + bh * row, W, C);
     }
   });
 }
@@ -421,16 +403,14 @@ void dwconv3x3_backward_kernel(const T* g, const T* x, const float* mirrored, bo
   ChannelSums sums(C, 10);
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     double* total = sums.mine();
-    std::vector<float> partial(10 * C, 0.f), g_buf(3 * row), x_buf(3 * row), out_buf(row);
-    const float* g_rows[3];
-    const float* x_rows[3];
+    std::vector<float> partial(10 * C, 0.f);
+    const T* g_rows[3];
+    const T* x_rows[3];
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / H, h = bh % H;
-      neighbour_rows(g, b, h, H, row, g_buf.data(), g_rows);
-      neighbour_rows(x, b, h, H, row, x_buf.data(), x_rows);
-      float* o = Rows<T>::target(gx + bh * row, out_buf.data());
-      conv_row(g_rows, mirrored, nullptr, residual, o, W, C);
-      Rows<T>::commit(o, gx + bh * row, row);
+      neighbour_rows(g, b, h, H, row, g_rows);
+      neighbour_rows(x, b, h, H, row, x_rows);
+      conv_row(g_rows, mirrored, nullptr, residual, gx + bh * row, W, C);
       tap_grad_row(g_rows[1], x_rows, partial.data(), W, C);
       if ((bh - begin) % flush_rows == flush_rows - 1 || bh == end - 1) ChannelSums::flush(partial.data(), total, 10 * C);
     }
