@@ -73,32 +73,31 @@ inline void store(const Vec& v, BF16* p, int64_t n) {
 }
 #endif
 
-// Per-thread float block sums flushed into double totals: float speed, double accuracy.
-struct ChannelSums {
-  int64_t channels, width;  // width: number of sums per thread (2 * channels, or 10 * channels, ...)
-  std::vector<double> totals;  // [threads][width]
-
-  ChannelSums(int64_t c, int64_t per_channel)
-      : channels(c), width(c * per_channel), totals(static_cast<size_t>(at::get_num_threads()) * c * per_channel, 0.0) {}
-
-  double* mine() { return totals.data() + static_cast<size_t>(at::get_thread_num()) * width; }
-
-  static void flush(float* partial, double* total, int64_t n) {
-    for (int64_t i = 0; i < n; ++i) {
-      total[i] += partial[i];
-      partial[i] = 0.f;
+// Per-channel sums over rows, threaded: row_fn(r, partial) adds row r's share into `partial` (width floats,
+// per thread); the float partials are flushed into per-thread double totals every `flush_every` rows, and
+// the totals are added in thread order. Float speed, double accuracy, deterministic for a fixed thread count.
+template <typename RowFn>
+std::vector<double> sum_over_rows(int64_t rows, int64_t width, int64_t flush_every, const RowFn& row_fn) {
+  const int64_t threads = at::get_num_threads();
+  std::vector<double> totals(static_cast<size_t>(threads * width), 0.0);
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    double* total = totals.data() + static_cast<size_t>(at::get_thread_num()) * width;
+    std::vector<float> partial(width, 0.f);
+    for (int64_t r = begin; r < end; ++r) {
+      row_fn(r, partial.data());
+      if ((r - begin) % flush_every == flush_every - 1 || r == end - 1) {
+        for (int64_t i = 0; i < width; ++i) {
+          total[i] += partial[i];
+          partial[i] = 0.f;
+        }
+      }
     }
-  }
-
-  // Sum over threads in thread order (deterministic for a fixed thread count).
-  std::vector<double> reduce() const {
-    std::vector<double> out(width, 0.0);
-    const int64_t threads = static_cast<int64_t>(totals.size()) / std::max<int64_t>(width, 1);
-    for (int64_t t = 0; t < threads; ++t)
-      for (int64_t i = 0; i < width; ++i) out[i] += totals[t * width + i];
-    return out;
-  }
-};
+  });
+  std::vector<double> out(width, 0.0);
+  for (int64_t t = 0; t < threads; ++t)
+    for (int64_t i = 0; i < width; ++i) out[i] += totals[t * width + i];
+  return out;
+}
 
 // ------------------------------------------------------------------------------------ GELU pieces
 // Exact (erf) GELU and its derivative: y = v * cdf(v), y' = cdf(v) + v * pdf(v). One exponential serves
@@ -135,31 +134,23 @@ void act_bn_forward_kernel(const T* a, T* y, T* d, T* out, const float* weight, 
     if (gelu) gelu_with_grad(v, v, dv);
     store(v, shift.data() + c, n);
   }
-  ChannelSums sums(C, 2);
-  at::parallel_for(0, M, 1, [&](int64_t begin, int64_t end) {
-    double* total = sums.mine();
-    std::vector<float> partial(2 * C, 0.f);
-    float* s1 = partial.data();
+  const std::vector<double> total = sum_over_rows(M, 2 * C, kFlushRows, [&](int64_t r, float* s1) {
     float* s2 = s1 + C;
-    for (int64_t r = begin; r < end; ++r) {
-      for (int64_t c = 0; c < C; c += kV) {
-        const int64_t n = std::min(kV, C - c);
-        Vec v = load(a + r * C + c, n);
-        if (gelu) {
-          // the statistics use the value in the register: reloading a just-stored row stalls on odd widths
-          Vec dv;
-          gelu_with_grad(v, v, dv);
-          store(v, y + r * C + c, n);
-          store(dv, d + r * C + c, n);
-        }
-        const Vec centred = v - load(shift.data() + c, n);
-        store(load(s1 + c, n) + centred, s1 + c, n);
-        store(at::vec::fmadd(centred, centred, load(s2 + c, n)), s2 + c, n);
+    for (int64_t c = 0; c < C; c += kV) {
+      const int64_t n = std::min(kV, C - c);
+      Vec v = load(a + r * C + c, n);
+      if (gelu) {
+        // the statistics use the value in the register: reloading a just-stored row stalls on odd widths
+        Vec dv;
+        gelu_with_grad(v, v, dv);
+        store(v, y + r * C + c, n);
+        store(dv, d + r * C + c, n);
       }
-      if ((r - begin) % kFlushRows == kFlushRows - 1 || r == end - 1) ChannelSums::flush(s1, total, 2 * C);
+      const Vec centred = v - load(shift.data() + c, n);
+      store(load(s1 + c, n) + centred, s1 + c, n);
+      store(at::vec::fmadd(centred, centred, load(s2 + c, n)), s2 + c, n);
     }
   });
-  const std::vector<double> total = sums.reduce();
   std::vector<float> scale(C), offset(C);
   for (int64_t c = 0; c < C; ++c) {
     const double m1 = total[c] / M;
@@ -192,23 +183,15 @@ void act_bn_forward_kernel(const T* a, T* y, T* d, T* out, const float* weight, 
 template <typename T>
 void act_bn_backward_kernel(const T* g, const T* y, const T* d, T* da, const float* mean, const float* invstd,
                             const float* weight, int64_t M, int64_t C, bool gelu, float* dweight, float* dbias) {
-  ChannelSums sums(C, 2);
-  at::parallel_for(0, M, 1, [&](int64_t begin, int64_t end) {
-    double* total = sums.mine();
-    std::vector<float> partial(2 * C, 0.f);
-    float* s1 = partial.data();
+  const std::vector<double> total = sum_over_rows(M, 2 * C, kFlushRows, [&](int64_t r, float* s1) {
     float* s2 = s1 + C;
-    for (int64_t r = begin; r < end; ++r) {
-      for (int64_t c = 0; c < C; c += kV) {
-        const int64_t n = std::min(kV, C - c);
-        const Vec gv = load(g + r * C + c, n);
-        store(load(s1 + c, n) + gv, s1 + c, n);
-        store(at::vec::fmadd(gv, load(y + r * C + c, n) - load(mean + c, n), load(s2 + c, n)), s2 + c, n);
-      }
-      if ((r - begin) % kFlushRows == kFlushRows - 1 || r == end - 1) ChannelSums::flush(s1, total, 2 * C);
+    for (int64_t c = 0; c < C; c += kV) {
+      const int64_t n = std::min(kV, C - c);
+      const Vec gv = load(g + r * C + c, n);
+      store(load(s1 + c, n) + gv, s1 + c, n);
+      store(at::vec::fmadd(gv, load(y + r * C + c, n) - load(mean + c, n), load(s2 + c, n)), s2 + c, n);
     }
   });
-  const std::vector<double> total = sums.reduce();
   std::vector<float> k_scale(C), k_mean_g(C), k_proj(C);
   for (int64_t c = 0; c < C; ++c) {
     const double inv = invstd[c];
@@ -279,38 +262,30 @@ void layer_norm_forward_kernel(const T* x, const float* weight, const float* bia
 template <typename T>
 void layer_norm_backward_kernel(const T* g, const T* x, const float* mean, const float* rstd, const float* weight,
                                 T* dx, float* dweight, float* dbias, int64_t M, int64_t C) {
-  ChannelSums sums(C, 2);
-  at::parallel_for(0, M, 1, [&](int64_t begin, int64_t end) {
-    double* total = sums.mine();
-    std::vector<float> partial(2 * C, 0.f);
-    float* s_w = partial.data();
+  const std::vector<double> total = sum_over_rows(M, 2 * C, kFlushRows, [&](int64_t r, float* s_w) {
     float* s_b = s_w + C;
-    for (int64_t r = begin; r < end; ++r) {
-      const T* gr = g + r * C;
-      const T* xr = x + r * C;
-      const Vec m(mean[r]), rs(rstd[r]);
-      Vec sum_gw(0.f), sum_gw_xhat(0.f);
-      for (int64_t c = 0; c < C; c += kV) {
-        const int64_t n = std::min(kV, C - c);
-        const Vec gv = load(gr + c, n);
-        const Vec xhat = tail_zeroed((load(xr + c, n) - m) * rs, n);
-        const Vec gw = gv * load(weight + c, n);
-        sum_gw = sum_gw + gw;
-        sum_gw_xhat = at::vec::fmadd(gw, xhat, sum_gw_xhat);
-        store(at::vec::fmadd(gv, xhat, load(s_w + c, n)), s_w + c, n);
-        store(load(s_b + c, n) + gv, s_b + c, n);
-      }
-      const Vec a(horizontal_sum(sum_gw) / C), b(horizontal_sum(sum_gw_xhat) / C);
-      for (int64_t c = 0; c < C; c += kV) {
-        const int64_t n = std::min(kV, C - c);
-        const Vec xhat = (load(xr + c, n) - m) * rs;
-        const Vec gw = load(gr + c, n) * load(weight + c, n);
-        store(rs * (gw - a - xhat * b), dx + r * C + c, n);
-      }
-      if ((r - begin) % kFlushRows == kFlushRows - 1 || r == end - 1) ChannelSums::flush(s_w, total, 2 * C);
+    const T* gr = g + r * C;
+    const T* xr = x + r * C;
+    const Vec m(mean[r]), rs(rstd[r]);
+    Vec sum_gw(0.f), sum_gw_xhat(0.f);
+    for (int64_t c = 0; c < C; c += kV) {
+      const int64_t n = std::min(kV, C - c);
+      const Vec gv = load(gr + c, n);
+      const Vec xhat = tail_zeroed((load(xr + c, n) - m) * rs, n);
+      const Vec gw = gv * load(weight + c, n);
+      sum_gw = sum_gw + gw;
+      sum_gw_xhat = at::vec::fmadd(gw, xhat, sum_gw_xhat);
+      store(at::vec::fmadd(gv, xhat, load(s_w + c, n)), s_w + c, n);
+      store(load(s_b + c, n) + gv, s_b + c, n);
+    }
+    const Vec a(horizontal_sum(sum_gw) / C), b(horizontal_sum(sum_gw_xhat) / C);
+    for (int64_t c = 0; c < C; c += kV) {
+      const int64_t n = std::min(kV, C - c);
+      const Vec xhat = (load(xr + c, n) - m) * rs;
+      const Vec gw = load(gr + c, n) * load(weight + c, n);
+      store(rs * (gw - a - xhat * b), dx + r * C + c, n);
     }
   });
-  const std::vector<double> total = sums.reduce();
   for (int64_t c = 0; c < C; ++c) {
     dweight[c] = static_cast<float>(total[c]);
     dbias[c] = static_cast<float>(total[C + c]);
@@ -400,22 +375,15 @@ void dwconv3x3_backward_kernel(const T* g, const T* x, const float* mirrored, bo
                                float* dbias, int64_t B, int64_t H, int64_t W, int64_t C) {
   const int64_t row = W * C;
   const int64_t flush_rows = std::max<int64_t>(1, 256 / W);  // float partials hold ~256 positions
-  ChannelSums sums(C, 10);
-  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-    double* total = sums.mine();
-    std::vector<float> partial(10 * C, 0.f);
+  const std::vector<double> total = sum_over_rows(B * H, 10 * C, flush_rows, [&](int64_t bh, float* partial) {
+    const int64_t b = bh / H, h = bh % H;
     const T* g_rows[3];
     const T* x_rows[3];
-    for (int64_t bh = begin; bh < end; ++bh) {
-      const int64_t b = bh / H, h = bh % H;
-      neighbour_rows(g, b, h, H, row, g_rows);
-      neighbour_rows(x, b, h, H, row, x_rows);
-      conv_row(g_rows, mirrored, nullptr, residual, gx + bh * row, W, C);
-      tap_grad_row(g_rows[1], x_rows, partial.data(), W, C);
-      if ((bh - begin) % flush_rows == flush_rows - 1 || bh == end - 1) ChannelSums::flush(partial.data(), total, 10 * C);
-    }
+    neighbour_rows(g, b, h, H, row, g_rows);
+    neighbour_rows(x, b, h, H, row, x_rows);
+    conv_row(g_rows, mirrored, nullptr, residual, gx + bh * row, W, C);
+    tap_grad_row(g_rows[1], x_rows, partial, W, C);
   });
-  const std::vector<double> total = sums.reduce();
   for (int64_t i = 0; i < 9 * C; ++i) dtaps[i] = static_cast<float>(total[i]);
   for (int64_t c = 0; c < C; ++c) dbias[c] = static_cast<float>(total[9 * C + c]);
 }
@@ -427,6 +395,16 @@ void check_rows(const at::Tensor& t, int64_t dims, const char* what) {
   TORCH_CHECK(t.dim() == dims && t.is_contiguous(), what, ": expected a contiguous ", dims, "-d tensor");
   TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16, what,
               ": expected float32 or bfloat16, got ", t.scalar_type());
+}
+
+// Calls fn with a value of the element type of t (float or bf16, which check_rows has ensured).
+template <typename Fn>
+void dispatch_float_or_bf16(const at::Tensor& t, const Fn& fn) {
+  if (t.scalar_type() == at::kBFloat16) {
+    fn(BF16{});
+  } else {
+    fn(float{});
+  }
 }
 
 at::Tensor as_float_vector(const at::Tensor& t, int64_t n, const char* what) {
@@ -459,13 +437,12 @@ std::vector<at::Tensor> act_bn_forward(const at::Tensor& a, const at::Tensor& we
   at::Tensor d = gelu ? at::empty_like(a) : at::empty({0}, a.options());
   const auto fopt = a.options().dtype(at::kFloat);
   at::Tensor mean = at::empty({C}, fopt), invstd = at::empty({C}, fopt);
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, a.scalar_type(), "act_bn_forward", [&] {
-    if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, at::BFloat16>) {
-      act_bn_forward_kernel<scalar_t>(a.const_data_ptr<scalar_t>(), gelu ? y.data_ptr<scalar_t>() : nullptr,
-                                      gelu ? d.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(),
-                                      w.const_data_ptr<float>(), b.const_data_ptr<float>(), M, C, eps, gelu,
-                                      mean.data_ptr<float>(), invstd.data_ptr<float>(), rm, rv, factor);
-    }
+  dispatch_float_or_bf16(a, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    act_bn_forward_kernel<scalar_t>(a.const_data_ptr<scalar_t>(), gelu ? y.data_ptr<scalar_t>() : nullptr,
+                                    gelu ? d.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(),
+                                    w.const_data_ptr<float>(), b.const_data_ptr<float>(), M, C, eps, gelu,
+                                    mean.data_ptr<float>(), invstd.data_ptr<float>(), rm, rv, factor);
   });
   return {out, y, d, mean, invstd};
 }
@@ -481,14 +458,13 @@ std::vector<at::Tensor> act_bn_backward(const at::Tensor& grad, const at::Tensor
   at::Tensor da = at::empty_like(y);
   const auto fopt = y.options().dtype(at::kFloat);
   at::Tensor dweight = at::empty({C}, fopt), dbias = at::empty({C}, fopt);
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, y.scalar_type(), "act_bn_backward", [&] {
-    if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, at::BFloat16>) {
-      act_bn_backward_kernel<scalar_t>(g.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(),
-                                       gelu ? d.const_data_ptr<scalar_t>() : nullptr, da.data_ptr<scalar_t>(),
-                                       mean.const_data_ptr<float>(), invstd.const_data_ptr<float>(),
-                                       w.const_data_ptr<float>(), M, C, gelu, dweight.data_ptr<float>(),
-                                       dbias.data_ptr<float>());
-    }
+  dispatch_float_or_bf16(y, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    act_bn_backward_kernel<scalar_t>(g.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(),
+                                     gelu ? d.const_data_ptr<scalar_t>() : nullptr, da.data_ptr<scalar_t>(),
+                                     mean.const_data_ptr<float>(), invstd.const_data_ptr<float>(),
+                                     w.const_data_ptr<float>(), M, C, gelu, dweight.data_ptr<float>(),
+                                     dbias.data_ptr<float>());
   });
   return {da, dweight, dbias};
 }
@@ -501,12 +477,11 @@ at::Tensor dwconv3x3_forward(const at::Tensor& x, const at::Tensor& taps, const 
   at::Tensor b;
   if (bias.has_value() && bias->defined()) b = as_float_vector(*bias, C, "dwconv3x3_forward bias");
   at::Tensor out = at::empty_like(x);
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "dwconv3x3_forward", [&] {
-    if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, at::BFloat16>) {
-      dwconv3x3_forward_kernel<scalar_t>(x.const_data_ptr<scalar_t>(), t.const_data_ptr<float>(),
-                                 b.defined() ? b.const_data_ptr<float>() : nullptr, residual,
-                                 out.data_ptr<scalar_t>(), B, H, W, C);
-    }
+  dispatch_float_or_bf16(x, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    dwconv3x3_forward_kernel<scalar_t>(x.const_data_ptr<scalar_t>(), t.const_data_ptr<float>(),
+                               b.defined() ? b.const_data_ptr<float>() : nullptr, residual,
+                               out.data_ptr<scalar_t>(), B, H, W, C);
   });
   return out;
 }
@@ -521,12 +496,11 @@ std::vector<at::Tensor> dwconv3x3_backward(const at::Tensor& grad, const at::Ten
   at::Tensor gx = at::empty_like(x);
   const auto fopt = x.options().dtype(at::kFloat);
   at::Tensor dtaps = at::empty({9, C}, fopt), dbias = at::empty({C}, fopt);
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "dwconv3x3_backward", [&] {
-    if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, at::BFloat16>) {
-      dwconv3x3_backward_kernel<scalar_t>(g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-                                          mirrored.const_data_ptr<float>(), residual, gx.data_ptr<scalar_t>(),
-                                          dtaps.data_ptr<float>(), dbias.data_ptr<float>(), B, H, W, C);
-    }
+  dispatch_float_or_bf16(x, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    dwconv3x3_backward_kernel<scalar_t>(g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                                        mirrored.const_data_ptr<float>(), residual, gx.data_ptr<scalar_t>(),
+                                        dtaps.data_ptr<float>(), dbias.data_ptr<float>(), B, H, W, C);
   });
   return {gx, dtaps, dbias};
 }
@@ -540,12 +514,11 @@ std::vector<at::Tensor> layer_norm_forward(const at::Tensor& x, const at::Tensor
   at::Tensor y = at::empty_like(x);
   const auto fopt = x.options().dtype(at::kFloat);
   at::Tensor mean = at::empty({M}, fopt), rstd = at::empty({M}, fopt);
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "layer_norm_forward", [&] {
-    if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, at::BFloat16>) {
-      layer_norm_forward_kernel<scalar_t>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<float>(),
-                                          b.const_data_ptr<float>(), eps, y.data_ptr<scalar_t>(),
-                                          mean.data_ptr<float>(), rstd.data_ptr<float>(), M, C);
-    }
+  dispatch_float_or_bf16(x, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    layer_norm_forward_kernel<scalar_t>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<float>(),
+                                        b.const_data_ptr<float>(), eps, y.data_ptr<scalar_t>(),
+                                        mean.data_ptr<float>(), rstd.data_ptr<float>(), M, C);
   });
   return {y, mean, rstd};
 }
@@ -559,13 +532,12 @@ std::vector<at::Tensor> layer_norm_backward(const at::Tensor& grad, const at::Te
   at::Tensor dx = at::empty_like(x);
   const auto fopt = x.options().dtype(at::kFloat);
   at::Tensor dweight = at::empty({C}, fopt), dbias = at::empty({C}, fopt);
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "layer_norm_backward", [&] {
-    if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, at::BFloat16>) {
-      layer_norm_backward_kernel<scalar_t>(g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-                                           mean.const_data_ptr<float>(), rstd.const_data_ptr<float>(),
-                                           w.const_data_ptr<float>(), dx.data_ptr<scalar_t>(),
-                                           dweight.data_ptr<float>(), dbias.data_ptr<float>(), M, C);
-    }
+  dispatch_float_or_bf16(x, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    layer_norm_backward_kernel<scalar_t>(g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                                         mean.const_data_ptr<float>(), rstd.const_data_ptr<float>(),
+                                         w.const_data_ptr<float>(), dx.data_ptr<scalar_t>(),
+                                         dweight.data_ptr<float>(), dbias.data_ptr<float>(), M, C);
   });
   return {dx, dweight, dbias};
 }
