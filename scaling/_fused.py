@@ -1,19 +1,20 @@
-"""Fused CPU training kernels for CMT's BatchNorm + GELU and 3x3 depthwise convolutions, with a plain path.
+"""Fused CPU training kernels for CMT's BatchNorm + GELU, LayerNorm and 3x3 depthwise convolutions.
 
-Why: at proxy resolutions a CMT training step on a CPU spends most of its time in BatchNorm, GELU and
-depthwise convolutions on odd channel counts (CMT-Ti's IRFFN widths are 165, 331, 662, 1324), where ATen
-and oneDNN fall off their fast paths, and each op is its own pass over memory (benchmarks/RESULTS.md).
-`scaling/_cpu_kernels.cpp` does "activation + BatchNorm with batch statistics" in two passes each way and
-the depthwise conv directly on NHWC rows, in fp32 or bf16. It is compiled on first use with
-``torch.utils.cpp_extension`` for the CPU capability torch reports, and cached (the first compile takes
-about 20-40 s).
+Why: at proxy resolutions a CMT training step on a CPU spends most of its time in BatchNorm, GELU,
+LayerNorm and depthwise convolutions on odd channel counts (CMT-Ti's IRFFN widths are 165, 331, 662,
+1324), where ATen and oneDNN fall off their fast paths, and each op is its own pass over memory
+(benchmarks/RESULTS.md). `scaling/_cpu_kernels.cpp` does "activation + BatchNorm with batch statistics"
+in two passes each way, LayerNorm per row, and the depthwise conv directly on NHWC rows, in fp32 or bf16.
+It is compiled on first use with ``torch.utils.cpp_extension`` for the CPU capability torch reports,
+and cached (the first compile takes about 20-40 s).
 
-The model calls `act_batch_norm` and `depthwise_conv3x3`; each takes the kernels only for a CPU module in
-training mode, outside tracing, scripting and ``torch.compile``, and otherwise runs exactly the modules'
-own forward (the plain path: it is also the reference the tests compare the kernels with). Parameters,
-buffers and module names are untouched, so checkpoints, fvcore counts and `fuse_for_inference` see the
-same model. ``CMT_SCALE_FUSED_KERNELS=0`` or `set_fused_kernels(False)` turns the kernels off; if they
-cannot be built (no C++ compiler), one warning says so and training takes the plain path.
+The model calls `act_batch_norm`, `layer_norm` and `depthwise_conv3x3`; each takes the kernels only for
+a CPU module in training mode, outside tracing, scripting and ``torch.compile``, and otherwise runs
+exactly the modules' own forward (the plain path: it is also the reference the tests compare the kernels
+with). Parameters, buffers and module names are untouched, so checkpoints, fvcore counts and
+`fuse_for_inference` see the same model. The kernels' gradients are first-order only (a double backward
+raises). ``CMT_SCALE_FUSED_KERNELS=0`` or `set_fused_kernels(False)` turns them off; if they cannot be
+built (no C++ compiler), one warning says so and training takes the plain path.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from torch.autograd.function import once_differentiable
 
 __all__ = ["act_batch_norm", "depthwise_conv3x3", "fused_kernels_available", "layer_norm", "set_fused_kernels"]
 
@@ -122,6 +124,7 @@ class _BatchNormAct(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         y, d, mean, invstd, weight = ctx.saved_tensors
         dx, dweight, dbias = torch.ops.cmt_scale.act_bn_backward(grad, y, d, mean, invstd, weight, ctx.act)
@@ -177,6 +180,7 @@ class _LayerNorm(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         x, mean, rstd, weight = ctx.saved_tensors
         dx, dweight, dbias = torch.ops.cmt_scale.layer_norm_backward(grad, x, mean, rstd, weight)
@@ -210,6 +214,7 @@ class _DepthwiseConv3x3(torch.autograd.Function):
         return torch.ops.cmt_scale.dwconv3x3_forward(x, taps, bias, residual)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         x, taps = ctx.saved_tensors
         dx, dtaps, dbias = torch.ops.cmt_scale.dwconv3x3_backward(grad, x, taps, ctx.residual)

@@ -180,3 +180,11 @@ def test_a_failed_build_warns_once_and_training_takes_the_plain_path(tmp_path, m
     x = torch.randn(2, 3, 3, 5)
     expected = copy.deepcopy(bn)(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
     torch.testing.assert_close(fused.act_batch_norm(x, None, bn), expected)  # no second warning, no error
+
+
+def test_a_double_backward_through_the_kernels_raises_instead_of_being_wrong() -> None:
+    bn = nn.BatchNorm2d(4)
+    x = torch.randn(2, 3, 3, 4, requires_grad=True)
+    (grad,) = torch.autograd.grad(fused.act_batch_norm(x, nn.GELU(), bn).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        grad.sum().backward()
