@@ -62,6 +62,19 @@ def _capability_flags() -> tuple[str, list[str]]:
     return "default", ["-DCPU_CAPABILITY=DEFAULT", "-DCPU_CAPABILITY_DEFAULT"]
 
 
+def _announce_first_compile(name: str, tag: str) -> None:
+    """One line on stderr before the one-off compile, so a slow first step is explained (best effort:
+    the cache location is torch's business)."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        if (Path(_get_build_directory(name, verbose=False)) / f"{name}.so").exists():
+            return
+    except Exception:
+        pass
+    print(f"cmt-scale: compiling the fused CPU kernels ({tag}) once, about 30 s", file=sys.stderr, flush=True)
+
+
 def _load() -> bool:
     """Compile (first time) and load the kernels; False, with one warning, when that is impossible."""
     if _state["loaded"] is not None:
@@ -73,12 +86,9 @@ def _load() -> bool:
     name = f"cmt_scale_kernels_{tag}_{digest.hexdigest()[:12]}"
     try:
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime" noise
-        from torch.utils.cpp_extension import _get_build_directory, load
+        from torch.utils.cpp_extension import load
 
-        build_dir = Path(_get_build_directory(name, verbose=False))
-        if not (build_dir / f"{name}.so").exists():
-            print(f"cmt-scale: compiling fused CPU kernels once ({tag}, about 30 s) into {build_dir}",
-                  file=sys.stderr, flush=True)
+        _announce_first_compile(name, tag)
         load(name=name, sources=[str(_SOURCE)], extra_cflags=cflags, extra_ldflags=["-fopenmp"],
              is_python_module=False, verbose=False)
     except Exception as err:  # no compiler, no ninja, a read-only cache: train on the plain path
