@@ -1,7 +1,8 @@
 """Training speed (forward + backward + AdamW) of CMT-Ti against a plain port of the official code, one process.
 
-Every model runs the same training step (cross-entropy, fused AdamW, batch 64, 2 threads), interleaved
-round-robin, and each figure is the median step over rounds. The baseline is `plain_port.PlainCMT`, the
+Every model runs the same training step (cross-entropy, fused AdamW, batch 64, 2 threads). The models
+take turns step by step (this machine's speed drifts by 10-20% within a minute, so only steps taken side
+by side compare), and each figure is the median step time over all rounds. The baseline is `plain_port.PlainCMT`, the
 official network in the official layout, fed NCHW images as the official training script feeds it; our
 model gets channels-last images, as `proxy.train_and_evaluate` feeds it. Printed: img/s per model and
 precision, each fp32 figure as a multiple of the plain port's, bf16 over fp32 per model, DeiT-Ti and
@@ -26,21 +27,16 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def _step_rate(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, bf16: bool,
-               steps: int) -> float:
-    """img/s of the median of ``steps`` training steps after one warm-up step."""
-    model.train()
-    times = []
-    for i in range(steps + 1):
-        start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if i:
-            times.append(time.perf_counter() - start)
-    return len(y) / statistics.median(times)
+def _step_seconds(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                  bf16: bool) -> float:
+    """Wall time of one training step."""
+    start = time.perf_counter()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = F.cross_entropy(model(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return time.perf_counter() - start
 
 
 class _Entry:
@@ -90,28 +86,34 @@ def main() -> None:
     for size in {res, half}:
         x = torch.randn(bs, 3, size, size, generator=gen)
         inputs[size] = (x, x.contiguous(memory_format=torch.channels_last), torch.randint(0, 10, (bs,), generator=gen))
-    rates: dict[tuple[str, str], list[float]] = {}
+    seconds: dict[tuple[str, str], list[float]] = {}
     for _ in range(args.rounds):
-        for name, entry in entries.items():
-            x_nchw, x_cl, y = inputs[entry.size]
-            set_fused_kernels(entry.kernels)
-            for precision in ("fp32", "bf16"):
-                rate = _step_rate(entry.model, entry.optimizer, x_cl if entry.channels_last else x_nchw, y,
-                                  precision == "bf16", args.steps)
-                rates.setdefault((name, precision), []).append(rate)
+        for precision in ("fp32", "bf16"):
+            for step in range(args.steps + 1):  # the first step of each round warms up and is not counted
+                for name, entry in entries.items():
+                    x_nchw, x_cl, y = inputs[entry.size]
+                    set_fused_kernels(entry.kernels)
+                    entry.model.train()
+                    took = _step_seconds(entry.model, entry.optimizer, x_cl if entry.channels_last else x_nchw, y,
+                                         precision == "bf16")
+                    if step:
+                        seconds.setdefault((name, precision), []).append(took)
     set_fused_kernels(True)
+    rates = {key: [bs / t for t in times] for key, times in seconds.items()}
 
     def median(name: str, precision: str) -> float:
         return statistics.median(rates[(name, precision)])
 
-    print(f"\ntraining img/s, batch {bs}, {args.threads} threads, median over {args.rounds} interleaved rounds")
-    print(f"{'model':30s} {'fp32':>7s} {'x port':>7s} {'bf16':>7s} {'bf16/fp32':>9s}   fp32 rounds")
+    print(f"\ntraining img/s, batch {bs}, {args.threads} threads, median of {args.rounds} x {args.steps} steps taken "
+          f"in turn")
+    print(f"{'model':30s} {'fp32':>7s} {'x port':>7s} {'bf16':>7s} {'bf16/fp32':>9s}   fp32 quartiles")
     for name in entries:
         size = entries[name].size
         port = median(f"plain port cmt_ti@{size}", "fp32")
         fp32, bf16 = median(name, "fp32"), median(name, "bf16")
-        rounds = " ".join(f"{v:.0f}" for v in rates[(name, "fp32")])
-        print(f"{name:30s} {fp32:7.1f} {fp32 / port:7.2f} {bf16:7.1f} {bf16 / fp32:9.2f}   {rounds}")
+        quartiles = statistics.quantiles(rates[(name, "fp32")], n=4)
+        print(f"{name:30s} {fp32:7.1f} {fp32 / port:7.2f} {bf16:7.1f} {bf16 / fp32:9.2f}   "
+              f"{quartiles[0]:.0f}-{quartiles[2]:.0f}")
     ours, port = median(f"cmt_ti@{res}", "fp32"), median(f"plain port cmt_ti@{res}", "fp32")
     print(f"\ncmt_ti@{res} fp32: {ours:.1f} img/s = {ours / port:.2f}x the plain port (target: 1.3x and 130 img/s)")
     print(f"cmt_ti@{res} bf16: {median(f'cmt_ti@{res}', 'bf16') / ours:.2f}x our fp32 (target: 2x)")
