@@ -44,7 +44,7 @@ class _Entry:
 
     def __init__(self, make: Callable[[], nn.Module], size: int, channels_last: bool, kernels: bool) -> None:
         torch.manual_seed(0)
-        self.model = make()
+        self.model = make().train()
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-3, fused=True)
@@ -93,7 +93,6 @@ def main() -> None:
                 for name, entry in entries.items():
                     x_nchw, x_cl, y = inputs[entry.size]
                     set_fused_kernels(entry.kernels)
-                    entry.model.train()
                     took = _step_seconds(entry.model, entry.optimizer, x_cl if entry.channels_last else x_nchw, y,
                                          precision == "bf16")
                     if step:
@@ -111,7 +110,8 @@ def main() -> None:
         size = entries[name].size
         port = median(f"plain port cmt_ti@{size}", "fp32")
         fp32, bf16 = median(name, "fp32"), median(name, "bf16")
-        quartiles = statistics.quantiles(rates[(name, "fp32")], n=4)
+        steps = rates[(name, "fp32")]
+        quartiles = statistics.quantiles(steps, n=4) if len(steps) > 1 else [steps[0]] * 3
         print(f"{name:30s} {fp32:7.1f} {fp32 / port:7.2f} {bf16:7.1f} {bf16 / fp32:9.2f}   "
               f"{quartiles[0]:.0f}-{quartiles[2]:.0f}")
     ours, port = median(f"cmt_ti@{res}", "fp32"), median(f"plain port cmt_ti@{res}", "fp32")

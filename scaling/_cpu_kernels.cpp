@@ -15,7 +15,6 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
@@ -140,7 +139,7 @@ void act_bn_forward_kernel(const T* a, T* y, T* d, T* out, const float* weight, 
       const int64_t n = std::min(kV, C - c);
       Vec v = load(a + r * C + c, n);
       if (gelu) {
-        // the statistics use the value in the register: reloading a just-stored row stalls on odd widths
+        // the statistics take the activated value from the register: y is written once, not read back
         Vec dv;
         gelu_with_grad(v, v, dv);
         store(v, y + r * C + c, n);
@@ -397,6 +396,11 @@ void check_rows(const at::Tensor& t, int64_t dims, const char* what) {
               ": expected float32 or bfloat16, got ", t.scalar_type());
 }
 
+// An incoming gradient in the dtype, shape and contiguous layout of the tensor it belongs to.
+at::Tensor like(const at::Tensor& grad, const at::Tensor& of) {
+  return grad.to(of.scalar_type()).contiguous().view(of.sizes());
+}
+
 // Calls fn with a value of the element type of t (float or bf16, which check_rows has ensured).
 template <typename Fn>
 void dispatch_float_or_bf16(const at::Tensor& t, const Fn& fn) {
@@ -453,7 +457,7 @@ std::vector<at::Tensor> act_bn_backward(const at::Tensor& grad, const at::Tensor
   check_rows(y, 2, "act_bn_backward");
   const int64_t M = y.size(0), C = y.size(1);
   const bool gelu = act == 1;
-  const at::Tensor g = grad.to(y.scalar_type()).contiguous().view({M, C});
+  const at::Tensor g = like(grad, y);
   const at::Tensor w = as_float_vector(weight, C, "act_bn_backward weight");
   at::Tensor da = at::empty_like(y);
   const auto fopt = y.options().dtype(at::kFloat);
@@ -480,8 +484,8 @@ at::Tensor dwconv3x3_forward(const at::Tensor& x, const at::Tensor& taps, const 
   dispatch_float_or_bf16(x, [&](auto tag) {
     using scalar_t = decltype(tag);
     dwconv3x3_forward_kernel<scalar_t>(x.const_data_ptr<scalar_t>(), t.const_data_ptr<float>(),
-                               b.defined() ? b.const_data_ptr<float>() : nullptr, residual,
-                               out.data_ptr<scalar_t>(), B, H, W, C);
+                                       b.defined() ? b.const_data_ptr<float>() : nullptr, residual,
+                                       out.data_ptr<scalar_t>(), B, H, W, C);
   });
   return out;
 }
@@ -490,7 +494,7 @@ std::vector<at::Tensor> dwconv3x3_backward(const at::Tensor& grad, const at::Ten
                                            bool residual) {
   check_rows(x, 4, "dwconv3x3_backward");
   const int64_t B = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
-  const at::Tensor g = grad.to(x.scalar_type()).contiguous().view({B, H, W, C});
+  const at::Tensor g = like(grad, x);
   // The input gradient: the same convolution with the 3x3 taps mirrored (tap t -> 8 - t), no bias.
   const at::Tensor mirrored = as_float_vector(taps, 9 * C, "dwconv3x3_backward taps").view({9, C}).flip(0).contiguous();
   at::Tensor gx = at::empty_like(x);
@@ -527,7 +531,7 @@ std::vector<at::Tensor> layer_norm_backward(const at::Tensor& grad, const at::Te
                                             const at::Tensor& rstd, const at::Tensor& weight) {
   check_rows(x, 2, "layer_norm_backward");
   const int64_t M = x.size(0), C = x.size(1);
-  const at::Tensor g = grad.to(x.scalar_type()).contiguous().view({M, C});
+  const at::Tensor g = like(grad, x);
   const at::Tensor w = as_float_vector(weight, C, "layer_norm_backward weight");
   at::Tensor dx = at::empty_like(x);
   const auto fopt = x.options().dtype(at::kFloat);
