@@ -1,12 +1,15 @@
-// Fused CPU training kernels for CMT's convolutional parts and norms, on channels-innermost (NHWC) rows.
+// Fused CPU training kernels for CMT's convolutional parts, norms and attention, on channels-innermost
+// (NHWC) rows.
 //
 // Why they exist: at proxy resolutions (32-64 px) a CMT training step on a CPU is dominated not by its
-// matmuls but by BatchNorm, GELU, LayerNorm and 3x3 depthwise convolutions on maps with awkward channel
-// counts (CMT-Ti's hidden widths are 165, 331, 662, 1324; its stage widths 46 and 92). ATen and oneDNN
-// run those several times slower than for a multiple of 16 channels, and each op is its own pass over
-// memory. These kernels do "activation + BatchNorm (training statistics)" in two passes forward and two
-// backward, LayerNorm over each row, and the 3x3 depthwise conv (with its residual) directly on NHWC rows,
-// for any channel count, in fp32 or bf16 (bf16 in and out, float arithmetic inside).
+// matmuls but by BatchNorm, GELU, LayerNorm and depthwise convolutions on maps with awkward channel
+// counts (CMT-Ti's hidden widths are 165, 331, 662, 1324; its stage widths 46 and 92), and by per-op
+// overhead around attention matrices with a handful of keys. ATen and oneDNN run the former several
+// times slower than for a multiple of 16 channels, and each op is its own pass over memory. These kernels
+// do "activation + BatchNorm (training statistics)" in two passes forward and two backward, LayerNorm
+// over each row, the 3x3 depthwise conv (with its residual) and the k x k stride-k one of the K/V
+// reduction directly on NHWC rows, and the whole lightweight attention per query, for any channel count,
+// in fp32 or bf16 (bf16 in and out, float arithmetic inside).
 //
 // Written with ATen's `at::vec::Vectorized` (the abstraction ATen's own CPU kernels use), compiled for the
 // CPU capability torch reports, and threaded with `at::parallel_for`. Statistics are accumulated in
@@ -387,6 +390,178 @@ void dwconv3x3_backward_kernel(const T* g, const T* x, const float* mirrored, bo
   for (int64_t c = 0; c < C; ++c) dbias[c] = static_cast<float>(total[9 * C + c]);
 }
 
+// ------------------------------------------------------------ k x k, stride-k depthwise convolution
+// The K/V reduction of CMT's attention: each output position is a per-channel weighted sum of one k x k
+// patch of x (B, H, W, C), patches not overlapping; taps (k*k, C), tap t = k * u + v. Rows and columns
+// past the last whole patch are ignored, as nn.Conv2d does without padding. oneDNN runs this 10-20x
+// slower backward in bf16 than in fp32, and neither is fast on odd channel counts.
+
+template <typename T>
+void patch_conv_forward_kernel(const T* x, const float* taps, const float* bias, T* out, int64_t B, int64_t H,
+                               int64_t W, int64_t C, int64_t k) {
+  const int64_t Ho = H / k, Wo = W / k;
+  at::parallel_for(0, B * Ho, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bi = begin; bi < end; ++bi) {
+      const int64_t b = bi / Ho, i = bi % Ho;
+      for (int64_t j = 0; j < Wo; ++j) {
+        for (int64_t c = 0; c < C; c += kV) {
+          const int64_t n = std::min(kV, C - c);
+          Vec acc = bias ? load(bias + c, n) : Vec(0.f);
+          for (int64_t u = 0; u < k; ++u) {
+            const T* xr = x + ((b * H + i * k + u) * W + j * k) * C + c;
+            for (int64_t v = 0; v < k; ++v) acc = at::vec::fmadd(load(taps + (u * k + v) * C + c, n), load(xr + v * C, n), acc);
+          }
+          store(acc, out + (bi * Wo + j) * C + c, n);
+        }
+      }
+    }
+  });
+}
+
+// dx at a patch position = tap * g of its output (zero outside whole patches); dtaps[t, c] = sum of g * x at
+// tap t; dbias = sum of g.
+template <typename T>
+void patch_conv_backward_kernel(const T* g, const T* x, const float* taps, T* dx, float* dtaps, float* dbias,
+                                int64_t B, int64_t H, int64_t W, int64_t C, int64_t k) {
+  const int64_t Ho = H / k, Wo = W / k, kk = k * k;
+  const std::vector<double> total = sum_over_rows(B * Ho, (kk + 1) * C, kFlushRows, [&](int64_t bi, float* partial) {
+    const int64_t b = bi / Ho, i = bi % Ho;
+    for (int64_t j = 0; j < Wo; ++j) {
+      for (int64_t c = 0; c < C; c += kV) {
+        const int64_t n = std::min(kV, C - c);
+        const Vec gv = load(g + (bi * Wo + j) * C + c, n);
+        store(load(partial + kk * C + c, n) + gv, partial + kk * C + c, n);
+        for (int64_t u = 0; u < k; ++u) {
+          const int64_t at_row = ((b * H + i * k + u) * W + j * k) * C + c;
+          for (int64_t v = 0; v < k; ++v) {
+            float* s = partial + (u * k + v) * C + c;
+            store(at::vec::fmadd(gv, load(x + at_row + v * C, n), load(s, n)), s, n);
+            store(gv * load(taps + (u * k + v) * C + c, n), dx + at_row + v * C, n);
+          }
+        }
+      }
+    }
+  });
+  for (int64_t t = 0; t < kk * C; ++t) dtaps[t] = static_cast<float>(total[t]);
+  for (int64_t c = 0; c < C; ++c) dbias[c] = static_cast<float>(total[kk * C + c]);
+}
+
+// ------------------------------------------------------------------------ lightweight attention
+// CMT's attention has few keys (the K/V map is the query map shrunk k-fold: 1-64 keys at proxy
+// resolutions), so each query's work is a handful of length-d dot products and axpys, and ATen's path
+// (transposes, batched matmuls of 16x4 matrices, a separate softmax, an fp32 upcast under bf16) is all
+// overhead. This computes, for every batch b, query n and head i, straight on the projection outputs:
+//   p = softmax(scale * q[b, n, i] . k[b, :, i] + bias[i, n, :]),   out[b, n, i] = sum_m p[m] v[b, m, i]
+// with q (B, N, h*d), k and v (B, M, h*d) rows, head i in columns [i*d, (i+1)*d), bias (h, N, M) float.
+// The probabilities (B, h, N, M, float) are saved for the backward.
+
+// Dot product of two length-d rows (float accumulation).
+template <typename T>
+inline float row_dot(const T* a, const T* b, int64_t d) {
+  Vec acc(0.f);
+  for (int64_t c = 0; c < d; c += kV) {
+    const int64_t n = std::min(kV, d - c);
+    acc = at::vec::fmadd(load(a + c, n), load(b + c, n), acc);  // missing lanes load as zero
+  }
+  return horizontal_sum(acc);
+}
+
+template <typename T>
+void attention_forward_kernel(const T* q, const T* k, const T* v, const float* bias, float scale, T* out, float* probs,
+                              int64_t B, int64_t N, int64_t M, int64_t heads, int64_t d) {
+  const int64_t C = heads * d;
+  at::parallel_for(0, B * N, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bn = begin; bn < end; ++bn) {
+      const int64_t b = bn / N, n = bn % N;
+      for (int64_t i = 0; i < heads; ++i) {
+        const T* qv = q + bn * C + i * d;
+        float* p = probs + ((b * heads + i) * N + n) * M;
+        const float* bias_row = bias + (i * N + n) * M;
+        float top = -INFINITY;
+        for (int64_t m = 0; m < M; ++m) {
+          p[m] = scale * row_dot(qv, k + (b * M + m) * C + i * d, d) + bias_row[m];
+          top = std::max(top, p[m]);
+        }
+        float total = 0.f;
+        for (int64_t m = 0; m < M; ++m) {
+          p[m] = std::exp(p[m] - top);
+          total += p[m];
+        }
+        const float inv = 1.f / total;
+        for (int64_t m = 0; m < M; ++m) p[m] *= inv;
+        T* o = out + bn * C + i * d;
+        for (int64_t c = 0; c < d; c += kV) {
+          const int64_t n_lanes = std::min(kV, d - c);
+          Vec acc(0.f);
+          for (int64_t m = 0; m < M; ++m) acc = at::vec::fmadd(Vec(p[m]), load(v + (b * M + m) * C + i * d + c, n_lanes), acc);
+          store(acc, o + c, n_lanes);
+        }
+      }
+    }
+  });
+}
+
+// With dp[m] = g . v[m] and dl = p * (dp - sum_m p dp): dq = scale * sum_m dl[m] k[m], dk[m] += scale * dl[m] q,
+// dv[m] += p[m] g, dbias[i, n, m] = sum over b of dl[m]. Threads split the batch, so each thread owns the
+// dk and dv rows of its images (accumulated in float scratch) and a float share of dbias, added up in
+// thread order: deterministic for a fixed thread count.
+template <typename T>
+void attention_backward_kernel(const T* g, const T* q, const T* k, const T* v, const float* probs, float scale, T* dq,
+                               T* dk, T* dv, float* dbias, int64_t B, int64_t N, int64_t M, int64_t heads, int64_t d) {
+  const int64_t C = heads * d;
+  const int64_t bias_size = heads * N * M;
+  const int64_t threads = at::get_num_threads();
+  std::vector<float> bias_parts(static_cast<size_t>(threads * bias_size), 0.f);
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    float* bias_part = bias_parts.data() + static_cast<size_t>(at::get_thread_num()) * bias_size;
+    std::vector<float> dk_acc(M * C), dv_acc(M * C), dl(M);
+    for (int64_t b = begin; b < end; ++b) {
+      std::fill(dk_acc.begin(), dk_acc.end(), 0.f);
+      std::fill(dv_acc.begin(), dv_acc.end(), 0.f);
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t bn = b * N + n;
+        for (int64_t i = 0; i < heads; ++i) {
+          const T* gv = g + bn * C + i * d;
+          const T* qv = q + bn * C + i * d;
+          const float* p = probs + ((b * heads + i) * N + n) * M;
+          float weighted = 0.f;
+          for (int64_t m = 0; m < M; ++m) {
+            dl[m] = row_dot(gv, v + (b * M + m) * C + i * d, d);
+            weighted += p[m] * dl[m];
+          }
+          float* bias_row = bias_part + (i * N + n) * M;
+          for (int64_t m = 0; m < M; ++m) {
+            dl[m] = p[m] * (dl[m] - weighted);
+            bias_row[m] += dl[m];
+          }
+          for (int64_t c = 0; c < d; c += kV) {
+            const int64_t n_lanes = std::min(kV, d - c);
+            const Vec gc = load(gv + c, n_lanes), qc = load(qv + c, n_lanes);
+            Vec dq_c(0.f);
+            for (int64_t m = 0; m < M; ++m) {
+              const int64_t at_m = m * C + i * d + c;
+              dq_c = at::vec::fmadd(Vec(dl[m]), load(k + (b * M + m) * C + i * d + c, n_lanes), dq_c);
+              store(at::vec::fmadd(Vec(scale * dl[m]), qc, load(dk_acc.data() + at_m, n_lanes)), dk_acc.data() + at_m, n_lanes);
+              store(at::vec::fmadd(Vec(p[m]), gc, load(dv_acc.data() + at_m, n_lanes)), dv_acc.data() + at_m, n_lanes);
+            }
+            store(dq_c * Vec(scale), dq + bn * C + i * d + c, n_lanes);
+          }
+        }
+      }
+      for (int64_t j = 0; j < M * C; j += kV) {
+        const int64_t n_lanes = std::min(kV, M * C - j);
+        store(load(dk_acc.data() + j, n_lanes), dk + b * M * C + j, n_lanes);
+        store(load(dv_acc.data() + j, n_lanes), dv + b * M * C + j, n_lanes);
+      }
+    }
+  });
+  for (int64_t j = 0; j < bias_size; ++j) {
+    double total = 0.0;
+    for (int64_t t = 0; t < threads; ++t) total += bias_parts[t * bias_size + j];
+    dbias[j] = static_cast<float>(total);
+  }
+}
+
 // ------------------------------------------------------------------------------------ op entries
 
 void check_rows(const at::Tensor& t, int64_t dims, const char* what) {
@@ -546,6 +721,90 @@ std::vector<at::Tensor> layer_norm_backward(const at::Tensor& grad, const at::Te
   return {dx, dweight, dbias};
 }
 
+at::Tensor patch_conv_forward(const at::Tensor& x, const at::Tensor& taps, const std::optional<at::Tensor>& bias,
+                              int64_t k) {
+  check_rows(x, 4, "patch_conv_forward");
+  const int64_t B = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
+  TORCH_CHECK(k >= 1 && H >= k && W >= k, "patch_conv_forward: a ", k, "x", k, " patch does not fit a ", H, "x", W, " map");
+  const at::Tensor t = as_float_vector(taps, k * k * C, "patch_conv_forward taps");
+  at::Tensor b;
+  if (bias.has_value() && bias->defined()) b = as_float_vector(*bias, C, "patch_conv_forward bias");
+  at::Tensor out = at::empty({B, H / k, W / k, C}, x.options());
+  dispatch_float_or_bf16(x, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    patch_conv_forward_kernel<scalar_t>(x.const_data_ptr<scalar_t>(), t.const_data_ptr<float>(),
+                                        b.defined() ? b.const_data_ptr<float>() : nullptr, out.data_ptr<scalar_t>(),
+                                        B, H, W, C, k);
+  });
+  return out;
+}
+
+std::vector<at::Tensor> patch_conv_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& taps,
+                                            int64_t k) {
+  check_rows(x, 4, "patch_conv_backward");
+  const int64_t B = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
+  const at::Tensor g = grad.to(x.scalar_type()).contiguous();
+  TORCH_CHECK(g.dim() == 4 && g.size(0) == B && g.size(1) == H / k && g.size(2) == W / k && g.size(3) == C,
+              "patch_conv_backward: the gradient does not match the forward's output");
+  const at::Tensor t = as_float_vector(taps, k * k * C, "patch_conv_backward taps");
+  // Positions past the last whole patch get no gradient; only then does dx need zeroing first.
+  at::Tensor dx = (H % k || W % k) ? at::zeros_like(x) : at::empty_like(x);
+  const auto fopt = x.options().dtype(at::kFloat);
+  at::Tensor dtaps = at::empty({k * k, C}, fopt), dbias = at::empty({C}, fopt);
+  dispatch_float_or_bf16(x, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    patch_conv_backward_kernel<scalar_t>(g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                                         t.const_data_ptr<float>(), dx.data_ptr<scalar_t>(), dtaps.data_ptr<float>(),
+                                         dbias.data_ptr<float>(), B, H, W, C, k);
+  });
+  return {dx, dtaps, dbias};
+}
+
+std::vector<at::Tensor> attention_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                          const at::Tensor& bias, int64_t heads, double scale) {
+  check_rows(q, 3, "attention_forward q");
+  check_rows(k, 3, "attention_forward k");
+  check_rows(v, 3, "attention_forward v");
+  const int64_t B = q.size(0), N = q.size(1), C = q.size(2), M = k.size(1);
+  TORCH_CHECK(heads > 0 && C % heads == 0, "attention_forward: ", C, " channels do not split into ", heads, " heads");
+  TORCH_CHECK(k.sizes() == v.sizes() && k.size(0) == B && k.size(2) == C && M > 0,
+              "attention_forward: keys and values must be (", B, ", M, ", C, ")");
+  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
+              "attention_forward: q, k and v must share a dtype");
+  const at::Tensor bias_f = as_float_vector(bias, heads * N * M, "attention_forward bias");
+  at::Tensor out = at::empty_like(q);
+  at::Tensor probs = at::empty({B, heads, N, M}, q.options().dtype(at::kFloat));
+  dispatch_float_or_bf16(q, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    attention_forward_kernel<scalar_t>(q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(),
+                                       v.const_data_ptr<scalar_t>(), bias_f.const_data_ptr<float>(),
+                                       static_cast<float>(scale), out.data_ptr<scalar_t>(), probs.data_ptr<float>(),
+                                       B, N, M, heads, C / heads);
+  });
+  return {out, probs};
+}
+
+std::vector<at::Tensor> attention_backward(const at::Tensor& grad, const at::Tensor& q, const at::Tensor& k,
+                                           const at::Tensor& v, const at::Tensor& probs, int64_t heads,
+                                           double scale) {
+  check_rows(q, 3, "attention_backward q");
+  const int64_t B = q.size(0), N = q.size(1), C = q.size(2), M = k.size(1);
+  const at::Tensor g = like(grad, q);
+  TORCH_CHECK(probs.scalar_type() == at::kFloat && probs.is_contiguous() && probs.numel() == B * heads * N * M,
+              "attention_backward: probabilities must be the forward's");
+  at::Tensor dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
+  at::Tensor dbias = at::empty({heads, N, M}, q.options().dtype(at::kFloat));
+  dispatch_float_or_bf16(q, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    attention_backward_kernel<scalar_t>(g.const_data_ptr<scalar_t>(), q.const_data_ptr<scalar_t>(),
+                                        k.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(),
+                                        probs.const_data_ptr<float>(), static_cast<float>(scale),
+                                        dq.data_ptr<scalar_t>(), dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(),
+                                        dbias.data_ptr<float>(), B, N, M, heads, C / heads);
+  });
+  return {dq, dk, dv, dbias};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(cmt_scale, m) {
@@ -556,6 +815,10 @@ TORCH_LIBRARY(cmt_scale, m) {
   m.def("layer_norm_backward(Tensor grad, Tensor x, Tensor mean, Tensor rstd, Tensor weight) -> Tensor[]");
   m.def("dwconv3x3_forward(Tensor x, Tensor taps, Tensor? bias, bool residual) -> Tensor");
   m.def("dwconv3x3_backward(Tensor grad, Tensor x, Tensor taps, bool residual) -> Tensor[]");
+  m.def("patch_conv_forward(Tensor x, Tensor taps, Tensor? bias, int k) -> Tensor");
+  m.def("patch_conv_backward(Tensor grad, Tensor x, Tensor taps, int k) -> Tensor[]");
+  m.def("attention_forward(Tensor q, Tensor k, Tensor v, Tensor bias, int heads, float scale) -> Tensor[]");
+  m.def("attention_backward(Tensor grad, Tensor q, Tensor k, Tensor v, Tensor probs, int heads, float scale) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(cmt_scale, CPU, m) {
@@ -565,4 +828,8 @@ TORCH_LIBRARY_IMPL(cmt_scale, CPU, m) {
   m.impl("layer_norm_backward", &layer_norm_backward);
   m.impl("dwconv3x3_forward", &dwconv3x3_forward);
   m.impl("dwconv3x3_backward", &dwconv3x3_backward);
+  m.impl("patch_conv_forward", &patch_conv_forward);
+  m.impl("patch_conv_backward", &patch_conv_backward);
+  m.impl("attention_forward", &attention_forward);
+  m.impl("attention_backward", &attention_backward);
 }

@@ -1,20 +1,22 @@
-"""Fused CPU training kernels for CMT's BatchNorm + GELU, LayerNorm and 3x3 depthwise convolutions.
+"""Fused CPU training kernels for CMT's BatchNorm + GELU, LayerNorm, depthwise convolutions and attention.
 
 Why: at proxy resolutions a CMT training step on a CPU spends most of its time in BatchNorm, GELU,
 LayerNorm and depthwise convolutions on odd channel counts (CMT-Ti's IRFFN widths are 165, 331, 662,
-1324), where ATen and oneDNN fall off their fast paths, and each op is its own pass over memory
-(benchmarks/RESULTS.md). `scaling/_cpu_kernels.cpp` does "activation + BatchNorm with batch statistics"
-in two passes each way, LayerNorm per row, and the depthwise conv directly on NHWC rows, in fp32 or bf16.
-It is compiled on first use with ``torch.utils.cpp_extension`` for the CPU capability torch reports,
-and cached (the first compile takes about 20-40 s).
+1324), where ATen and oneDNN fall off their fast paths, and in per-op overhead around tiny attention
+matrices (1-64 keys per query). `scaling/_cpu_kernels.cpp` does "activation + BatchNorm with batch
+statistics" in two passes each way, LayerNorm per row, the 3x3 and the k x k stride-k depthwise convs
+directly on NHWC rows, and the whole lightweight attention (bias, softmax and both matmuls) on the
+projection outputs, in fp32 or bf16. It is compiled on first use with ``torch.utils.cpp_extension`` for
+the CPU capability torch reports, and cached (the first compile takes about 20-40 s).
 
-The model calls `act_batch_norm`, `layer_norm` and `depthwise_conv3x3`; each takes the kernels only for
-a CPU module in training mode, outside tracing, scripting and ``torch.compile``, and otherwise runs
-exactly the modules' own forward (the plain path: it is also the reference the tests compare the kernels
-with). Parameters, buffers and module names are untouched, so checkpoints, fvcore counts and
-`fuse_for_inference` see the same model. The kernels' gradients are first-order only (a double backward
-raises). ``CMT_SCALE_FUSED_KERNELS=0`` or `set_fused_kernels(False)` turns them off; if they cannot be
-built (no C++ compiler), one warning says so and training takes the plain path.
+The model calls `act_batch_norm`, `layer_norm`, `depthwise_conv3x3`, `depthwise_patch_conv` and
+`lightweight_attention`; each takes the kernels only for a CPU module in training mode, outside tracing,
+scripting and ``torch.compile``, and otherwise runs (or lets the caller run) exactly the modules' own
+forward (the plain path: it is also the reference the tests compare the kernels with). Parameters,
+buffers and module names are untouched, so checkpoints, fvcore counts and `fuse_for_inference` see the
+same model. The kernels' gradients are first-order only (a double backward raises).
+``CMT_SCALE_FUSED_KERNELS=0`` or `set_fused_kernels(False)` turns them off; if they cannot be built (no
+C++ compiler), one warning says so and training takes the plain path.
 """
 
 from __future__ import annotations
@@ -30,7 +32,15 @@ import torch
 import torch.nn as nn
 from torch.autograd.function import once_differentiable
 
-__all__ = ["act_batch_norm", "depthwise_conv3x3", "fused_kernels_available", "layer_norm", "set_fused_kernels"]
+__all__ = [
+    "act_batch_norm",
+    "depthwise_conv3x3",
+    "depthwise_patch_conv",
+    "fused_kernels_available",
+    "layer_norm",
+    "lightweight_attention",
+    "set_fused_kernels",
+]
 
 _SOURCE = Path(__file__).with_name("_cpu_kernels.cpp")
 _ENV_SWITCH = "CMT_SCALE_FUSED_KERNELS"
@@ -251,3 +261,77 @@ def depthwise_conv3x3(x: torch.Tensor, conv: nn.Module, residual: bool) -> torch
         out = conv(x_nchw)
         return (x_nchw + out if residual else out).permute(0, 2, 3, 1)
     return _DepthwiseConv3x3.apply(x.contiguous(), conv.weight, conv.bias, residual)
+
+
+# ------------------------------------------------------------------------------ lightweight attention
+class _LightweightAttention(torch.autograd.Function):
+    """softmax(scale * q k^T + bias) v per head, on (B, N, C) query rows and (B, M, C) key and value rows;
+    saves q, k, v and the probabilities. The bias (heads, N, M) stays float32 and gets a float32 gradient."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, heads: int,
+                scale: float) -> torch.Tensor:
+        out, probs = torch.ops.cmt_scale.attention_forward(q, k, v, bias, heads, scale)
+        ctx.save_for_backward(q, k, v, probs)
+        ctx.heads, ctx.scale, ctx.bias_dtype = heads, scale, bias.dtype
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        q, k, v, probs = ctx.saved_tensors
+        dq, dk, dv, dbias = torch.ops.cmt_scale.attention_backward(grad, q, k, v, probs, ctx.heads, ctx.scale)
+        return dq, dk, dv, dbias.to(ctx.bias_dtype), None, None
+
+
+def lightweight_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, heads: int,
+                          scale: float, module: nn.Module) -> torch.Tensor | None:
+    """The fused attention for NHWC projections ``q`` (B, H, W, C) and ``k``, ``v`` (B, h, w, C) with a
+    ``heads x HW x hw`` bias, as (B, H, W, C); None when ``module`` does not take the kernels (the caller
+    then runs its own path). Under autocast the keys and values are in the queries' dtype already."""
+    if not (_takes_kernels(q, module) and k.dtype == q.dtype == v.dtype):
+        return None
+    batch, height, width, dim = q.shape
+    rows = lambda t: t.reshape(batch, -1, dim).contiguous()  # noqa: E731 - NHWC maps as token rows, no copy
+    out = _LightweightAttention.apply(rows(q), rows(k), rows(v), bias, heads, scale)
+    return out.view(q.shape)
+
+
+# ---------------------------------------------------------------- k x k, stride-k depthwise conv
+class _PatchConv(torch.autograd.Function):
+    """A k x k, stride-k, unpadded depthwise conv on NHWC ``x``: one weighted sum per patch and channel."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, k: int) -> torch.Tensor:
+        taps = weight.reshape(weight.shape[0], k * k).t()  # (k*k, C): tap-major, channels innermost
+        ctx.save_for_backward(x, taps)
+        ctx.k, ctx.has_bias = k, bias is not None
+        return torch.ops.cmt_scale.patch_conv_forward(x, taps, bias, k)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, taps = ctx.saved_tensors
+        dx, dtaps, dbias = torch.ops.cmt_scale.patch_conv_backward(grad, x, taps, ctx.k)
+        dweight = dtaps.t().reshape(-1, 1, ctx.k, ctx.k)
+        return dx, dweight, dbias if ctx.has_bias else None, None
+
+
+def depthwise_patch_conv(x: torch.Tensor, conv: nn.Module) -> torch.Tensor | None:
+    """``conv`` (a k x k, stride-k, unpadded depthwise conv) on NHWC ``x``, as NHWC; None when the kernels
+    do not apply (the caller then runs its own path)."""
+    k = conv.kernel_size[0] if isinstance(conv, nn.Conv2d) else 0
+    fusable = (
+        isinstance(conv, nn.Conv2d)
+        and conv.kernel_size == (k, k)
+        and conv.stride == (k, k)
+        and conv.padding == (0, 0)
+        and conv.dilation == (1, 1)
+        and conv.groups == conv.in_channels == conv.out_channels
+        and x.shape[1] >= k
+        and x.shape[2] >= k
+        and _takes_kernels(x, conv)
+    )
+    if not fusable:
+        return None
+    return _PatchConv.apply(x.contiguous(), conv.weight, conv.bias, k)

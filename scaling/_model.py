@@ -23,7 +23,7 @@ from timm.layers import DropPath, trunc_normal_, use_fused_attn
 from timm.models._features import feature_take_indices
 
 from ._config import CMTConfig
-from ._fused import act_batch_norm, depthwise_conv3x3, layer_norm
+from ._fused import act_batch_norm, depthwise_conv3x3, depthwise_patch_conv, layer_norm, lightweight_attention
 from ._position_bias import resize_position_bias
 
 __all__ = ["CMT", "build_cmt"]
@@ -119,22 +119,30 @@ class LightweightAttention(nn.Module):
             self.sr_norm = None
 
     def _reduce(self, x: torch.Tensor) -> torch.Tensor:
-        """The K/V reduction conv, kept in fp32 under autocast: oneDNN's bf16 backward for strided depthwise
-        convs is 10-20x slower than its fp32 one (measured, benchmarks/RESULTS.md); the op itself is tiny."""
+        """The K/V reduction conv on NHWC ``x``: the fused kernel in CPU training; otherwise oneDNN, kept in
+        fp32 under CPU autocast, where its bf16 backward for strided depthwise convs is 10-20x slower than
+        its fp32 one (measured, benchmarks/RESULTS.md)."""
+        fused = depthwise_patch_conv(x, self.sr)
+        if fused is not None:
+            return fused
         if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
             with torch.autocast("cpu", enabled=False):
-                return self.sr(x.float())
-        return self.sr(x)
+                return _to_nhwc(self.sr(_to_nchw(x).float()))
+        return _to_nhwc(self.sr(_to_nchw(x)))
 
     def forward(self, x: torch.Tensor, pos_bias: torch.Tensor) -> torch.Tensor:
         batch, height, width, dim = x.shape
         heads, head_dim = self.num_heads, self.head_dim
-        q = self.q(x).reshape(batch, height * width, heads, head_dim).transpose(1, 2)
         kv_in = x
         if self.sr is not None:
-            kv_in = act_batch_norm(_to_nhwc(self._reduce(_to_nchw(x))), None, self.sr_norm)
-        k = self.k(kv_in).reshape(batch, -1, heads, head_dim).transpose(1, 2)
-        v = self.v(kv_in).reshape(batch, -1, heads, head_dim).transpose(1, 2)
+            kv_in = act_batch_norm(self._reduce(x), None, self.sr_norm)
+        q, k, v = self.q(x), self.k(kv_in), self.v(kv_in)
+        fused = lightweight_attention(q, k, v, pos_bias, heads, self.scale, self)
+        if fused is not None:
+            return self.proj(fused)
+        q = q.reshape(batch, height * width, heads, head_dim).transpose(1, 2)
+        k = k.reshape(batch, -1, heads, head_dim).transpose(1, 2)
+        v = v.reshape(batch, -1, heads, head_dim).transpose(1, 2)
         if self.fused_attn:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=pos_bias.to(q.dtype).unsqueeze(0))
         else:
