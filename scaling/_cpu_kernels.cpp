@@ -309,7 +309,31 @@ void neighbour_rows(const T* src, int64_t b, int64_t h, int64_t H, int64_t row, 
   }
 }
 
-// One output row. Channel block outer, pixels inner: the nine taps and the bias stay in registers.
+// A sliding 3-wide window over one input row, for one channel block: at output column w it holds the
+// values at w - 1, w and w + 1 (zero outside the map or for a missing row). Moving right reuses two of
+// the three, so each input vector is loaded (and, in bf16, converted) once per row instead of three times.
+template <typename T>
+struct RowWindow {
+  const T* row;
+  int64_t W, C, n;
+  Vec left, centre, right;
+
+  RowWindow(const T* row_, int64_t W_, int64_t C_, int64_t n_) : row(row_), W(W_), C(C_), n(n_) {
+    left = Vec(0.f);
+    centre = row ? load(row, n) : Vec(0.f);
+    right = (row && W > 1) ? load(row + C, n) : Vec(0.f);
+  }
+
+  // Shift to output column w + 1, given the window is at w.
+  void advance(int64_t w) {
+    left = centre;
+    centre = right;
+    right = (row && w + 2 < W) ? load(row + (w + 2) * C, n) : Vec(0.f);
+  }
+};
+
+// One output row. Channel block outer, pixels inner: the nine taps, the bias and three row windows stay
+// in registers.
 template <typename T>
 void conv_row(const T* const rows[3], const float* taps, const float* bias, bool residual, T* o, int64_t W,
               int64_t C) {
@@ -318,38 +342,42 @@ void conv_row(const T* const rows[3], const float* taps, const float* bias, bool
     Vec tap[9];
     for (int64_t t = 0; t < 9; ++t) tap[t] = load(taps + t * C + c, n);
     const Vec base = bias ? load(bias + c, n) : Vec(0.f);
+    RowWindow<T> win[3] = {{rows[0] ? rows[0] + c : nullptr, W, C, n},
+                           {rows[1] ? rows[1] + c : nullptr, W, C, n},
+                           {rows[2] ? rows[2] + c : nullptr, W, C, n}};
     for (int64_t w = 0; w < W; ++w) {
-      Vec acc = residual ? base + load(rows[1] + w * C + c, n) : base;
+      Vec acc = residual ? base + win[1].centre : base;
       for (int64_t i = 0; i < 3; ++i) {
-        const T* r = rows[i];
-        if (!r) continue;
-        if (w > 0) acc = at::vec::fmadd(tap[3 * i], load(r + (w - 1) * C + c, n), acc);
-        acc = at::vec::fmadd(tap[3 * i + 1], load(r + w * C + c, n), acc);
-        if (w + 1 < W) acc = at::vec::fmadd(tap[3 * i + 2], load(r + (w + 1) * C + c, n), acc);
+        acc = at::vec::fmadd(tap[3 * i], win[i].left, acc);
+        acc = at::vec::fmadd(tap[3 * i + 1], win[i].centre, acc);
+        acc = at::vec::fmadd(tap[3 * i + 2], win[i].right, acc);
       }
       store(acc, o + w * C + c, n);
+      for (int64_t i = 0; i < 3; ++i) win[i].advance(w);
     }
   }
 }
 
 // Adds one row's contribution to the tap gradients (partial[t * C + c], t < 9) and the bias gradient
-// (partial[9 * C + c]); ten accumulators per channel block live in registers along the row.
+// (partial[9 * C + c]); ten accumulators and three row windows per channel block live in registers.
 template <typename T>
 void tap_grad_row(const T* g, const T* const rows[3], float* partial, int64_t W, int64_t C) {
   for (int64_t c = 0; c < C; c += kV) {
     const int64_t n = std::min(kV, C - c);
     Vec acc[10];
     for (int64_t t = 0; t < 10; ++t) acc[t] = Vec(0.f);
+    RowWindow<T> win[3] = {{rows[0] ? rows[0] + c : nullptr, W, C, n},
+                           {rows[1] ? rows[1] + c : nullptr, W, C, n},
+                           {rows[2] ? rows[2] + c : nullptr, W, C, n}};
     for (int64_t w = 0; w < W; ++w) {
       const Vec gv = load(g + w * C + c, n);
       acc[9] = acc[9] + gv;
       for (int64_t i = 0; i < 3; ++i) {
-        const T* r = rows[i];
-        if (!r) continue;
-        if (w > 0) acc[3 * i] = at::vec::fmadd(gv, load(r + (w - 1) * C + c, n), acc[3 * i]);
-        acc[3 * i + 1] = at::vec::fmadd(gv, load(r + w * C + c, n), acc[3 * i + 1]);
-        if (w + 1 < W) acc[3 * i + 2] = at::vec::fmadd(gv, load(r + (w + 1) * C + c, n), acc[3 * i + 2]);
+        acc[3 * i] = at::vec::fmadd(gv, win[i].left, acc[3 * i]);
+        acc[3 * i + 1] = at::vec::fmadd(gv, win[i].centre, acc[3 * i + 1]);
+        acc[3 * i + 2] = at::vec::fmadd(gv, win[i].right, acc[3 * i + 2]);
       }
+      for (int64_t i = 0; i < 3; ++i) win[i].advance(w);
     }
     for (int64_t t = 0; t < 10; ++t) {
       float* s = partial + t * C + c;
