@@ -223,23 +223,32 @@ def layer_norm(x: torch.Tensor, ln: nn.Module) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------ 3x3 depthwise conv
-class _DepthwiseConv3x3(torch.autograd.Function):
-    """``x + conv(x)`` (``residual``) or ``conv(x)`` for a 3x3, stride-1, padding-1 depthwise conv on NHWC."""
+class _DepthwiseConv(torch.autograd.Function):
+    """A depthwise conv on NHWC ``x`` by one of two kernels: 3x3, stride 1, padding 1, optionally with the
+    input added (``patch=False``: LPU and IRFFN), or k x k, stride k, unpadded (``patch=True``: the K/V
+    reduction, one weighted sum per patch and channel)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: bool) -> torch.Tensor:
-        taps = weight.reshape(weight.shape[0], 9).t()  # (9, C): tap-major, channels innermost
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, patch: bool,
+                residual: bool) -> torch.Tensor:
+        k = weight.shape[-1]
+        taps = weight.reshape(weight.shape[0], k * k).t()  # (k*k, C): tap-major, channels innermost
         ctx.save_for_backward(x, taps)
-        ctx.residual, ctx.has_bias = residual, bias is not None
+        ctx.k, ctx.patch, ctx.residual, ctx.has_bias = k, patch, residual, bias is not None
+        if patch:
+            return torch.ops.cmt_scale.patch_conv_forward(x, taps, bias, k)
         return torch.ops.cmt_scale.dwconv3x3_forward(x, taps, bias, residual)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         x, taps = ctx.saved_tensors
-        dx, dtaps, dbias = torch.ops.cmt_scale.dwconv3x3_backward(grad, x, taps, ctx.residual)
-        dweight = dtaps.t().reshape(-1, 1, 3, 3)
-        return dx, dweight, dbias if ctx.has_bias else None, None
+        if ctx.patch:
+            dx, dtaps, dbias = torch.ops.cmt_scale.patch_conv_backward(grad, x, taps, ctx.k)
+        else:
+            dx, dtaps, dbias = torch.ops.cmt_scale.dwconv3x3_backward(grad, x, taps, ctx.residual)
+        dweight = dtaps.t().reshape(-1, 1, ctx.k, ctx.k)
+        return dx, dweight, dbias if ctx.has_bias else None, None, None
 
 
 def _is_depthwise3x3(conv: nn.Module) -> bool:
@@ -260,7 +269,7 @@ def depthwise_conv3x3(x: torch.Tensor, conv: nn.Module, residual: bool) -> torch
         x_nchw = x.permute(0, 3, 1, 2)
         out = conv(x_nchw)
         return (x_nchw + out if residual else out).permute(0, 2, 3, 1)
-    return _DepthwiseConv3x3.apply(x.contiguous(), conv.weight, conv.bias, residual)
+    return _DepthwiseConv.apply(x.contiguous(), conv.weight, conv.bias, False, residual)
 
 
 # ------------------------------------------------------------------------------ lightweight attention
@@ -298,25 +307,6 @@ def lightweight_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bia
 
 
 # ---------------------------------------------------------------- k x k, stride-k depthwise conv
-class _PatchConv(torch.autograd.Function):
-    """A k x k, stride-k, unpadded depthwise conv on NHWC ``x``: one weighted sum per patch and channel."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, k: int) -> torch.Tensor:
-        taps = weight.reshape(weight.shape[0], k * k).t()  # (k*k, C): tap-major, channels innermost
-        ctx.save_for_backward(x, taps)
-        ctx.k, ctx.has_bias = k, bias is not None
-        return torch.ops.cmt_scale.patch_conv_forward(x, taps, bias, k)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        x, taps = ctx.saved_tensors
-        dx, dtaps, dbias = torch.ops.cmt_scale.patch_conv_backward(grad, x, taps, ctx.k)
-        dweight = dtaps.t().reshape(-1, 1, ctx.k, ctx.k)
-        return dx, dweight, dbias if ctx.has_bias else None, None
-
-
 def depthwise_patch_conv(x: torch.Tensor, conv: nn.Module) -> torch.Tensor | None:
     """``conv`` (a k x k, stride-k, unpadded depthwise conv) on NHWC ``x``, as NHWC; None when the kernels
     do not apply (the caller then runs its own path)."""
@@ -334,4 +324,4 @@ def depthwise_patch_conv(x: torch.Tensor, conv: nn.Module) -> torch.Tensor | Non
     )
     if not fusable:
         return None
-    return _PatchConv.apply(x.contiguous(), conv.weight, conv.bias, k)
+    return _DepthwiseConv.apply(x.contiguous(), conv.weight, conv.bias, True, False)
