@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "fused_kernels_available",
     "layer_norm",
     "lightweight_attention",
+    "patch_linear",
     "set_fused_kernels",
 ]
 
@@ -325,3 +327,31 @@ def depthwise_patch_conv(x: torch.Tensor, conv: nn.Module) -> torch.Tensor | Non
     if not fusable:
         return None
     return _DepthwiseConv.apply(x.contiguous(), conv.weight, conv.bias, True, False)
+
+
+# ------------------------------------------------------------------ k x k, stride-k dense conv (GEMM)
+def patch_linear(x: torch.Tensor, conv: nn.Module) -> torch.Tensor | None:
+    """``conv`` (a dense k x k, stride-k, unpadded conv: patch merging) on NCHW ``x``, as an NHWC map, run as
+    space-to-depth + one GEMM; None when this path does not apply (the caller runs the conv).
+
+    No custom kernel: oneDNN's strided-conv backward is several times off the GEMM rate on these shapes
+    (a 184 -> 368 merge at 4x4: 4 ms in fp32), while a copy into (positions, k*k*C) patches and a GEMM is
+    at the GEMM rate (benchmarks/RESULTS.md). Taken where the fused kernels are: CPU training."""
+    k = conv.kernel_size[0] if isinstance(conv, nn.Conv2d) else 0
+    fusable = (
+        isinstance(conv, nn.Conv2d)
+        and conv.kernel_size == (k, k)
+        and conv.stride == (k, k)
+        and conv.padding == (0, 0)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+        and _takes_kernels(x, conv)
+    )
+    if not fusable:
+        return None
+    batch, channels, height, width = x.shape
+    rows, cols = height // k, width // k
+    nhwc = x.permute(0, 2, 3, 1)[:, : rows * k, : cols * k]
+    patches = nhwc.reshape(batch, rows, k, cols, k, channels).permute(0, 1, 3, 2, 4, 5)
+    weight = conv.weight.permute(0, 2, 3, 1).reshape(conv.out_channels, k * k * channels)  # (out, u, v, C)
+    return F.linear(patches.reshape(batch, rows, cols, k * k * channels), weight, conv.bias)

@@ -23,7 +23,14 @@ from timm.layers import DropPath, trunc_normal_, use_fused_attn
 from timm.models._features import feature_take_indices
 
 from ._config import CMTConfig
-from ._fused import act_batch_norm, depthwise_conv3x3, depthwise_patch_conv, layer_norm, lightweight_attention
+from ._fused import (
+    act_batch_norm,
+    depthwise_conv3x3,
+    depthwise_patch_conv,
+    layer_norm,
+    lightweight_attention,
+    patch_linear,
+)
 from ._position_bias import resize_position_bias
 
 __all__ = ["CMT", "build_cmt"]
@@ -87,7 +94,8 @@ class PatchMerging(nn.Module):
         self.norm = nn.LayerNorm(out_chs, eps=_MERGE_LN_EPS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return layer_norm(_to_nhwc(self.proj(x)), self.norm)
+        merged = patch_linear(x, self.proj)  # CPU training: space-to-depth + GEMM, same weights
+        return layer_norm(_to_nhwc(self.proj(x)) if merged is None else merged, self.norm)
 
 
 class LightweightAttention(nn.Module):

@@ -118,6 +118,22 @@ def test_patch_conv_matches_a_strided_depthwise_conv2d(channels: int, k: int, he
         _close(conv.bias.grad, ref_conv.bias.grad, 1e-5)
 
 
+@pytest.mark.parametrize("in_chs,out_chs,k,height,width", [(46, 92, 2, 16, 16), (184, 368, 2, 4, 4), (5, 7, 3, 7, 8)])
+def test_patch_linear_matches_a_strided_conv2d(in_chs: int, out_chs: int, k: int, height: int, width: int) -> None:
+    """Patch merging as space-to-depth + GEMM: the conv's values and gradients, leftover rows ignored."""
+    torch.manual_seed(k)
+    conv = nn.Conv2d(in_chs, out_chs, k, k)
+    ref_conv = copy.deepcopy(conv)
+    x = torch.randn(3, in_chs, height, width).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(3, height // k, width // k, out_chs)
+    out, dx = _run(lambda t: fused.patch_linear(t, conv), True, x, grad)
+    ref, ref_dx = _run(lambda t: ref_conv(t).permute(0, 2, 3, 1), False, x, grad)
+    _close(out, ref, 1e-5)
+    _close(dx, ref_dx, 1e-5)
+    _close(conv.weight.grad, ref_conv.weight.grad, 1e-5)
+    _close(conv.bias.grad, ref_conv.bias.grad, 1e-5)
+
+
 @pytest.mark.parametrize("rows,channels", [(16384, 46), (300, 184), (7, 1324), (5, 3), (64, 16)])
 def test_layer_norm_matches_the_module(rows: int, channels: int) -> None:
     torch.manual_seed(rows)
