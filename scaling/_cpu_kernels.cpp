@@ -538,8 +538,9 @@ void attention_backward_kernel(const T* g, const T* q, const T* k, const T* v, c
                                T* dk, T* dv, float* dbias, int64_t B, int64_t N, int64_t M, int64_t heads, int64_t d) {
   const int64_t C = heads * d;
   const int64_t bias_size = heads * N * M;
-  const int64_t threads = at::get_num_threads();
-  std::vector<float> bias_parts(static_cast<size_t>(threads * bias_size), 0.f);
+  // parallel_for hands out at most one chunk of images per thread, so at most min(threads, B) shares.
+  const int64_t shares = std::min<int64_t>(at::get_num_threads(), B);
+  std::vector<float> bias_parts(static_cast<size_t>(shares * bias_size), 0.f);
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
     float* bias_part = bias_parts.data() + static_cast<size_t>(at::get_thread_num()) * bias_size;
     std::vector<float> dk_acc(M * C), dv_acc(M * C), dl(M);
@@ -583,11 +584,13 @@ void attention_backward_kernel(const T* g, const T* q, const T* k, const T* v, c
       }
     }
   });
-  for (int64_t j = 0; j < bias_size; ++j) {
-    double total = 0.0;
-    for (int64_t t = 0; t < threads; ++t) total += bias_parts[t * bias_size + j];
-    dbias[j] = static_cast<float>(total);
-  }
+  at::parallel_for(0, bias_size, 1024, [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) {
+      double total = 0.0;
+      for (int64_t t = 0; t < shares; ++t) total += bias_parts[t * bias_size + j];
+      dbias[j] = static_cast<float>(total);
+    }
+  });
 }
 
 // ------------------------------------------------------------------------------------ op entries
@@ -799,6 +802,10 @@ std::vector<at::Tensor> attention_forward(const at::Tensor& q, const at::Tensor&
               "attention_forward: keys and values must be (", B, ", M, ", C, ")");
   TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
               "attention_forward: q, k and v must share a dtype");
+  TORCH_CHECK(bias.device().is_cpu() && bias.dim() == 3 && bias.size(0) == heads && bias.size(1) == N &&
+                  bias.size(2) == M,
+              "attention_forward: the bias must be a CPU tensor of (heads, queries, keys) = (", heads, ", ", N, ", ", M,
+              "), got ", bias.sizes());
   const at::Tensor bias_f = as_float_vector(bias, heads * N * M, "attention_forward bias");
   at::Tensor out = at::empty_like(q);
   at::Tensor probs = at::empty({B, heads, N, M}, q.options().dtype(at::kFloat));

@@ -9,10 +9,10 @@ directly on NHWC rows, and the whole lightweight attention (bias, softmax and bo
 projection outputs, in fp32 or bf16. It is compiled on first use with ``torch.utils.cpp_extension`` for
 the CPU capability torch reports, and cached (the first compile takes about 20-40 s).
 
-The model calls `act_batch_norm`, `layer_norm`, `depthwise_conv3x3`, `depthwise_patch_conv` and
-`lightweight_attention`; each takes the kernels only for a CPU module in training mode, outside tracing,
-scripting and ``torch.compile``, and otherwise runs (or lets the caller run) exactly the modules' own
-forward (the plain path: it is also the reference the tests compare the kernels with). Parameters,
+The model calls `act_batch_norm`, `layer_norm`, `depthwise_conv3x3`, `depthwise_patch_conv`,
+`lightweight_attention` and `patch_linear` (patch merging as a GEMM, no kernel of its own); each takes
+the fast path only for a CPU module in training mode, outside tracing, scripting and ``torch.compile``,
+and otherwise runs (or lets the caller run) exactly the modules' own forward (the plain path: it is also the reference the tests compare the kernels with). Parameters,
 buffers and module names are untouched, so checkpoints, fvcore counts and `fuse_for_inference` see the
 same model. The kernels' gradients are first-order only (a double backward raises).
 ``CMT_SCALE_FUSED_KERNELS=0`` or `set_fused_kernels(False)` turns them off; if they cannot be built (no
@@ -249,8 +249,8 @@ class _DepthwiseConv(torch.autograd.Function):
             dx, dtaps, dbias = torch.ops.cmt_scale.patch_conv_backward(grad, x, taps, ctx.k)
         else:
             dx, dtaps, dbias = torch.ops.cmt_scale.dwconv3x3_backward(grad, x, taps, ctx.residual)
-        dweight = dtaps.t().reshape(-1, 1, ctx.k, ctx.k)
-        return dx, dweight, dbias if ctx.has_bias else None, None, None
+        dweight = dtaps.t().reshape(-1, 1, ctx.k, ctx.k).to(taps.dtype)  # taps: a view of the weight
+        return dx, dweight, dbias.to(taps.dtype) if ctx.has_bias else None, None, None
 
 
 def _is_depthwise3x3(conv: nn.Module) -> bool:
@@ -334,9 +334,10 @@ def patch_linear(x: torch.Tensor, conv: nn.Module) -> torch.Tensor | None:
     """``conv`` (a dense k x k, stride-k, unpadded conv: patch merging) on NCHW ``x``, as an NHWC map, run as
     space-to-depth + one GEMM; None when this path does not apply (the caller runs the conv).
 
-    No custom kernel: oneDNN's strided-conv backward is several times off the GEMM rate on these shapes
-    (a 184 -> 368 merge at 4x4: 4 ms in fp32), while a copy into (positions, k*k*C) patches and a GEMM is
-    at the GEMM rate (benchmarks/RESULTS.md). Taken where the fused kernels are: CPU training."""
+    No custom kernel: oneDNN's strided-conv backward is far off the GEMM rate on these shapes (the
+    184 -> 368 merge at 4x4 ran at 0.07 TFLOP/s in fp32), while a copy into (positions, k*k*C) patches
+    and a GEMM run at the GEMM rate: +3.8% on a bf16 training step (benchmarks/RESULTS.md). Taken where
+    the fused kernels are: CPU training, the kernels switched on."""
     k = conv.kernel_size[0] if isinstance(conv, nn.Conv2d) else 0
     fusable = (
         isinstance(conv, nn.Conv2d)
@@ -345,6 +346,8 @@ def patch_linear(x: torch.Tensor, conv: nn.Module) -> torch.Tensor | None:
         and conv.padding == (0, 0)
         and conv.dilation == (1, 1)
         and conv.groups == 1
+        and x.shape[2] >= k
+        and x.shape[3] >= k
         and _takes_kernels(x, conv)
     )
     if not fusable:

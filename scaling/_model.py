@@ -103,7 +103,8 @@ class LightweightAttention(nn.Module):
     so attention costs ``N * N/k^2`` instead of ``N^2``; a relative position bias is added to the logits.
 
     The fused path hands the bias to ``F.scaled_dot_product_attention`` as its float mask; the explicit
-    path computes softmax(q k^T * scale + bias) v. The choice follows timm's ``use_fused_attn()``.
+    path computes softmax(q k^T * scale + bias) v. The choice follows timm's ``use_fused_attn()``. CPU
+    training takes a third: `lightweight_attention`, one fused kernel per direction (scaling/_fused.py).
     """
 
     fused_attn: Final[bool]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import random
+from collections import Counter
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ import torch.nn as nn
 
 from conftest import random_config
 from official_reference import official_forward, random_official_state_dict
-from scaling import build_cmt, checkpoint_filter_fn
+from scaling import PRESETS, build_cmt, checkpoint_filter_fn
 from scaling import _fused as fused
 
 # Switched off on purpose (CMT_SCALE_FUSED_KERNELS=0) these tests have nothing to compare; otherwise a
@@ -265,15 +266,80 @@ def test_a_training_step_of_a_cmt_matches_the_official_reference_with_the_kernel
             logits.square().sum().backward()
             grads[key] = {name: p.grad.double() for name, p in model.named_parameters() if p.grad is not None}
         assert grads["kernels"].keys() == grads["plain"].keys() == grads["float64"].keys()
-        # Errors at the model's gradient scale: biases in front of a BatchNorm get pure rounding noise.
         scale = max(grad.abs().max().item() for grad in grads["float64"].values())
+        for name, truth in grads["float64"].items():
+            own = truth.abs().max().item()
+            if own < 1e-6 * scale:  # biases in front of a BatchNorm: a true gradient of zero, rounding noise
+                continue
+            # Each parameter at its own scale: a wrong gradient is off by about its size, rounding (amplified
+            # by the random weights) by 1e-7 to 1e-4 of it, on either path.
+            error = {key: (grads[key][name] - truth).abs().max().item() / own for key in ("kernels", "plain")}
+            assert error["kernels"] <= max(4 * error["plain"], 1e-4), (name, error)
 
-        def error(key: str) -> float:
-            return max((grads[key][name] - truth).abs().max().item() for name, truth in grads["float64"].items()) / scale
 
-        # A wrong gradient is off by its own size; rounding, amplified by the random weights, by 1e-6 to 1e-4
-        # of the scale on either path.
-        assert error("kernels") <= max(4 * error("plain"), 1e-4), (error("kernels"), error("plain"))
+def _backward_nodes(loss: torch.Tensor) -> Counter:
+    """How many autograd nodes of each kind the graph behind ``loss`` has."""
+    seen, stack, kinds = set(), [loss.grad_fn], Counter()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        kind = type(node).__name__
+        if kind == "ConvolutionBackward0" and tuple(node._saved_weight.shape[-2:]) != (1, 1):
+            kind = "spatial ConvolutionBackward0"  # 1x1 convs are projections, not what the kernels replace
+        kinds[kind] += 1
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return kinds
+
+
+def test_a_cmt_training_step_takes_every_fused_path() -> None:
+    """The wiring, counted from the config: one attention kernel per block, two 3x3 depthwise kernels per
+    block plus one K/V reduction per block with sr > 1, no spatial oneDNN convolution left but the stem's."""
+    cfg = PRESETS["cmt_ti"].replace(img_size=32, num_classes=10)
+    blocks = sum(cfg.depths)
+    reduced = sum(depth for depth, ratio in zip(cfg.depths, cfg.sr_ratios) if ratio > 1)
+    model = build_cmt(cfg).train()
+    x = torch.randn(2, 3, 32, 32)
+    kinds = _backward_nodes(model(x).sum())
+    assert kinds["_LightweightAttentionBackward"] == blocks
+    assert kinds["_DepthwiseConvBackward"] == 2 * blocks + reduced
+    assert kinds["_LayerNormBackward"] == 2 * blocks + cfg.num_stages
+    assert kinds["spatial ConvolutionBackward0"] == 3
+    fused.set_fused_kernels(False)
+    plain = _backward_nodes(model(x).sum())
+    assert not any(name.startswith("_") for name in plain)
+    # the stem, the depthwise convs, the K/V reductions and the merges are oneDNN convolutions again
+    assert plain["spatial ConvolutionBackward0"] == 3 + 2 * blocks + reduced + cfg.num_stages
+
+
+def test_a_bf16_autocast_step_with_the_kernels_is_as_close_to_fp32_as_the_plain_bf16_step() -> None:
+    """Under CPU autocast the kernels see bf16 activations and an fp32 position bias. Two bf16 paths drift
+    apart over 16 blocks of rounding, so each is measured against the fp32 step: the kernels' bf16 must be
+    no further from it than PyTorch's own bf16 autocast step."""
+    cfg = PRESETS["cmt_ti"].replace(img_size=32, num_classes=10)
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    results = {}
+    for key, enabled, bf16 in (("kernels", True, True), ("plain", False, True), ("fp32", False, False)):
+        fused.set_fused_kernels(enabled)
+        torch.manual_seed(0)
+        model = build_cmt(cfg, drop_path_rate=0.0).train()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)
+        logits.float().square().sum().backward()
+        results[key] = logits.float(), {n: p.grad.float() for n, p in model.named_parameters()}
+    ref_logits, ref_grads = results["fp32"]
+    grad_scale = max(grad.abs().max().item() for grad in ref_grads.values())
+
+    def distance(key: str) -> tuple[float, float]:
+        logits, grads = results[key]
+        logit_error = ((logits - ref_logits).abs().max() / ref_logits.abs().max()).item()
+        grad_error = max((grads[name] - grad).abs().max().item() for name, grad in ref_grads.items()) / grad_scale
+        return logit_error, grad_error
+
+    (kernel_logits, kernel_grads), (plain_logits, plain_grads) = distance("kernels"), distance("plain")
+    assert kernel_logits <= max(2 * plain_logits, 2e-2), (kernel_logits, plain_logits)
+    assert kernel_grads <= max(2 * plain_grads, 2e-2), (kernel_grads, plain_grads)
 
 
 def test_kernels_are_deterministic_for_a_fixed_thread_count() -> None:
@@ -281,6 +347,17 @@ def test_kernels_are_deterministic_for_a_fixed_thread_count() -> None:
     x = torch.randn(8, 9, 9, 37)
     runs = [_run(lambda t: fused.act_batch_norm(t, nn.GELU(), bn), True, x, torch.ones_like(x)) for _ in range(2)]
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+    # The attention's bias gradient and the reduction's tap gradients are sums over threads' shares.
+    q = torch.randn(8, 81, 37)
+    bias = torch.randn(1, 81, 9, requires_grad=True)
+    reduce = nn.Conv2d(37, 37, 3, 3, groups=37)
+    grads = []
+    for _ in range(2):
+        kv = fused.depthwise_patch_conv(x, reduce).reshape(8, 9, 37)
+        out = fused._LightweightAttention.apply(q, kv, kv, bias, 1, 37**-0.5)
+        grads.append(torch.autograd.grad(out.square().sum(), (bias, reduce.weight)))
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
 
 
 def test_a_failed_build_warns_once_and_training_takes_the_plain_path(tmp_path, monkeypatch) -> None:
