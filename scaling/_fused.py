@@ -308,28 +308,28 @@ def lightweight_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bia
     return out.view(q.shape)
 
 
-# ---------------------------------------------------------------- k x k, stride-k depthwise conv
+# ---------------------------------------------------------------- k x k, stride-k convolutions
+def _patch_size(conv: nn.Module, depthwise: bool) -> int:
+    """k when ``conv`` is an unpadded, undilated k x k, stride-k Conv2d (one weighted sum per patch),
+    depthwise or dense as asked; 0 otherwise."""
+    if not isinstance(conv, nn.Conv2d):
+        return 0
+    k = conv.kernel_size[0]
+    groups = conv.in_channels if depthwise else 1
+    same_shape = conv.kernel_size == (k, k) and conv.stride == (k, k)
+    plain = conv.padding == (0, 0) and conv.dilation == (1, 1) and conv.groups == groups
+    return k if same_shape and plain and (not depthwise or conv.out_channels == conv.in_channels) else 0
+
+
 def depthwise_patch_conv(x: torch.Tensor, conv: nn.Module) -> torch.Tensor | None:
     """``conv`` (a k x k, stride-k, unpadded depthwise conv) on NHWC ``x``, as NHWC; None when the kernels
     do not apply (the caller then runs its own path)."""
-    k = conv.kernel_size[0] if isinstance(conv, nn.Conv2d) else 0
-    fusable = (
-        isinstance(conv, nn.Conv2d)
-        and conv.kernel_size == (k, k)
-        and conv.stride == (k, k)
-        and conv.padding == (0, 0)
-        and conv.dilation == (1, 1)
-        and conv.groups == conv.in_channels == conv.out_channels
-        and x.shape[1] >= k
-        and x.shape[2] >= k
-        and _takes_kernels(x, conv)
-    )
-    if not fusable:
+    k = _patch_size(conv, depthwise=True)
+    if not (k and x.shape[1] >= k and x.shape[2] >= k and _takes_kernels(x, conv)):
         return None
     return _DepthwiseConv.apply(x.contiguous(), conv.weight, conv.bias, True, False)
 
 
-# ------------------------------------------------------------------ k x k, stride-k dense conv (GEMM)
 def patch_linear(x: torch.Tensor, conv: nn.Module) -> torch.Tensor | None:
     """``conv`` (a dense k x k, stride-k, unpadded conv: patch merging) on NCHW ``x``, as an NHWC map, run as
     space-to-depth + one GEMM; None when this path does not apply (the caller runs the conv).
@@ -338,19 +338,8 @@ def patch_linear(x: torch.Tensor, conv: nn.Module) -> torch.Tensor | None:
     184 -> 368 merge at 4x4 ran at 0.07 TFLOP/s in fp32), while a copy into (positions, k*k*C) patches
     and a GEMM run at the GEMM rate: +3.8% on a bf16 training step (benchmarks/RESULTS.md). Taken where
     the fused kernels are: CPU training, the kernels switched on."""
-    k = conv.kernel_size[0] if isinstance(conv, nn.Conv2d) else 0
-    fusable = (
-        isinstance(conv, nn.Conv2d)
-        and conv.kernel_size == (k, k)
-        and conv.stride == (k, k)
-        and conv.padding == (0, 0)
-        and conv.dilation == (1, 1)
-        and conv.groups == 1
-        and x.shape[2] >= k
-        and x.shape[3] >= k
-        and _takes_kernels(x, conv)
-    )
-    if not fusable:
+    k = _patch_size(conv, depthwise=False)
+    if not (k and x.shape[2] >= k and x.shape[3] >= k and _takes_kernels(x, conv)):
         return None
     batch, channels, height, width = x.shape
     rows, cols = height // k, width // k
