@@ -622,6 +622,16 @@ at::Tensor as_float_vector(const at::Tensor& t, int64_t n, const char* what) {
   return t.detach().to(at::kFloat).contiguous();
 }
 
+// An uninitialised float32 tensor on t's device: statistics and parameter gradients stay float in bf16.
+at::Tensor float_empty(const at::Tensor& t, at::IntArrayRef sizes) {
+  return at::empty(sizes, t.options().dtype(at::kFloat));
+}
+
+// An optional bias as float32 (undefined when absent).
+at::Tensor optional_float_vector(const std::optional<at::Tensor>& bias, int64_t n, const char* what) {
+  return (bias.has_value() && bias->defined()) ? as_float_vector(*bias, n, what) : at::Tensor();
+}
+
 std::vector<at::Tensor> act_bn_forward(const at::Tensor& a, const at::Tensor& weight, const at::Tensor& bias,
                                        const std::optional<at::Tensor>& running_mean,
                                        const std::optional<at::Tensor>& running_var, double factor, double eps,
@@ -645,8 +655,7 @@ std::vector<at::Tensor> act_bn_forward(const at::Tensor& a, const at::Tensor& we
   at::Tensor out = at::empty_like(a);
   at::Tensor y = gelu ? at::empty_like(a) : a;
   at::Tensor d = gelu ? at::empty_like(a) : at::empty({0}, a.options());
-  const auto fopt = a.options().dtype(at::kFloat);
-  at::Tensor mean = at::empty({C}, fopt), invstd = at::empty({C}, fopt);
+  at::Tensor mean = float_empty(a, {C}), invstd = float_empty(a, {C});
   dispatch_float_or_bf16(a, [&](auto tag) {
     using scalar_t = decltype(tag);
     act_bn_forward_kernel<scalar_t>(a.const_data_ptr<scalar_t>(), gelu ? y.data_ptr<scalar_t>() : nullptr,
@@ -666,8 +675,7 @@ std::vector<at::Tensor> act_bn_backward(const at::Tensor& grad, const at::Tensor
   const at::Tensor g = like(grad, y);
   const at::Tensor w = as_float_vector(weight, C, "act_bn_backward weight");
   at::Tensor da = at::empty_like(y);
-  const auto fopt = y.options().dtype(at::kFloat);
-  at::Tensor dweight = at::empty({C}, fopt), dbias = at::empty({C}, fopt);
+  at::Tensor dweight = float_empty(y, {C}), dbias = float_empty(y, {C});
   dispatch_float_or_bf16(y, [&](auto tag) {
     using scalar_t = decltype(tag);
     act_bn_backward_kernel<scalar_t>(g.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(),
@@ -684,8 +692,7 @@ at::Tensor dwconv3x3_forward(const at::Tensor& x, const at::Tensor& taps, const 
   check_rows(x, 4, "dwconv3x3_forward");
   const int64_t B = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
   const at::Tensor t = as_float_vector(taps, 9 * C, "dwconv3x3_forward taps");
-  at::Tensor b;
-  if (bias.has_value() && bias->defined()) b = as_float_vector(*bias, C, "dwconv3x3_forward bias");
+  const at::Tensor b = optional_float_vector(bias, C, "dwconv3x3_forward bias");
   at::Tensor out = at::empty_like(x);
   dispatch_float_or_bf16(x, [&](auto tag) {
     using scalar_t = decltype(tag);
@@ -704,8 +711,7 @@ std::vector<at::Tensor> dwconv3x3_backward(const at::Tensor& grad, const at::Ten
   // The input gradient: the same convolution with the 3x3 taps mirrored (tap t -> 8 - t), no bias.
   const at::Tensor mirrored = as_float_vector(taps, 9 * C, "dwconv3x3_backward taps").view({9, C}).flip(0).contiguous();
   at::Tensor gx = at::empty_like(x);
-  const auto fopt = x.options().dtype(at::kFloat);
-  at::Tensor dtaps = at::empty({9, C}, fopt), dbias = at::empty({C}, fopt);
+  at::Tensor dtaps = float_empty(x, {9, C}), dbias = float_empty(x, {C});
   dispatch_float_or_bf16(x, [&](auto tag) {
     using scalar_t = decltype(tag);
     dwconv3x3_backward_kernel<scalar_t>(g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
@@ -722,8 +728,7 @@ std::vector<at::Tensor> layer_norm_forward(const at::Tensor& x, const at::Tensor
   const at::Tensor w = as_float_vector(weight, C, "layer_norm_forward weight");
   const at::Tensor b = as_float_vector(bias, C, "layer_norm_forward bias");
   at::Tensor y = at::empty_like(x);
-  const auto fopt = x.options().dtype(at::kFloat);
-  at::Tensor mean = at::empty({M}, fopt), rstd = at::empty({M}, fopt);
+  at::Tensor mean = float_empty(x, {M}), rstd = float_empty(x, {M});
   dispatch_float_or_bf16(x, [&](auto tag) {
     using scalar_t = decltype(tag);
     layer_norm_forward_kernel<scalar_t>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<float>(),
@@ -740,8 +745,7 @@ std::vector<at::Tensor> layer_norm_backward(const at::Tensor& grad, const at::Te
   const at::Tensor g = like(grad, x);
   const at::Tensor w = as_float_vector(weight, C, "layer_norm_backward weight");
   at::Tensor dx = at::empty_like(x);
-  const auto fopt = x.options().dtype(at::kFloat);
-  at::Tensor dweight = at::empty({C}, fopt), dbias = at::empty({C}, fopt);
+  at::Tensor dweight = float_empty(x, {C}), dbias = float_empty(x, {C});
   dispatch_float_or_bf16(x, [&](auto tag) {
     using scalar_t = decltype(tag);
     layer_norm_backward_kernel<scalar_t>(g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
@@ -758,8 +762,7 @@ at::Tensor patch_conv_forward(const at::Tensor& x, const at::Tensor& taps, const
   const int64_t B = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
   TORCH_CHECK(k >= 1 && H >= k && W >= k, "patch_conv_forward: a ", k, "x", k, " patch does not fit a ", H, "x", W, " map");
   const at::Tensor t = as_float_vector(taps, k * k * C, "patch_conv_forward taps");
-  at::Tensor b;
-  if (bias.has_value() && bias->defined()) b = as_float_vector(*bias, C, "patch_conv_forward bias");
+  const at::Tensor b = optional_float_vector(bias, C, "patch_conv_forward bias");
   at::Tensor out = at::empty({B, H / k, W / k, C}, x.options());
   dispatch_float_or_bf16(x, [&](auto tag) {
     using scalar_t = decltype(tag);
@@ -780,8 +783,7 @@ std::vector<at::Tensor> patch_conv_backward(const at::Tensor& grad, const at::Te
   const at::Tensor t = as_float_vector(taps, k * k * C, "patch_conv_backward taps");
   // Positions past the last whole patch get no gradient; only then does dx need zeroing first.
   at::Tensor dx = (H % k || W % k) ? at::zeros_like(x) : at::empty_like(x);
-  const auto fopt = x.options().dtype(at::kFloat);
-  at::Tensor dtaps = at::empty({k * k, C}, fopt), dbias = at::empty({C}, fopt);
+  at::Tensor dtaps = float_empty(x, {k * k, C}), dbias = float_empty(x, {C});
   dispatch_float_or_bf16(x, [&](auto tag) {
     using scalar_t = decltype(tag);
     patch_conv_backward_kernel<scalar_t>(g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
@@ -808,7 +810,7 @@ std::vector<at::Tensor> attention_forward(const at::Tensor& q, const at::Tensor&
               "), got ", bias.sizes());
   const at::Tensor bias_f = as_float_vector(bias, heads * N * M, "attention_forward bias");
   at::Tensor out = at::empty_like(q);
-  at::Tensor probs = at::empty({B, heads, N, M}, q.options().dtype(at::kFloat));
+  at::Tensor probs = float_empty(q, {B, heads, N, M});
   dispatch_float_or_bf16(q, [&](auto tag) {
     using scalar_t = decltype(tag);
     attention_forward_kernel<scalar_t>(q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(),
@@ -828,7 +830,7 @@ std::vector<at::Tensor> attention_backward(const at::Tensor& grad, const at::Ten
   TORCH_CHECK(probs.scalar_type() == at::kFloat && probs.is_contiguous() && probs.numel() == B * heads * N * M,
               "attention_backward: probabilities must be the forward's");
   at::Tensor dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
-  at::Tensor dbias = at::empty({heads, N, M}, q.options().dtype(at::kFloat));
+  at::Tensor dbias = float_empty(q, {heads, N, M});
   dispatch_float_or_bf16(q, [&](auto tag) {
     using scalar_t = decltype(tag);
     attention_backward_kernel<scalar_t>(g.const_data_ptr<scalar_t>(), q.const_data_ptr<scalar_t>(),

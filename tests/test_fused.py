@@ -50,6 +50,13 @@ def _close(actual: torch.Tensor, expected: torch.Tensor, rtol: float) -> None:
     assert ((actual.float() - expected.float()).abs().max() / scale).item() < rtol
 
 
+def _close_parameter_grads(module: nn.Module, reference: nn.Module, rtol: float) -> None:
+    """Every parameter gradient of ``module`` against the same parameter's in ``reference``."""
+    for (name, param), ref_param in zip(module.named_parameters(), reference.parameters()):
+        assert param.grad is not None and ref_param.grad is not None, name
+        _close(param.grad, ref_param.grad, rtol)
+
+
 @pytest.mark.parametrize("channels,size", [(165, 16), (46, 8), (1324, 2), (7, 5), (16, 3)])
 @pytest.mark.parametrize("act", ["gelu", "none"])
 def test_act_batch_norm_matches_the_modules(channels: int, size: int, act: str) -> None:
@@ -64,8 +71,7 @@ def test_act_batch_norm_matches_the_modules(channels: int, size: int, act: str) 
     ref, ref_dx = _run(lambda t: fused.act_batch_norm(t, ref_act, ref_bn), False, x, grad)
     _close(out, ref, 1e-5)
     _close(dx, ref_dx, 1e-5)
-    _close(bn.weight.grad, ref_bn.weight.grad, 1e-5)
-    _close(bn.bias.grad, ref_bn.bias.grad, 1e-5)
+    _close_parameter_grads(bn, ref_bn, 1e-5)
     _close(bn.running_mean, ref_bn.running_mean, 1e-5)
     _close(bn.running_var, ref_bn.running_var, 1e-5)
     assert bn.num_batches_tracked.item() == ref_bn.num_batches_tracked.item() == 1
@@ -95,9 +101,7 @@ def test_depthwise_conv_matches_conv2d(channels: int, size: int, residual: bool,
     ref, ref_dx = _run(lambda t: fused.depthwise_conv3x3(t, ref_conv, residual), False, x, grad)
     _close(out, ref, 1e-5)
     _close(dx, ref_dx, 1e-5)
-    _close(conv.weight.grad, ref_conv.weight.grad, 1e-5)
-    if bias:
-        _close(conv.bias.grad, ref_conv.bias.grad, 1e-5)
+    _close_parameter_grads(conv, ref_conv, 1e-5)
 
 
 @pytest.mark.parametrize("channels,k,height,width", [(46, 8, 16, 16), (92, 4, 8, 8), (184, 2, 4, 4), (5, 3, 7, 8)])
@@ -114,9 +118,7 @@ def test_patch_conv_matches_a_strided_depthwise_conv2d(channels: int, k: int, he
     ref, ref_dx = _run(lambda t: ref_conv(t.permute(0, 3, 1, 2)).permute(0, 2, 3, 1), False, x, grad)
     _close(out, ref, 1e-5)
     _close(dx, ref_dx, 1e-6)
-    _close(conv.weight.grad, ref_conv.weight.grad, 1e-5)
-    if bias:
-        _close(conv.bias.grad, ref_conv.bias.grad, 1e-5)
+    _close_parameter_grads(conv, ref_conv, 1e-5)
 
 
 @pytest.mark.parametrize("in_chs,out_chs,k,height,width", [(46, 92, 2, 16, 16), (184, 368, 2, 4, 4), (5, 7, 3, 7, 8)])
@@ -131,8 +133,7 @@ def test_patch_linear_matches_a_strided_conv2d(in_chs: int, out_chs: int, k: int
     ref, ref_dx = _run(lambda t: ref_conv(t).permute(0, 2, 3, 1), False, x, grad)
     _close(out, ref, 1e-5)
     _close(dx, ref_dx, 1e-5)
-    _close(conv.weight.grad, ref_conv.weight.grad, 1e-5)
-    _close(conv.bias.grad, ref_conv.bias.grad, 1e-5)
+    _close_parameter_grads(conv, ref_conv, 1e-5)
 
 
 @pytest.mark.parametrize("rows,channels", [(16384, 46), (300, 184), (7, 1324), (5, 3), (64, 16)])
@@ -148,8 +149,7 @@ def test_layer_norm_matches_the_module(rows: int, channels: int) -> None:
     ref, ref_dx = _run(lambda t: fused.layer_norm(t, ref_ln), False, x, grad)
     _close(out, ref, 1e-5)
     _close(dx, ref_dx, 1e-4)
-    _close(ln.weight.grad, ref_ln.weight.grad, 1e-5)
-    _close(ln.bias.grad, ref_ln.bias.grad, 1e-5)
+    _close_parameter_grads(ln, ref_ln, 1e-5)
 
 
 def _attention_in_float64(q, k, v, bias, heads):
