@@ -6,7 +6,8 @@ by side compare), and each figure is the median step time over all rounds. The b
 official network in the official layout, fed NCHW images as the official training script feeds it; our
 model gets channels-last images, as `proxy.train_and_evaluate` feeds it. Printed: img/s per model and
 precision, each fp32 figure as a multiple of the plain port's, bf16 over fp32 per model, DeiT-Ti and
-EfficientNet-B0 at the same resolution, and the share of a real proxy epoch spent preparing batches.
+EfficientNet-B0 at the same resolution, our step split into a per-step cost and a per-image cost (which
+bounds what bf16 can gain), and the share of a real proxy epoch spent preparing batches.
 
 Usage: python benchmarks/bench_train.py [--threads 2] [--batch-size 64] [--resolution 64] [--rounds 5]
 """
@@ -49,6 +50,43 @@ class _Entry:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-3, fused=True)
         self.size, self.channels_last, self.kernels = size, channels_last, kernels
+
+
+def _fixed_cost(make: Callable[[], nn.Module], size: int, batch: int, rounds: int, steps: int) -> None:
+    """Split our step time into a per-step cost that does not grow with the batch and a per-image cost.
+
+    Why: bf16 speeds up only the work that grows with the batch (GEMMs, memory-bound kernels); the cost
+    paid once per step (about 1,500 op dispatches and autograd nodes, AdamW over fp32 master weights,
+    autocast's weight casts) stays. A line through the step times at batch 2 and at ``batch`` gives
+    both parts, and with them the bf16/fp32 ratio reachable if bf16 halved all per-image work, and the
+    speed-up of the per-image work that 2x would take."""
+    small = 2
+    models = {b: _Entry(make, size, True, True) for b in (small, batch)}
+    gen = torch.Generator().manual_seed(1)
+    data = {b: (torch.randn(b, 3, size, size, generator=gen).contiguous(memory_format=torch.channels_last),
+                torch.randint(0, 10, (b,), generator=gen)) for b in (small, batch)}
+    times: dict[tuple[int, str], list[float]] = {}
+    for _ in range(rounds):
+        for precision in ("fp32", "bf16"):
+            for step in range(steps + 1):
+                for b, entry in models.items():
+                    took = _step_seconds(entry.model, entry.optimizer, *data[b], precision == "bf16")
+                    if step:
+                        times.setdefault((b, precision), []).append(took)
+    fixed, per_image, total = {}, {}, {}
+    for precision in ("fp32", "bf16"):
+        t_small, t_big = (statistics.median(times[(b, precision)]) for b in (small, batch))
+        per_image[precision] = (t_big - t_small) / (batch - small)
+        fixed[precision] = t_small - small * per_image[precision]
+        total[precision] = t_big
+        print(f"cmt_ti@{size} {precision}: per-step cost {1e3 * fixed[precision]:.0f} ms + "
+              f"{1e3 * per_image[precision]:.2f} ms per image ({1e3 * t_big:.0f} ms at batch {batch}; "
+              f"{100 * fixed[precision] / t_big:.0f}% per-step)")
+    batch_work = total["fp32"] - fixed["fp32"]
+    bound = total["fp32"] / (fixed["bf16"] + batch_work / 2)
+    room = total["fp32"] / 2 - fixed["bf16"]
+    needed = f"{batch_work / room:.1f}x" if room > 0 else "impossible: the per-step cost alone exceeds it"
+    print(f"bf16/fp32 if bf16 halved all per-image work: {bound:.2f}x; per-image speed-up 2x would need: {needed}")
 
 
 def main() -> None:
@@ -117,6 +155,8 @@ def main() -> None:
     ours, port = median(f"cmt_ti@{res}", "fp32"), median(f"plain port cmt_ti@{res}", "fp32")
     print(f"\ncmt_ti@{res} fp32: {ours:.1f} img/s = {ours / port:.2f}x the plain port (target: 1.3x and 130 img/s)")
     print(f"cmt_ti@{res} bf16: {median(f'cmt_ti@{res}', 'bf16') / ours:.2f}x our fp32 (target: 2x)")
+
+    _fixed_cost(lambda: build_cmt(cmt_cfg(res)), res, bs, args.rounds, args.steps)
 
     from proxy import DEFAULT_PROTOCOL, train_and_evaluate
 
