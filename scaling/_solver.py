@@ -35,6 +35,7 @@ __all__ = ["PHI_RANGE", "Solution", "solve"]
 
 PHI_RANGE = (-3.0, 3.0)
 _PHI_STEP = 0.01
+_TOLERANCE = 0.02  # the largest error a solution may have; beyond it the target is out of reach
 _ACCEPT = 0.005  # members this near the target are all good answers: then the fewest departures wins
 _START_POINTS = 3  # distinct rule members (nearest phis) whose neighbourhoods are searched
 
@@ -117,6 +118,18 @@ def _neighbourhood(cfg: CMTConfig, pin_resolution: bool) -> list[tuple[CMTConfig
                 except ValueError:  # e.g. a grid the K/V reduction no longer divides
                     continue
     return out
+
+
+def _reach(members: dict[float, CMTConfig], values: dict[float, float], metric: Callable[[CMTConfig], float],
+           pin_resolution: bool) -> tuple[float, float]:
+    """The targets the solver can meet: from the cheapest to the dearest cost among the rule members and
+    the rounding neighbours of the two end members, widened by the accepted error.
+
+    Why the neighbours: the solver picks among them too, so the rule members' own range understates
+    what it reaches (a rule family topping out at 79G MACs still meets 110G at resolution +32)."""
+    ends = (members[min(values, key=values.__getitem__)], members[max(values, key=values.__getitem__)])
+    costs = list(values.values()) + [metric(cfg) for end in ends for cfg, _ in _neighbourhood(end, pin_resolution)]
+    return min(costs) / (1 + _TOLERANCE), max(costs) / (1 - _TOLERANCE)
 
 
 def _pick(candidates: Sequence[tuple[CMTConfig, tuple[str, ...]]], metric: Callable[[CMTConfig], float],
@@ -211,8 +224,9 @@ def solve(
     cfg, notes, achieved = best
     rule_cfg = next(start for start, cand, n in candidates if cand == cfg and n == notes)
     phi = nearest[rule_cfg]
-    if abs(achieved / target - 1) > 0.02:
+    if abs(achieved / target - 1) > _TOLERANCE:
         unit = "MACs" if kind == "flops" else "params"
+        reachable = _reach(members, values, metric, pin_resolution=resolution is not None or kind == "params")
         raise ValueError(
             f"target_{kind}={format_count(target)} is out of reach of the {base if isinstance(base, str) else 'given'} "
             f"family "

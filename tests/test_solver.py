@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from scaling import CMTConfig, count_flops, estimate_cost, solve
+from scaling._units import parse_count
 
 
 @pytest.mark.parametrize("target", [0.6e9, 1.5e9, 4e9, 9.3e9])
@@ -55,6 +58,21 @@ def test_solution_reports_the_rule_and_its_departures() -> None:
 def test_bad_requests_raise_clear_errors(kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):
         solve(**kwargs)
+
+
+@pytest.mark.parametrize("kind", ["flops", "params"])
+def test_out_of_reach_error_names_the_range_the_solver_meets(kind: str) -> None:
+    """Targets just inside the named range are met within 2%; just outside they are refused."""
+    with pytest.raises(ValueError) as err:
+        solve(**{f"target_{kind}": "100T"})
+    match = re.search(r"allowed: (\S+) to (\S+) ", str(err.value))
+    low, high = parse_count(match.group(1)), parse_count(match.group(2))
+    for target in (low * 1.01, high * 0.99):
+        sol = solve(**{f"target_{kind}": target})
+        assert abs(sol.error) <= 0.02
+    for target in (low * 0.98, high * 1.02):
+        with pytest.raises(ValueError, match="out of reach"):
+            solve(**{f"target_{kind}": target})
 
 
 def test_latency_target_measures_real_members() -> None:
