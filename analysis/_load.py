@@ -60,22 +60,43 @@ def _resolve(path: str | Path) -> Path:
     return path
 
 
+def _protocols(frame: pd.DataFrame) -> set[tuple[str, str]]:
+    """The (data set, protocol hash) pairs a run's table was trained under (one for a well-kept run)."""
+    return set(zip(frame["dataset"].astype(str), frame["protocol_hash"].astype(str).str[:8]))
+
+
+def _check_one_protocol(protocols: dict[str, set[tuple[str, str]]]) -> None:
+    """Refuse to put runs of different proxy protocols (or proxy runs and the papers' ImageNet numbers) in
+    one comparison: accuracies from different data sets, subsets or schedules do not compare, and a front
+    drawn across them would silently mislead."""
+    if len(set().union(*protocols.values())) <= 1:
+        return
+    found = "; ".join(f"{source}: " + ", ".join(f"{d} (protocol {h})" for d, h in sorted(pairs))
+                      for source, pairs in protocols.items())
+    raise ValueError(f"the runs were trained under different protocols ({found}); allowed: runs of one protocol "
+                     f"(one data set, subset, resolution and schedule) per report; report the others separately")
+
+
 def load_results(paths: str | Path | Iterable[str | Path], include_published: bool = False) -> pd.DataFrame:
     """One frame from one or many runs (folders or their ``results`` files), in the standard columns.
 
     ``top1`` is the final validation top-1 of each trial. Raises `ValueError` with one line naming the file
-    and what is wrong for anything that is not a results table.
+    and what is wrong for anything that is not a results table, and naming the runs when they were trained
+    under different protocols (or are mixed with the papers' ImageNet numbers): their fronts do not compare.
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
     frames = []
+    protocols: dict[str, set[tuple[str, str]]] = {}
     for raw in paths:
         path = _resolve(raw)
         frame = _read(path)
         if set(_PUBLISHED_COLUMNS) <= set(frame.columns):
             frames.append(load_published(path))
+            protocols[str(path)] = {("ImageNet", "published")}
             continue
         _require(frame, _RUN_COLUMNS, path)
+        protocols[str(path.parent if path.name.startswith("results.") else path)] = _protocols(frame)
         frames.append(pd.DataFrame({
             "family": frame["family"].astype(str), "name": frame["name"].astype(str),
             "macs": pd.to_numeric(frame["macs"], errors="coerce"),
@@ -85,6 +106,8 @@ def load_results(paths: str | Path | Iterable[str | Path], include_published: bo
         }))
     if include_published:
         frames.append(load_published())
+        protocols["published"] = {("ImageNet", "published")}
+    _check_one_protocol(protocols)
     if not frames:
         raise ValueError("no results files given")
     return pd.concat(frames, ignore_index=True)

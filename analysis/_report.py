@@ -57,16 +57,11 @@ def write_report(paths: Sequence[str | Path] | None, out: str | Path, published:
                  budgets: Sequence[float] = (), levels: Sequence[float] = (), reference_family: str | None = None,
                  title: str = "") -> pd.DataFrame:
     """Write ``fronts.png/svg``, ``comparison.csv/md`` and ``fronts.csv`` for the runs (or published data) to ``out``."""
+    if not paths and not published:
+        raise ValueError("nothing to report: give run folders or --published")
+    df = load_results(paths or [], include_published=published)  # checked before any file is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    frames = []
-    if paths:
-        frames.append(load_results(paths))
-    if published:
-        frames.append(load_published())
-    if not frames:
-        raise ValueError("nothing to report: give run folders or --published")
-    df = pd.concat(frames, ignore_index=True)
     table = compare_families(df, budgets=budgets, levels=levels, reference_family=reference_family)
     table.to_csv(out / "comparison.csv")
     (out / "comparison.md").write_text(markdown_table(table), encoding="utf-8")

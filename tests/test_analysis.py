@@ -130,3 +130,28 @@ def test_a_wrong_file_is_one_clear_line(tmp_path) -> None:
     garbage.write_bytes(b"not parquet")
     with pytest.raises(ValueError, match="x.parquet: not a results table"):
         load_results(garbage)
+
+
+def _run_table(folder, dataset: str, protocol_hash: str) -> None:
+    folder.mkdir()
+    pd.DataFrame({"trial_id": [0, 1], "family": "cmt_compound", "name": ["a", "b"], "config": "{}",
+                  "macs": [1e8, 2e8], "params": [1e6, 2e6], "top1_final": [50.0, 60.0], "top1_best": [50.0, 60.0],
+                  "state": "complete", "protocol_hash": protocol_hash, "dataset": dataset}).to_csv(
+        folder / "results.csv", index=False)
+
+
+def test_runs_of_different_protocols_are_refused_before_anything_is_written(tmp_path) -> None:
+    """Fronts compare only under one protocol: a report across data sets or protocols is one clear error."""
+    _run_table(tmp_path / "fm", "fashion-mnist", "aaaa1111bbbb")
+    _run_table(tmp_path / "fm_again", "fashion-mnist", "aaaa1111bbbb")
+    _run_table(tmp_path / "digits", "digits", "cccc2222dddd")
+    _run_table(tmp_path / "fm_other", "fashion-mnist", "eeee3333ffff")
+    assert len(load_results([tmp_path / "fm", tmp_path / "fm_again"])) == 4  # one protocol: fine
+    for other, named in (("digits", r"digits \(protocol cccc2222\)"), ("fm_other", r"protocol eeee3333")):
+        with pytest.raises(ValueError, match=rf"different protocols .*fashion-mnist \(protocol aaaa1111\).*{named}"):
+            load_results([tmp_path / "fm", tmp_path / other])
+    with pytest.raises(ValueError, match=r"different protocols .*ImageNet \(protocol published\)"):
+        load_results(tmp_path / "fm", include_published=True)
+    with pytest.raises(ValueError, match="different protocols"):
+        write_report([tmp_path / "fm", tmp_path / "digits"], tmp_path / "report")
+    assert not (tmp_path / "report").exists()
