@@ -21,7 +21,7 @@ from search_spaces import SearchSpace, load_space, space_from_dict
 
 from ._interrupt import interrupt_guard
 from ._results import pareto_mask, read_rows, write_results, write_row
-from ._trial import run_trial
+from ._trial import check_resolution, run_trial
 
 __all__ = ["BACKENDS", "SearchSummary", "check_protocol_fits", "run_baselines", "run_search"]
 
@@ -140,6 +140,7 @@ def run_search(
     for name, value in (("cpus_per_trial", cpus_per_trial), ("num_cpus", num_cpus)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name}={value!r} is not allowed; allowed: an integer >= 1")
+    check_resolution(space, protocol.resolution)
     run_dir = Path(out)
     study_name = study or run_dir.name
     data = load_dataset(protocol.dataset, protocol.data_root, protocol.download, load_size=protocol.resolution)
@@ -183,6 +184,8 @@ def run_baselines(
     unknown = [f for f in families if f not in BASELINE_FAMILIES]
     if unknown or not families:
         raise ValueError(f"families={','.join(families)!r} is not allowed; allowed: {', '.join(BASELINE_FAMILIES)}")
+    for family in families:
+        check_resolution(load_space(family), protocol.resolution)
     data = load_dataset(protocol.dataset, protocol.data_root, protocol.download, load_size=protocol.resolution)
     check_protocol_fits(protocol, data)
     run_dir = Path(out)

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from proxy import ProxyProtocol, TrialResult, build_baseline, deit_patch_size, train_and_evaluate
-from scaling import CMTConfig, estimate_cost, scale
+from scaling import CMTConfig, estimate_cost, get_preset, resolution_step, scale
 from search_spaces import SearchSpace, parse_point
 
 from ._results import make_row
 
-__all__ = ["Candidate", "compound_member", "compound_values", "make_candidate", "run_trial", "trial_protocol"]
+__all__ = ["Candidate", "check_resolution", "compound_member", "compound_values", "make_candidate", "run_trial", "trial_protocol"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,32 @@ def make_candidate(space: SearchSpace, values: Mapping[str, Any], protocol: Prox
     if space.family == "cmt_compound":
         name = _compound_name(compound_values(values), cfg)
     return Candidate(space.family, name, cfg.to_dict(), cost.macs, cost.params, lambda: cfg)
+
+
+def check_resolution(space: SearchSpace, resolution: int) -> None:
+    """Refuse a protocol resolution that no member of ``space`` can be built at, before anything trains
+    (otherwise every trial of the run comes back infeasible, one by one, and the run folder is left behind).
+
+    DeiT's patch is ``resolution // 4`` clamped to 2..16 and must divide the resolution; a CMT's resolution
+    must be a multiple of its total stride (and, for the compound family at the protocol resolution, of the
+    base's `resolution_step`, so the K/V reductions divide every stage grid)."""
+    if space.family == "deit":
+        if resolution % deit_patch_size(resolution):
+            raise ValueError(f"resolution={resolution} is not allowed for DeiT (its patch, resolution // 4 between 2 "
+                             f"and 16, is {deit_patch_size(resolution)}); allowed: a multiple of 4 below 64, of 16 "
+                             "from 64")
+    elif space.family == "cmt_compound":
+        if not space.fixed.get("scale_resolution"):
+            step = resolution_step(get_preset(space.base or "cmt_ti"))
+            if resolution % step:
+                raise ValueError(f"resolution={resolution} is not allowed for the {space.base or 'cmt_ti'} compound "
+                                 f"family; allowed: a positive multiple of {step}")
+    elif space.family == "cmt_free":
+        names = {p.name for p in space.params} | set(space.fixed)
+        stride = 2 ** (sum(1 for i in range(8) if f"dim_{i}" in names) + 1)
+        if resolution % stride:
+            raise ValueError(f"resolution={resolution} is not allowed for this CMT space; allowed: a positive multiple "
+                             f"of its total stride {stride}")
 
 
 def _compound_name(values: Mapping[str, Any], cfg: CMTConfig) -> str:

@@ -20,8 +20,8 @@ import pandas as pd
 
 from analysis import RankAgreement, rank_agreement
 from proxy import BASELINE_FAMILIES, DEFAULT_PROTOCOL, ProxyProtocol
-from search import check_protocol_fits
-from search_spaces import format_point, space_from_dict
+from search import check_protocol_fits, check_resolution
+from search_spaces import format_point, load_space, space_from_dict
 
 from ._grid import RunOptions, compound_grid_space, run_grid, write_table
 
@@ -86,7 +86,11 @@ def proxy_fidelity(
         raise ValueError(f"k={k!r} is not allowed; allowed: an integer in [1, {models}] (the architectures)")
     if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
         raise ValueError(f"resamples={resamples!r} is not allowed; allowed: an integer >= 1")
+    spaces = [compound_grid_space(base, [format_point(phi=float(p)) for p in phis], 0.0, False)]
+    spaces += [load_space(family) for family in families]
     for protocol in (cheap, reference):  # both before anything trains: the reference runs second, hours later
+        for space in spaces:
+            check_resolution(space, protocol.resolution)
         check_protocol_fits(protocol)
     out = Path(out)
     scores = {name: _train_all(protocol, out / name, base, phis, families, options)

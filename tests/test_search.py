@@ -129,6 +129,39 @@ def test_a_protocol_the_data_cannot_serve_fails_before_the_run_folder_exists(tmp
     assert not (tmp_path / "never").exists()
 
 
+def test_resolution_check_accepts_exactly_what_builds() -> None:
+    """`check_resolution` against the builders themselves: a resolution passes iff the model builds."""
+    from proxy import build_baseline
+    from scaling import get_preset
+    from search import check_resolution
+    from search_spaces import load_space
+
+    def builds(make) -> bool:
+        try:
+            make()
+        except ValueError:
+            return False
+        return True
+
+    def passes(space, resolution: int) -> bool:
+        return builds(lambda: check_resolution(space, resolution))
+
+    deit, cmt, effnet = load_space("deit"), load_space("cmt_compound"), load_space("efficientnet")
+    for resolution in range(4, 97, 2):
+        assert passes(deit, resolution) == builds(lambda: build_baseline("deit_tiny", 10, resolution)), resolution
+        assert passes(cmt, resolution) == builds(lambda: get_preset("cmt_ti").replace(img_size=resolution)), resolution
+        assert passes(effnet, resolution)
+
+
+def test_a_resolution_no_member_builds_at_fails_before_the_run_folder_exists(tmp_path) -> None:
+    with pytest.raises(ValueError, match="resolution=48 is not allowed for the cmt_ti compound family; allowed: a "
+                                         "positive multiple of 32"):
+        run_search("cmt_compound", TINY.replace(resolution=48), trials=1, out=tmp_path / "never")
+    with pytest.raises(ValueError, match=r"resolution=30 is not allowed for DeiT .*allowed: a multiple of 4 below 64"):
+        run_baselines(TINY.replace(resolution=30), tmp_path / "never", families=["efficientnet", "deit"])
+    assert not (tmp_path / "never").exists()
+
+
 def test_infeasible_candidates_are_never_trained(tmp_path) -> None:
     space = space_from_dict({"family": "cmt_compound", "base": "cmt_ti",
                              "params": {"phi": {"type": "float", "low": 0.5, "high": 1.0}},

@@ -151,6 +151,10 @@ def test_proxy_fidelity_needs_the_same_data_and_two_protocols(tmp_path) -> None:
     # the reference is checked against the data before the cheap protocol trains
     with pytest.raises(ValueError, match="train_size=5000 is not allowed for digits"):
         proxy_fidelity(TINY, TINY.replace(train_size=5000), tmp_path / "x")
+    with pytest.raises(ValueError, match="resolution=30 is not allowed for the cmt_ti compound family"):
+        proxy_fidelity(TINY, TINY.replace(resolution=30), tmp_path / "x")
+    with pytest.raises(ValueError, match="resolution=60 is not allowed for the cmt_ti compound family"):
+        proxy_fidelity(TINY, TINY.replace(resolution=60), tmp_path / "x", families=())
     assert not (tmp_path / "x").exists()
 
 
