@@ -4,9 +4,10 @@ Small proxy sets (Fashion-MNIST, CIFAR, digits) fit in memory many times over, s
 into ``uint8`` tensors and every batch is made by tensor ops (resize, grey -> 3 channels, normalise,
 augment): no per-sample PIL work in the training loop. Names:
 
-- ``fashion-mnist``: the idx files of Zalando's Fashion-MNIST (MIT). Looked for in ``data_root``, in
-  Debian's ``dataset-fashion-mnist`` package (``/usr/share/datasets/fashion-mnist``), and in
-  torchvision's ``<root>/FashionMNIST/raw`` layout; with ``download=True`` torchvision fetches it.
+- ``fashion-mnist``: the idx files of Zalando's Fashion-MNIST (MIT). Looked for in ``data_root`` (and
+  torchvision's ``<root>/FashionMNIST/raw`` layout below it) when one is given, and only there; otherwise
+  in ``$CMT_SCALE_DATA`` and Debian's ``dataset-fashion-mnist`` package (``/usr/share/datasets/fashion-mnist``).
+  With ``download=True`` torchvision fetches it.
 - ``cifar10``, ``cifar100``: torchvision's loaders (they download when allowed and online).
 - ``imagefolder:PATH``: torchvision ``ImageFolder``; ``PATH/train`` and ``PATH/val`` (or ``test``) when
   present, else one folder that the protocol splits. Images are decoded once at ``load_size``.
@@ -94,9 +95,11 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
 
 
 def _fashion_mnist(root: str | None, download: bool) -> ProxyData:
-    places = [Path(p) for p in (root, os.environ.get("CMT_SCALE_DATA")) if p]
-    places = [q for p in places for q in (p, p / "fashion-mnist", p / "FashionMNIST" / "raw")]
-    places.append(DEBIAN_FASHION_MNIST)
+    # A root the user names is the only place looked in: silently training on another copy would hide a typo.
+    bases = [Path(root)] if root else [Path(p) for p in (os.environ.get("CMT_SCALE_DATA"),) if p]
+    places = [q for p in bases for q in (p, p / "fashion-mnist", p / "FashionMNIST" / "raw")]
+    if not root:
+        places.append(DEBIAN_FASHION_MNIST)
     for folder in places:
         files = [_find_idx(folder, stem) for stem in _FASHION_FILES]
         if all(files):

@@ -114,6 +114,9 @@ def test_missing_data_sets_say_where_they_looked_and_how_to_get_them(tmp_path, m
     assert result.state == "failed" and "dataset-fashion-mnist" in result.error
     with pytest.raises(DatasetNotFound, match=r"data set 'cifar10' not found"):
         load_dataset("cifar10", root=str(tmp_path))
+    monkeypatch.undo()  # Debian's copy is back in place, but a root the user names is the only place looked in
+    with pytest.raises(DatasetNotFound, match=rf"looked for .* in {tmp_path}, .*FashionMNIST/raw; get it"):
+        load_dataset("fashion-mnist", root=str(tmp_path))
     with pytest.raises(ValueError, match="unknown data set 'mnist-ish'; allowed: fashion-mnist"):
         load_dataset("mnist-ish")
     data_module._CACHE.clear()
