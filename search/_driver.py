@@ -137,6 +137,10 @@ def run_search(
         raise ValueError(f"trials={trials!r} is not allowed; allowed: an integer >= 1")
     if space.sampler == "grid" and trials != len(space.grid):
         raise ValueError(f"trials={trials} is not allowed for a grid space; allowed: its {len(space.grid)} grid points")
+    for name, value, owner in (("storage", storage, "optuna"), ("address", address, "ray"), ("num_cpus", num_cpus, "ray")):
+        if value is not None and backend != owner:  # silently ignoring it would run somewhere the user did not ask
+            raise ValueError(f"{name}={value!r} is not allowed with backend={backend!r}; allowed: only with "
+                             f"backend={owner!r}")
     for name, value in (("cpus_per_trial", cpus_per_trial), ("num_cpus", num_cpus)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name}={value!r} is not allowed; allowed: an integer >= 1")

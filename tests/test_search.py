@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -159,6 +160,19 @@ def test_a_resolution_no_member_builds_at_fails_before_the_run_folder_exists(tmp
         run_search("cmt_compound", TINY.replace(resolution=48), trials=1, out=tmp_path / "never")
     with pytest.raises(ValueError, match=r"resolution=30 is not allowed for DeiT .*allowed: a multiple of 4 below 64"):
         run_baselines(TINY.replace(resolution=30), tmp_path / "never", families=["efficientnet", "deit"])
+    assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("backend, option, message", [
+    ("optuna", {"address": "10.0.0.5:6379"}, "address='10.0.0.5:6379' is not allowed with backend='optuna'; allowed: "
+                                             "only with backend='ray'"),
+    ("optuna", {"num_cpus": 2}, "num_cpus=2 is not allowed with backend='optuna'"),
+    ("ray", {"storage": "sqlite:///x.db"}, "storage='sqlite:///x.db' is not allowed with backend='ray'; allowed: "
+                                           "only with backend='optuna'"),
+])
+def test_an_option_of_the_other_backend_is_refused_not_ignored(backend, option, message, tmp_path) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        run_search("cmt_compound", TINY, trials=1, out=tmp_path / "never", backend=backend, **option)
     assert not (tmp_path / "never").exists()
 
 
