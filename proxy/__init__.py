@@ -8,7 +8,7 @@ It never imports Optuna or Ray.
 from ._baselines import BASELINE_FAMILIES, baseline_names, build_baseline, deit_patch_size
 from ._data import DATASET_NAMES, DatasetNotFound, ProxyData, load_dataset
 from ._protocol import DEFAULT_PROTOCOL, ProxyProtocol
-from ._train import TrialPruned, TrialResult, train_and_evaluate
+from ._train import TrialPruned, TrialResult, resolve_device, train_and_evaluate
 
 __all__ = [
     "BASELINE_FAMILIES",
@@ -23,5 +23,6 @@ __all__ = [
     "build_baseline",
     "deit_patch_size",
     "load_dataset",
+    "resolve_device",
     "train_and_evaluate",
 ]

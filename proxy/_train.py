@@ -55,7 +55,8 @@ class TrialResult:
         return asdict(self)
 
 
-def _resolve_device(protocol: ProxyProtocol) -> torch.device:
+def resolve_device(protocol: ProxyProtocol) -> torch.device:
+    """The device ``protocol`` trains on (``auto``: CUDA when present); a ``ValueError`` for a missing GPU."""
     if protocol.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if protocol.device == "cuda" and not torch.cuda.is_available():
@@ -222,7 +223,7 @@ def train_and_evaluate(
 def _run(model_or_config, protocol: ProxyProtocol, report, progress: bool, result: TrialResult,
          cost: tuple[int, int] | None) -> None:
     data = load_dataset(protocol.dataset, protocol.data_root, protocol.download, load_size=protocol.resolution)
-    device = _resolve_device(protocol)
+    device = resolve_device(protocol)
     torch.manual_seed(protocol.seed)  # model initialisation
     model, macs, params, kind = _build(model_or_config, protocol, data.num_classes)
     if macs is None and cost is not None:

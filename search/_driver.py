@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from proxy import BASELINE_FAMILIES, ProxyProtocol, load_dataset
+from proxy import BASELINE_FAMILIES, ProxyProtocol, load_dataset, resolve_device
 from search_spaces import SearchSpace, load_space, space_from_dict
 
 from ._interrupt import interrupt_guard
@@ -77,7 +77,8 @@ def _write_run_json(run_dir: Path, command: Sequence[str] | None, protocol: Prox
 
 
 def check_protocol_fits(protocol: ProxyProtocol, data=None) -> None:
-    """Catch a protocol the data set cannot serve before anything is written to the run folder."""
+    """Catch a protocol the data set or this machine cannot serve before anything is written to the run folder."""
+    resolve_device(protocol)
     if data is None:
         data = load_dataset(protocol.dataset, protocol.data_root, protocol.download, load_size=protocol.resolution)
     available = len(data.train_labels)

@@ -176,6 +176,18 @@ def test_an_option_of_the_other_backend_is_refused_not_ignored(backend, option, 
     assert not (tmp_path / "never").exists()
 
 
+def test_a_missing_gpu_fails_before_the_run_folder_exists(tmp_path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ValueError, match="device='cuda' is not available here; allowed: 'cpu' or 'auto'"):
+        run_search("cmt_compound", TINY.replace(device="cuda"), trials=1, out=tmp_path / "never")
+    with pytest.raises(ValueError, match="device='cuda' is not available here"):
+        run_baselines(TINY.replace(device="cuda"), tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+
+
 def test_infeasible_candidates_are_never_trained(tmp_path) -> None:
     space = space_from_dict({"family": "cmt_compound", "base": "cmt_ti",
                              "params": {"phi": {"type": "float", "low": 0.5, "high": 1.0}},
