@@ -97,6 +97,8 @@ def load_results(paths: str | Path | Iterable[str | Path], include_published: bo
             continue
         _require(frame, _RUN_COLUMNS, path)
         protocols[str(path.parent if path.name.startswith("results.") else path)] = _protocols(frame)
+        # A trial that reused an earlier trial's result (same architecture) is the same point, not a second one.
+        frame = frame.drop_duplicates(["config", "protocol_hash", "top1_final"] + (["seed"] if "seed" in frame else []))
         frames.append(pd.DataFrame({
             "family": frame["family"].astype(str), "name": frame["name"].astype(str),
             "macs": pd.to_numeric(frame["macs"], errors="coerce"),

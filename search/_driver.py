@@ -36,8 +36,13 @@ class SearchSummary:
 
     @property
     def front(self) -> list[dict[str, Any]]:
-        """Complete trials on the MACs/top-1 Pareto front, cheapest first."""
-        done = [r for r in self.rows if r["state"] == "complete" and r["top1_final"] is not None]
+        """Complete trials on the MACs/top-1 Pareto front, cheapest first; an architecture whose result a later
+        trial reused (same config, protocol and seed) is one point, its first trial."""
+        measured = {}
+        for r in self.rows:
+            if r["state"] == "complete" and r["top1_final"] is not None:
+                measured.setdefault((r["config"], r.get("protocol_hash"), r.get("seed"), r["top1_final"]), r)
+        done = list(measured.values())
         keep = pareto_mask([(float(r["macs"]), float(r["top1_final"])) for r in done])
         return sorted((r for r, k in zip(done, keep) if k), key=lambda r: r["macs"])
 

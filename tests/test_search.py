@@ -204,6 +204,11 @@ def test_a_repeated_architecture_is_not_trained_twice(tmp_path) -> None:
     first, second = summary.rows
     assert first["state"] == second["state"] == "complete" and first["top1_final"] == second["top1_final"]
     assert second["error"].startswith("same architecture as trial 0") and second["wall_s"] < 1.0
+    # one architecture is one point on the front, in the summary and in the report's tables
+    assert [r["trial_id"] for r in summary.front] == [first["trial_id"]]
+    from analysis import load_results, pareto_front
+
+    assert len(pareto_front(load_results(tmp_path / "dup"))) == 1
 
 
 def test_latency_budget_is_measured_before_training(tmp_path) -> None:
