@@ -92,6 +92,11 @@ def test_family_table_and_csv(tmp_path) -> None:
     assert len(rows) == 1 + 9
     macs = [int(r.split(",")[6]) for r in rows[1:]]
     assert macs == sorted(macs)
+    # the printed table rounds the rule's promise once: (1.2 * 1.3**1.5 * 1.15**2) ** phi, 0.4251x at phi = -1
+    table = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.count("│") > 8}
+    for phi in (-2.0, -1.0, 0.5, 2.0):
+        promise = (1.2 * 1.3 ** 1.5 * 1.15 ** 2) ** phi
+        assert table[f"{phi:+.2f}"].split("│")[-2].strip() == f"{promise:.2f}x"
 
 
 def test_profile_and_presets() -> None:
