@@ -30,7 +30,8 @@ from ._common import _glue_negative_values, _Parser, _protocol_args, _protocol_f
 from ._study_commands import run_ablate_command, run_fidelity_command, run_fit_command
 
 # Options whose value may start with "-" (a negative number is bad input to report, not an unknown option).
-_VALUE_OPTIONS = ("--target-flops", "--target-params", "--target-latency", "--alpha", "--beta", "--gamma", "--phi")
+_VALUE_OPTIONS = ("--target-flops", "--target-params", "--target-latency", "--alpha", "--beta", "--gamma", "--phi",
+                  "--stage-ratio")
 
 MAIN_EXAMPLES = """\
 FLOPs are multiply-adds (the CMT, DeiT and EfficientNet papers' convention: 4G = 4e9 MACs).
@@ -440,6 +441,21 @@ def run_presets(argv: Sequence[str], console: Console) -> int:
     return 0
 
 
+def _one_line(err: BaseException) -> str:
+    """The error as one line that names the bad value and what is allowed; a file-system error (``[Errno 2] No
+    such file or directory: 'x'``) says so in those words too."""
+    if isinstance(err, OSError) and err.filename is not None and not isinstance(err, FileExistsError):
+        problem = (err.strerror or type(err).__name__).lower()
+        if isinstance(err, FileNotFoundError):
+            allowed = "an existing file, or a new file in an existing folder"
+        elif isinstance(err, (PermissionError, IsADirectoryError, NotADirectoryError)):
+            allowed = "a file path you can read or write"
+        else:
+            allowed = "a path this machine can read or write"
+        return f"path {str(err.filename)!r} is not allowed ({problem}); allowed: {allowed}"
+    return " ".join(str(err).split()) or type(err).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cmt-scale`` console script; returns the exit code (2 for bad input)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -454,7 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_solve(argv, console)
     except (ValueError, OSError, OverflowError) as err:
         prog = f"cmt-scale {argv[0]}" if argv and argv[0] in commands else "cmt-scale"
-        print(f"{prog}: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         # Every finished trial is already in the run folder's table; the study resumes from there.

@@ -71,7 +71,13 @@ def test_save_round_trips_and_builds_the_same_model(tmp_path) -> None:
         (["family", "--phi", "0:1:1e-12"], "at most 10,000 values"),
         (["family", "--phi", "800"], "phi=800.0 is not allowed; allowed: a number in [-20, 20]"),
         (["--target-flops", "4G", "--alpha", "1e200"], "alpha=1e+200 is not allowed"),
-        (["--target-flops", "4G", "--save", "/"], "Is a directory"),
+        (["--target-flops", "4G", "--save", "/"], "path '/' is not allowed (is a directory); allowed: a file path"),
+        (["--target-flops", "4G", "--save", "/no/such/dir/m.json"],
+         "path '/no/such/dir/m.json' is not allowed (no such file or directory); allowed: an existing file, or a new "
+         "file in an existing folder"),
+        (["family", "--csv", "/no/such/dir/x.csv"], "path '/no/such/dir/x.csv' is not allowed"),
+        (["--target-flops", "4G", "--stage-ratio", "-1:1:8:1"], "stage_ratio='-1:1:8:1' is not allowed; allowed: "
+                                                                "positive integers"),
         (["--target-flops", "4G", "--batch-size", "0"], "--batch-size=0 is not allowed"),
     ],
 )
