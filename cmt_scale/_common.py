@@ -48,14 +48,16 @@ def _protocol_from(args: argparse.Namespace):
     return protocol.replace(**changes) if changes else protocol
 
 
-def _trial_printer(console: Console, total: int | None) -> Any:
-    from search import pareto_mask
+def _trial_printer(console: Console, total: int | None, previous: Sequence[dict[str, Any]] = ()) -> Any:
+    """A per-trial progress line; ``previous`` are the study's rows from before a resume, so the counter and
+    the front go on from them (``[3/3]`` for the one trial a resumed ``--trials 3`` still runs)."""
+    from search import measured_rows, pareto_mask
 
-    seen: list[dict[str, Any]] = []
+    seen: list[dict[str, Any]] = list(previous)
 
     def on_trial(row: dict[str, Any]) -> None:
         seen.append(row)
-        done = [r for r in seen if r["state"] == "complete" and r["top1_final"] is not None]
+        done = measured_rows(seen)
         front = sum(pareto_mask([(float(r["macs"]), float(r["top1_final"])) for r in done]))
         counts = {s: sum(r["state"] == s for r in seen) for s in ("complete", "pruned", "failed", "infeasible")}
         top1 = f"{row['top1_final']:.2f}%" if row["top1_final"] is not None else "-"

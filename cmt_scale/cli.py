@@ -147,7 +147,7 @@ def _print_summary(console: Console, summary: Any) -> None:
 
 def run_search_command(argv: Sequence[str], console: Console) -> int:
     args = _search_parser().parse_args(argv)
-    from search import run_search
+    from search import read_rows, run_search
     from search_spaces import load_space
 
     space = load_space(args.space)
@@ -157,10 +157,13 @@ def run_search_command(argv: Sequence[str], console: Console) -> int:
         args.trials = len(space.grid) if space.sampler == "grid" else 20
     console.print(f"search {space.family} ({space.source}) on {protocol.dataset}, {args.trials} trials, backend "
                   f"{args.backend}, protocol {protocol.protocol_hash} -> {out}")
+    study = args.study or Path(out).name
+    previous = [r for r in read_rows(out) if r.get("study") == study]  # a resumed study counts on from these
     summary = run_search(space, protocol, args.trials, out, backend=args.backend, study=args.study,
                          storage=args.storage, mode=args.mode, address=args.address,
                          cpus_per_trial=args.cpus_per_trial, num_cpus=args.num_cpus, seed=args.search_seed,
-                         command=["cmt-scale", "search", *argv], on_trial=_trial_printer(console, args.trials))
+                         command=["cmt-scale", "search", *argv],
+                         on_trial=_trial_printer(console, args.trials, previous))
     _print_summary(console, summary)
     return 0
 

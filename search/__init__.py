@@ -6,9 +6,9 @@ candidates from a `search_spaces` file, rejects those over budget with the analy
 """
 
 from ._driver import BACKENDS, SearchSummary, check_protocol_fits, run_baselines, run_search
-from ._results import RESULT_COLUMNS, STATES, pareto_mask, read_rows, write_results
+from ._results import RESULT_COLUMNS, STATES, measured_rows, pareto_mask, read_rows, write_results
 from ._trial import check_resolution, compound_member
 
 __all__ = ["BACKENDS", "RESULT_COLUMNS", "STATES", "SearchSummary", "check_protocol_fits", "check_resolution",
-           "compound_member",
-           "pareto_mask", "read_rows", "run_baselines", "run_search", "write_results"]
+           "compound_member", "measured_rows", "pareto_mask", "read_rows", "run_baselines", "run_search",
+           "write_results"]

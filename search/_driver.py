@@ -20,7 +20,7 @@ from proxy import BASELINE_FAMILIES, ProxyProtocol, load_dataset, resolve_device
 from search_spaces import SearchSpace, load_space, space_from_dict
 
 from ._interrupt import interrupt_guard
-from ._results import pareto_mask, read_rows, write_results, write_row
+from ._results import measured_rows, pareto_mask, read_rows, write_results, write_row
 from ._trial import check_resolution, run_trial
 
 __all__ = ["BACKENDS", "SearchSummary", "check_protocol_fits", "run_baselines", "run_search"]
@@ -38,11 +38,7 @@ class SearchSummary:
     def front(self) -> list[dict[str, Any]]:
         """Complete trials on the MACs/top-1 Pareto front, cheapest first; an architecture whose result a later
         trial reused (same config, protocol and seed) is one point, its first trial."""
-        measured = {}
-        for r in self.rows:
-            if r["state"] == "complete" and r["top1_final"] is not None:
-                measured.setdefault((r["config"], r.get("protocol_hash"), r.get("seed"), r["top1_final"]), r)
-        done = list(measured.values())
+        done = measured_rows(self.rows)
         keep = pareto_mask([(float(r["macs"]), float(r["top1_final"])) for r in done])
         return sorted((r for r, k in zip(done, keep) if k), key=lambda r: r["macs"])
 

@@ -104,6 +104,16 @@ def write_results(run_dir: str | Path, rows: Iterable[Mapping[str, Any]] | None 
     return frame
 
 
+def measured_rows(rows: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Complete rows with a top-1, one per measurement: a trial that reused an earlier trial's result (same
+    config, protocol and seed) is the same point, and only its first trial stands for it."""
+    measured: dict[tuple, Mapping[str, Any]] = {}
+    for r in rows:
+        if r["state"] == "complete" and r["top1_final"] is not None:
+            measured.setdefault((r["config"], r.get("protocol_hash"), r.get("seed"), r["top1_final"]), r)
+    return list(measured.values())
+
+
 def pareto_mask(points: list[tuple[float, float]]) -> list[bool]:
     """Non-dominated points for (cost to minimise, metric to maximise); ties are all kept."""
     keep = []

@@ -278,6 +278,18 @@ def test_bad_space_file_on_the_cli_is_one_line(tmp_path) -> None:
     assert "params.phi.high=1 is not allowed" in stderr
 
 
+def test_a_resumed_search_counts_on_from_its_finished_trials(tmp_path, capsys) -> None:
+    from cmt_scale.cli import main
+
+    args = ["search", "--space", "cmt_compound", "--dataset", "digits", "--train-size", "150", "--val-size", "100",
+            "--epochs", "1", "--threads", "2", "--out", str(tmp_path / "r")]
+    assert main([*args, "--trials", "1"]) == 0
+    assert "[1/1] complete" in capsys.readouterr().out
+    assert main([*args, "--trials", "2"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert len(lines) == 1 and lines[0].startswith("[2/2] complete") and "complete 2 " in lines[0]
+
+
 @pytest.mark.slow
 def test_ray_search_end_to_end_local(tmp_path) -> None:
     summary = run_search("cmt_compound", TINY, trials=3, out=tmp_path / "ray", backend="ray", num_cpus=2,
