@@ -155,15 +155,16 @@ def run_search_command(argv: Sequence[str], console: Console) -> int:
     out = args.out or f"runs/{Path(args.space).stem}"
     if args.trials is None:
         args.trials = len(space.grid) if space.sampler == "grid" else 20
-    console.print(f"search {space.family} ({space.source}) on {protocol.dataset}, {args.trials} trials, backend "
-                  f"{args.backend}, protocol {protocol.protocol_hash} -> {out}")
+    header = (f"search {space.family} ({space.source}) on {protocol.dataset}, {args.trials} trials, backend "
+              f"{args.backend}, protocol {protocol.protocol_hash} -> {out}")
     study = args.study or Path(out).name
     previous = [r for r in read_rows(out) if r.get("study") == study]  # a resumed study counts on from these
     summary = run_search(space, protocol, args.trials, out, backend=args.backend, study=args.study,
                          storage=args.storage, mode=args.mode, address=args.address,
                          cpus_per_trial=args.cpus_per_trial, num_cpus=args.num_cpus, seed=args.search_seed,
                          command=["cmt-scale", "search", *argv],
-                         on_trial=_trial_printer(console, args.trials, previous))
+                         on_trial=_trial_printer(console, args.trials, previous),
+                         on_start=lambda: console.print(header))
     _print_summary(console, summary)
     return 0
 

@@ -288,6 +288,10 @@ def test_a_resumed_search_counts_on_from_its_finished_trials(tmp_path, capsys) -
     assert main([*args, "--trials", "2"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
     assert len(lines) == 1 and lines[0].startswith("[2/2] complete") and "complete 2 " in lines[0]
+    # bad input is the error line alone: the header waits until every input has been checked
+    assert main([*args, "--trials", "0"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.strip() == "cmt-scale search: error: trials=0 is not allowed; allowed: an integer >= 1"
 
 
 @pytest.mark.slow
