@@ -33,12 +33,21 @@ def _base_args(parser: argparse.ArgumentParser) -> None:
                         help="scale the base by the paper's rule to this phi first (e.g. -2 for a cheaper base)")
 
 
-def _options(args: argparse.Namespace, command: str, argv: Sequence[str], console: Console):
+def _options(args: argparse.Namespace, command: str, argv: Sequence[str], console: Console, header: str):
+    """How the study runs its grids; ``header`` is printed once, when the first grid has checked its inputs and
+    is about to train (bad input then gets the error line alone)."""
     from studies import RunOptions
+
+    printed: list[bool] = []
+
+    def print_header_once() -> None:
+        if not printed:
+            printed.append(True)
+            console.print(header)
 
     return RunOptions(backend=args.backend, address=args.address, cpus_per_trial=args.cpus_per_trial,
                       num_cpus=args.num_cpus, command=["cmt-scale", command, *argv],
-                      on_trial=_trial_printer(console, None))
+                      on_trial=_trial_printer(console, None), on_start=print_header_once)
 
 
 def _print_frame(console: Console, title: str, frame, columns: dict[str, Any]) -> None:
@@ -81,11 +90,11 @@ def run_fit_command(argv: Sequence[str], console: Console) -> int:
     from studies import fit_coefficients
 
     protocol = _protocol_from(args)
-    console.print(f"fit-coefficients at phi={args.budget_phi:g} from {args.base} (base phi {args.base_phi:g}) on "
-                  f"{protocol.dataset} @{protocol.resolution}px, protocol {protocol.protocol_hash} -> {args.out}")
+    header = (f"fit-coefficients at phi={args.budget_phi:g} from {args.base} (base phi {args.base_phi:g}) on "
+              f"{protocol.dataset} @{protocol.resolution}px, protocol {protocol.protocol_hash} -> {args.out}")
     result = fit_coefficients(protocol, args.out, phi=args.budget_phi, base=args.base, base_phi=args.base_phi,
                               step=args.step, target=args.target,
-                              options=_options(args, "fit-coefficients", argv, console))
+                              options=_options(args, "fit-coefficients", argv, console, header))
     ranked = result.table.sort_values(["top1", "macs"], ascending=[False, True]).head(10)
     _print_frame(console, "Coefficients by validation top-1 (best 10; paper marked *)", ranked, {
         "alpha": lambda r: f"{r['alpha']:g}", "beta": lambda r: f"{r['beta']:g}", "gamma": lambda r: f"{r['gamma']:g}",
@@ -132,11 +141,11 @@ def run_ablate_command(argv: Sequence[str], console: Console) -> int:
 
     protocol = _protocol_from(args)
     multiples, seeds = _numbers(args.multiples, "--multiples", float), _numbers(args.seeds, "--seeds", int)
-    console.print(f"ablate-scaling from {args.base} (base phi {args.base_phi:g}) on {protocol.dataset} "
-                  f"@{protocol.resolution}px, budgets {multiples}x, seeds {seeds} -> {args.out}")
+    header = (f"ablate-scaling from {args.base} (base phi {args.base_phi:g}) on {protocol.dataset} "
+              f"@{protocol.resolution}px, budgets {multiples}x, seeds {seeds} -> {args.out}")
     result = ablate_scaling(protocol, args.out, base=args.base, base_phi=args.base_phi, multiples=multiples,
                             seeds=seeds, stage_ratio=args.stage_ratio,
-                            options=_options(args, "ablate-scaling", argv, console))
+                            options=_options(args, "ablate-scaling", argv, console, header))
     _print_frame(console, "Scaling strategies at matched MACs (validation top-1, mean and std over seeds)",
                  result.members, {
                      "strategy": lambda r: r["strategy"], "budget": lambda r: f"{r['budget_x_base']:.2f}x",
@@ -181,12 +190,12 @@ def run_fidelity_command(argv: Sequence[str], console: Console) -> int:
     reference = cheap.replace(train_size=args.reference_train_size or doubled,
                               epochs=args.reference_epochs, resolution=args.reference_resolution or cheap.resolution)
     families = [f.strip() for f in args.families.split(",") if f.strip()]
-    console.print(f"proxy-fidelity on {cheap.dataset}: cheap {cheap.protocol_hash} ({cheap.train_size} images x "
-                  f"{cheap.epochs} epochs) vs reference {reference.protocol_hash} ({reference.train_size} x "
-                  f"{reference.epochs}) -> {args.out}")
+    header = (f"proxy-fidelity on {cheap.dataset}: cheap {cheap.protocol_hash} ({cheap.train_size} images x "
+              f"{cheap.epochs} epochs) vs reference {reference.protocol_hash} ({reference.train_size} x "
+              f"{reference.epochs}) -> {args.out}")
     result = proxy_fidelity(cheap, reference, args.out, phis=_numbers(args.phis, "--phis", float), base=args.base,
                             families=families, k=args.top_k, resamples=args.resamples,
-                            options=_options(args, "proxy-fidelity", argv, console))
+                            options=_options(args, "proxy-fidelity", argv, console, header))
     _print_frame(console, "Rankings (validation top-1)", result.table, {
         "model": lambda r: r["name"], "MACs": lambda r: format_count(r["macs"]),
         "cheap %": lambda r: _pct(r["cheap_top1"]), "rank": lambda r: f"{r['cheap_rank']:g}",

@@ -75,7 +75,8 @@ def _main_parser() -> argparse.ArgumentParser:
     target = parser.add_argument_group("target (give exactly one)")
     target.add_argument("--target-flops", help="multiply-adds per image: 4G, 400M, 4e9, 4.0GFLOPs")
     target.add_argument("--target-params", help="parameters: 25M, 2.5e7")
-    target.add_argument("--target-latency", help="measured forward time of one batch: 20ms, 0.02s (a plain number is ms)")
+    target.add_argument("--target-latency",
+                        help="measured forward time of one batch: 20ms, 0.02s (a plain number is ms)")
     _coefficient_args(parser)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="for --target-latency (default cpu)")
     parser.add_argument("--batch-size", type=int, default=1, help="for --target-latency (default 1)")

@@ -143,7 +143,8 @@ def run_search(
         raise ValueError(f"trials={trials!r} is not allowed; allowed: an integer >= 1")
     if space.sampler == "grid" and trials != len(space.grid):
         raise ValueError(f"trials={trials} is not allowed for a grid space; allowed: its {len(space.grid)} grid points")
-    for name, value, owner in (("storage", storage, "optuna"), ("address", address, "ray"), ("num_cpus", num_cpus, "ray")):
+    backend_options = (("storage", storage, "optuna"), ("address", address, "ray"), ("num_cpus", num_cpus, "ray"))
+    for name, value, owner in backend_options:
         if value is not None and backend != owner:  # silently ignoring it would run somewhere the user did not ask
             raise ValueError(f"{name}={value!r} is not allowed with backend={backend!r}; allowed: only with "
                              f"backend={owner!r}")

@@ -14,7 +14,8 @@ from search_spaces import SearchSpace, parse_point
 
 from ._results import make_row
 
-__all__ = ["Candidate", "check_resolution", "compound_member", "compound_values", "make_candidate", "run_trial", "trial_protocol"]
+__all__ = ["Candidate", "check_resolution", "compound_member", "compound_values", "make_candidate", "run_trial",
+           "trial_protocol"]
 
 
 @dataclass(frozen=True)

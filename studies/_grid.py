@@ -35,6 +35,7 @@ class RunOptions:
     num_cpus: int | None = None
     command: Sequence[str] | None = None
     on_trial: Callable[[dict[str, Any]], None] | None = None
+    on_start: Callable[[], None] | None = None  # before each grid's first trial, once its inputs are checked
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ def run_grid(space: SearchSpace, protocol: ProxyProtocol, out: Path, prefix: str
     study = design_study(prefix, space)
     run_search(space, protocol, None, out, backend=options.backend, study=study, address=options.address,
                cpus_per_trial=options.cpus_per_trial, num_cpus=options.num_cpus, command=options.command,
-               on_trial=options.on_trial)
+               on_trial=options.on_trial, on_start=options.on_start)
     return [r for r in read_rows(out) if r.get("study") == study]
 
 

@@ -166,11 +166,15 @@ def test_proxy_fidelity_needs_the_same_data_and_two_protocols(tmp_path) -> None:
     (["ablate-scaling", "--dataset", "digits", "--multiples", "0.5"], "multiples=[0.5] is not allowed"),
     (["ablate-scaling", "--dataset", "digits", "--stage-ratio", "1:x"], "1:x"),
     (["proxy-fidelity", "--dataset", "digits", "--families", "vit"], "families='vit' is not allowed"),
+    (["proxy-fidelity", "--dataset", "digits", "--train-size", "200", "--val-size", "300",
+      "--reference-resolution", "30"],
+     "resolution=30 is not allowed"),
 ])
 def test_bad_study_input_is_one_line_and_exit_code_2(argv, message, capsys, tmp_path) -> None:
     assert main([*argv, "--out", str(tmp_path / "never")]) == 2
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert out == ""  # the header waits until the inputs are checked
     assert not (tmp_path / "never").exists()
 
 
