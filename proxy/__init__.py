@@ -5,7 +5,7 @@ and from searching (`search`): a search hands it a config and a protocol and get
 It never imports Optuna or Ray.
 """
 
-from ._baselines import BASELINE_FAMILIES, baseline_names, build_baseline, deit_patch_size
+from ._baselines import BASELINE_FAMILIES, baseline_names, build_baseline, checked_deit_patch, deit_patch_size
 from ._data import DATASET_NAMES, DatasetNotFound, ProxyData, load_dataset
 from ._protocol import DEFAULT_PROTOCOL, ProxyProtocol
 from ._train import TrialPruned, TrialResult, resolve_device, train_and_evaluate
@@ -21,6 +21,7 @@ __all__ = [
     "TrialResult",
     "baseline_names",
     "build_baseline",
+    "checked_deit_patch",
     "deit_patch_size",
     "load_dataset",
     "resolve_device",

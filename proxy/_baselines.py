@@ -49,15 +49,22 @@ def deit_patch_size(resolution: int) -> int:
     return max(2, min(16, resolution // DEIT_GRID))
 
 
+def checked_deit_patch(resolution: int) -> int:
+    """`deit_patch_size`, refusing a resolution the patch does not divide (no DeiT builds there)."""
+    patch = deit_patch_size(resolution)
+    if resolution % patch:
+        raise ValueError(f"resolution={resolution} is not allowed for DeiT (its patch, resolution // 4 between 2 "
+                         f"and 16, is {patch}); allowed: a multiple of 4 below 64, of 16 from 64")
+    return patch
+
+
 def build_baseline(name: str, num_classes: int, resolution: int, in_chans: int = 3) -> nn.Module:
     """A baseline from timm at ``resolution`` with ``num_classes`` outputs (untrained)."""
     import timm
 
     if name in _DEIT:
         dim, depth, heads = _DEIT[name]
-        patch = deit_patch_size(resolution)
-        if resolution % patch:
-            raise ValueError(f"resolution={resolution} is not a multiple of the DeiT patch {patch}")
+        patch = checked_deit_patch(resolution)
         return timm.create_model("vit_tiny_patch16_224", img_size=resolution, patch_size=patch, embed_dim=dim,
                                  depth=depth, num_heads=heads, num_classes=num_classes, in_chans=in_chans)
     if name in _EFFICIENTNET:

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from proxy import ProxyProtocol, TrialResult, build_baseline, deit_patch_size, train_and_evaluate
+from proxy import ProxyProtocol, TrialResult, build_baseline, checked_deit_patch, deit_patch_size, train_and_evaluate
 from scaling import CMTConfig, estimate_cost, get_preset, resolution_step, scale
 from search_spaces import SearchSpace, parse_point
 
@@ -106,10 +106,7 @@ def check_resolution(space: SearchSpace, resolution: int) -> None:
     must be a multiple of its total stride (and, for the compound family at the protocol resolution, of the
     base's `resolution_step`, so the K/V reductions divide every stage grid)."""
     if space.family == "deit":
-        if resolution % deit_patch_size(resolution):
-            raise ValueError(f"resolution={resolution} is not allowed for DeiT (its patch, resolution // 4 between 2 "
-                             f"and 16, is {deit_patch_size(resolution)}); allowed: a multiple of 4 below 64, of 16 "
-                             "from 64")
+        checked_deit_patch(resolution)
     elif space.family == "cmt_compound":
         if not space.fixed.get("scale_resolution"):
             step = resolution_step(get_preset(space.base or "cmt_ti"))
