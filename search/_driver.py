@@ -197,8 +197,9 @@ def run_baselines(
     unknown = [f for f in families if f not in BASELINE_FAMILIES]
     if unknown or not families:
         raise ValueError(f"families={','.join(families)!r} is not allowed; allowed: {', '.join(BASELINE_FAMILIES)}")
-    for family in families:
-        check_resolution(load_space(family), protocol.resolution)
+    spaces = {family: load_space(family) for family in families}
+    for space in spaces.values():
+        check_resolution(space, protocol.resolution)
     data = load_dataset(protocol.dataset, protocol.data_root, protocol.download, load_size=protocol.resolution)
     check_protocol_fits(protocol, data)
     run_dir = Path(out)
@@ -208,8 +209,7 @@ def run_baselines(
     done = {r["trial_id"] for r in read_rows(run_dir)}
     start = time.perf_counter()
     with interrupt_guard() as interrupted:
-        for family in families:
-            space = load_space(family)
+        for family, space in spaces.items():
             for name in BASELINE_FAMILIES[family]:
                 trial_id = f"{family}-{name}"
                 if trial_id in done:

@@ -21,7 +21,7 @@ import pandas as pd
 from analysis import RankAgreement, rank_agreement
 from proxy import BASELINE_FAMILIES, DEFAULT_PROTOCOL, ProxyProtocol
 from search import check_protocol_fits, check_resolution
-from search_spaces import format_point, load_space, space_from_dict
+from search_spaces import SearchSpace, format_point, space_from_dict
 
 from ._grid import RunOptions, compound_grid_space, run_grid, write_table
 
@@ -48,15 +48,19 @@ def _check_pair(cheap: ProxyProtocol, reference: ProxyProtocol) -> None:
                          "differs from the cheap one (more images, epochs or resolution)")
 
 
-def _train_all(protocol: ProxyProtocol, out: Path, base: str, phis: Sequence[float], families: Sequence[str],
+def _grids(base: str, phis: Sequence[float], families: Sequence[str]) -> list[tuple[str, SearchSpace]]:
+    """The design's grid spaces with their study prefixes: the CMT members, then each baseline family."""
+    grids = [("cmt", compound_grid_space(base, [format_point(phi=float(p)) for p in phis], 0.0, False))]
+    for family in families:
+        grids.append((family, space_from_dict({"family": family, "sampler": "grid", "params": {
+            "model": {"type": "categorical", "choices": list(BASELINE_FAMILIES[family])}}})))
+    return grids
+
+
+def _train_all(protocol: ProxyProtocol, out: Path, grids: Sequence[tuple[str, SearchSpace]],
                options: RunOptions) -> pd.DataFrame:
     """Train every architecture under ``protocol``; their top-1 by (family, name), this design's rows only."""
-    rows = run_grid(compound_grid_space(base, [format_point(phi=float(p)) for p in phis], 0.0, False), protocol,
-                    out, "cmt", options)
-    for family in families:
-        space = space_from_dict({"family": family, "sampler": "grid",
-                                 "params": {"model": {"type": "categorical", "choices": list(BASELINE_FAMILIES[family])}}})
-        rows += run_grid(space, protocol, out, family, options)
+    rows = [row for prefix, space in grids for row in run_grid(space, protocol, out, prefix, options)]
     frame = pd.DataFrame([{"family": r["family"], "name": r["name"], "macs": r["macs"], "top1": r["top1_final"]}
                           for r in rows if r["state"] == "complete"], columns=["family", "name", "macs", "top1"])
     return frame.drop_duplicates(["family", "name"])
@@ -86,14 +90,13 @@ def proxy_fidelity(
         raise ValueError(f"k={k!r} is not allowed; allowed: an integer in [1, {models}] (the architectures)")
     if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
         raise ValueError(f"resamples={resamples!r} is not allowed; allowed: an integer >= 1")
-    spaces = [compound_grid_space(base, [format_point(phi=float(p)) for p in phis], 0.0, False)]
-    spaces += [load_space(family) for family in families]
+    grids = _grids(base, phis, families)
     for protocol in (cheap, reference):  # both before anything trains: the reference runs second, hours later
-        for space in spaces:
+        for _, space in grids:
             check_resolution(space, protocol.resolution)
         check_protocol_fits(protocol)
     out = Path(out)
-    scores = {name: _train_all(protocol, out / name, base, phis, families, options)
+    scores = {name: _train_all(protocol, out / name, grids, options)
               for name, protocol in (("cheap", cheap), ("reference", reference))}
     both = scores["cheap"].merge(scores["reference"], on=["family", "name"], suffixes=("_cheap", "_reference"))
     table = pd.DataFrame({
