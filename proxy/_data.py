@@ -96,8 +96,8 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
 
 def _fashion_mnist(root: str | None, download: bool) -> ProxyData:
     # A root the user names is the only place looked in: silently training on another copy would hide a typo.
-    bases = [Path(root)] if root else [Path(p) for p in (os.environ.get("CMT_SCALE_DATA"),) if p]
-    places = [q for p in bases for q in (p, p / "fashion-mnist", p / "FashionMNIST" / "raw")]
+    named = root or os.environ.get("CMT_SCALE_DATA")
+    places = [q for p in ([Path(named)] if named else []) for q in (p, p / "fashion-mnist", p / "FashionMNIST" / "raw")]
     if not root:
         places.append(DEBIAN_FASHION_MNIST)
     for folder in places:
