@@ -19,7 +19,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -52,6 +52,22 @@ class _Entry:
         self.size, self.channels_last, self.kernels = size, channels_last, kernels
 
 
+def _time_in_turns(entries: dict, inputs: Callable[[Any], tuple[torch.Tensor, torch.Tensor]], rounds: int,
+                   steps: int, before_step: Callable[[Any], None] = lambda key: None) -> dict[tuple, list[float]]:
+    """Step times per (entry key, precision): in each round and precision every entry takes one step in
+    turn, ``steps + 1`` times, on ``inputs(key)``; the first step of each round warms up and is not counted."""
+    seconds: dict[tuple, list[float]] = {}
+    for _ in range(rounds):
+        for precision in ("fp32", "bf16"):
+            for step in range(steps + 1):
+                for key, entry in entries.items():
+                    before_step(key)
+                    took = _step_seconds(entry.model, entry.optimizer, *inputs(key), precision == "bf16")
+                    if step:
+                        seconds.setdefault((key, precision), []).append(took)
+    return seconds
+
+
 def _fixed_cost(make: Callable[[], nn.Module], size: int, batch: int, rounds: int, steps: int) -> None:
     """Split our step time into a per-step cost that does not grow with the batch and a per-image cost.
 
@@ -65,14 +81,7 @@ def _fixed_cost(make: Callable[[], nn.Module], size: int, batch: int, rounds: in
     gen = torch.Generator().manual_seed(1)
     data = {b: (torch.randn(b, 3, size, size, generator=gen).contiguous(memory_format=torch.channels_last),
                 torch.randint(0, 10, (b,), generator=gen)) for b in (small, batch)}
-    times: dict[tuple[int, str], list[float]] = {}
-    for _ in range(rounds):
-        for precision in ("fp32", "bf16"):
-            for step in range(steps + 1):
-                for b, entry in models.items():
-                    took = _step_seconds(entry.model, entry.optimizer, *data[b], precision == "bf16")
-                    if step:
-                        times.setdefault((b, precision), []).append(took)
+    times = _time_in_turns(models, data.__getitem__, rounds, steps)
     fixed, per_image, total = {}, {}, {}
     for precision in ("fp32", "bf16"):
         t_small, t_big = (statistics.median(times[(b, precision)]) for b in (small, batch))
@@ -124,17 +133,12 @@ def main() -> None:
     for size in {res, half}:
         x = torch.randn(bs, 3, size, size, generator=gen)
         inputs[size] = (x, x.contiguous(memory_format=torch.channels_last), torch.randint(0, 10, (bs,), generator=gen))
-    seconds: dict[tuple[str, str], list[float]] = {}
-    for _ in range(args.rounds):
-        for precision in ("fp32", "bf16"):
-            for step in range(args.steps + 1):  # the first step of each round warms up and is not counted
-                for name, entry in entries.items():
-                    x_nchw, x_cl, y = inputs[entry.size]
-                    set_fused_kernels(entry.kernels)
-                    took = _step_seconds(entry.model, entry.optimizer, x_cl if entry.channels_last else x_nchw, y,
-                                         precision == "bf16")
-                    if step:
-                        seconds.setdefault((name, precision), []).append(took)
+    def batch_of(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        x_nchw, x_cl, y = inputs[entries[name].size]
+        return (x_cl if entries[name].channels_last else x_nchw), y
+
+    seconds = _time_in_turns(entries, batch_of, args.rounds, args.steps,
+                             before_step=lambda name: set_fused_kernels(entries[name].kernels))
     set_fused_kernels(True)
     rates = {key: [bs / t for t in times] for key, times in seconds.items()}
 

@@ -12,9 +12,9 @@ the CPU capability torch reports, and cached (the first compile takes about 20-4
 The model calls `act_batch_norm`, `layer_norm`, `depthwise_conv3x3`, `depthwise_patch_conv`,
 `lightweight_attention` and `patch_linear` (patch merging as a GEMM, no kernel of its own); each takes
 the fast path only for a CPU module in training mode, outside tracing, scripting and ``torch.compile``,
-and otherwise runs (or lets the caller run) exactly the modules' own forward (the plain path: it is also the reference the tests compare the kernels with). Parameters,
-buffers and module names are untouched, so checkpoints, fvcore counts and `fuse_for_inference` see the
-same model. The kernels' gradients are first-order only (a double backward raises).
+and otherwise runs (or lets the caller run) exactly the modules' own forward (the plain path: it is also
+the reference the tests compare the kernels with). Parameters, buffers and module names are untouched,
+so checkpoints, fvcore counts and `fuse_for_inference` see the same model. The kernels' gradients are first-order only (a double backward raises).
 ``CMT_SCALE_FUSED_KERNELS=0`` or `set_fused_kernels(False)` turns them off; if they cannot be built (no
 C++ compiler), one warning says so and training takes the plain path.
 """
