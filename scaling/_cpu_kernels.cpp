@@ -309,16 +309,18 @@ void neighbour_rows(const T* src, int64_t b, int64_t h, int64_t H, int64_t row, 
   }
 }
 
-// A sliding 3-wide window over one input row, for one channel block: at output column w it holds the
-// values at w - 1, w and w + 1 (zero outside the map or for a missing row). Moving right reuses two of
-// the three, so each input vector is loaded (and, in bf16, converted) once per row instead of three times.
+// A sliding 3-wide window over one input row (nullptr: a row outside the map), for the channel block at
+// c: at output column w it holds the values at w - 1, w and w + 1 (zero outside the map). Moving right
+// reuses two of the three, so each input vector is loaded (and, in bf16, converted) once per row instead
+// of three times.
 template <typename T>
 struct RowWindow {
   const T* row;
   int64_t W, C, n;
   Vec left, centre, right;
 
-  RowWindow(const T* row_, int64_t W_, int64_t C_, int64_t n_) : row(row_), W(W_), C(C_), n(n_) {
+  RowWindow(const T* row_start, int64_t c, int64_t W_, int64_t C_, int64_t n_)
+      : row(row_start ? row_start + c : nullptr), W(W_), C(C_), n(n_) {
     left = Vec(0.f);
     centre = row ? load(row, n) : Vec(0.f);
     right = (row && W > 1) ? load(row + C, n) : Vec(0.f);
@@ -342,9 +344,7 @@ void conv_row(const T* const rows[3], const float* taps, const float* bias, bool
     Vec tap[9];
     for (int64_t t = 0; t < 9; ++t) tap[t] = load(taps + t * C + c, n);
     const Vec base = bias ? load(bias + c, n) : Vec(0.f);
-    RowWindow<T> win[3] = {{rows[0] ? rows[0] + c : nullptr, W, C, n},
-                           {rows[1] ? rows[1] + c : nullptr, W, C, n},
-                           {rows[2] ? rows[2] + c : nullptr, W, C, n}};
+    RowWindow<T> win[3] = {{rows[0], c, W, C, n}, {rows[1], c, W, C, n}, {rows[2], c, W, C, n}};
     for (int64_t w = 0; w < W; ++w) {
       Vec acc = residual ? base + win[1].centre : base;
       for (int64_t i = 0; i < 3; ++i) {
@@ -366,9 +366,7 @@ void tap_grad_row(const T* g, const T* const rows[3], float* partial, int64_t W,
     const int64_t n = std::min(kV, C - c);
     Vec acc[10];
     for (int64_t t = 0; t < 10; ++t) acc[t] = Vec(0.f);
-    RowWindow<T> win[3] = {{rows[0] ? rows[0] + c : nullptr, W, C, n},
-                           {rows[1] ? rows[1] + c : nullptr, W, C, n},
-                           {rows[2] ? rows[2] + c : nullptr, W, C, n}};
+    RowWindow<T> win[3] = {{rows[0], c, W, C, n}, {rows[1], c, W, C, n}, {rows[2], c, W, C, n}};
     for (int64_t w = 0; w < W; ++w) {
       const Vec gv = load(g + w * C + c, n);
       acc[9] = acc[9] + gv;
@@ -437,7 +435,9 @@ void patch_conv_forward_kernel(const T* x, const float* taps, const float* bias,
           Vec acc = bias ? load(bias + c, n) : Vec(0.f);
           for (int64_t u = 0; u < k; ++u) {
             const T* xr = x + ((b * H + i * k + u) * W + j * k) * C + c;
-            for (int64_t v = 0; v < k; ++v) acc = at::vec::fmadd(load(taps + (u * k + v) * C + c, n), load(xr + v * C, n), acc);
+            for (int64_t v = 0; v < k; ++v) {
+              acc = at::vec::fmadd(load(taps + (u * k + v) * C + c, n), load(xr + v * C, n), acc);
+            }
           }
           store(acc, out + (bi * Wo + j) * C + c, n);
         }
@@ -521,7 +521,9 @@ void attention_forward_kernel(const T* q, const T* k, const T* v, const float* b
         for (int64_t c = 0; c < d; c += kV) {
           const int64_t n_lanes = std::min(kV, d - c);
           Vec acc(0.f);
-          for (int64_t m = 0; m < M; ++m) acc = at::vec::fmadd(Vec(p[m]), load(v + (b * M + m) * C + i * d + c, n_lanes), acc);
+          for (int64_t m = 0; m < M; ++m) {
+            acc = at::vec::fmadd(Vec(p[m]), load(v + (b * M + m) * C + i * d + c, n_lanes), acc);
+          }
           store(acc, o + c, n_lanes);
         }
       }
@@ -570,7 +572,8 @@ void attention_backward_kernel(const T* g, const T* q, const T* k, const T* v, c
             for (int64_t m = 0; m < M; ++m) {
               const int64_t at_m = m * C + i * d + c;
               dq_c = at::vec::fmadd(Vec(dl[m]), load(k + (b * M + m) * C + i * d + c, n_lanes), dq_c);
-              store(at::vec::fmadd(Vec(scale * dl[m]), qc, load(dk_acc.data() + at_m, n_lanes)), dk_acc.data() + at_m, n_lanes);
+              float* dk_m = dk_acc.data() + at_m;
+              store(at::vec::fmadd(Vec(scale * dl[m]), qc, load(dk_m, n_lanes)), dk_m, n_lanes);
               store(at::vec::fmadd(Vec(p[m]), gc, load(dv_acc.data() + at_m, n_lanes)), dv_acc.data() + at_m, n_lanes);
             }
             store(dq_c * Vec(scale), dq + bn * C + i * d + c, n_lanes);
@@ -760,7 +763,8 @@ at::Tensor patch_conv_forward(const at::Tensor& x, const at::Tensor& taps, const
                               int64_t k) {
   check_rows(x, 4, "patch_conv_forward");
   const int64_t B = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
-  TORCH_CHECK(k >= 1 && H >= k && W >= k, "patch_conv_forward: a ", k, "x", k, " patch does not fit a ", H, "x", W, " map");
+  TORCH_CHECK(k >= 1 && H >= k && W >= k, "patch_conv_forward: a ", k, "x", k, " patch does not fit a ", H, "x", W,
+              " map");
   const at::Tensor t = as_float_vector(taps, k * k * C, "patch_conv_forward taps");
   const at::Tensor b = optional_float_vector(bias, C, "patch_conv_forward bias");
   at::Tensor out = at::empty({B, H / k, W / k, C}, x.options());
