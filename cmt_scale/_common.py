@@ -10,7 +10,7 @@ from rich.console import Console
 
 from scaling import format_count
 
-__all__ = ["_Parser", "_glue_negative_values", "_protocol_args", "_protocol_from", "_trial_printer"]
+__all__ = ["_Parser", "_Progress", "_glue_negative_values", "_protocol_args", "_protocol_from"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,25 +48,36 @@ def _protocol_from(args: argparse.Namespace):
     return protocol.replace(**changes) if changes else protocol
 
 
-def _trial_printer(console: Console, total: int | None, previous: Sequence[dict[str, Any]] = ()) -> Any:
-    """A per-trial progress line; ``previous`` are the study's rows from before a resume, so the counter and
-    the front go on from them (``[3/3]`` for the one trial a resumed ``--trials 3`` still runs)."""
-    from search import measured_rows, pareto_mask
+class _Progress:
+    """What a search or study prints as it runs: its header once the run has checked its inputs (bad input
+    then gets the error line alone), and a line per trial whose counter and front go on from the trials a
+    resumed study had finished (``[3/3]`` for the one trial a resumed ``--trials 3`` still runs)."""
 
-    seen: list[dict[str, Any]] = list(previous)
+    def __init__(self, console: Console, header: str = "", total: int | None = None) -> None:
+        self.console, self.header, self.total = console, header, total
+        self.seen: list[dict[str, Any]] = []
+        self.started = False
 
-    def on_trial(row: dict[str, Any]) -> None:
-        seen.append(row)
-        done = measured_rows(seen)
+    def start(self, finished: Sequence[dict[str, Any]]) -> None:
+        """Called by the driver before a run's (or a study grid's) first trial, with the rows it resumes from."""
+        if not self.started and self.header:
+            self.console.print(self.header)
+        self.started = True
+        self.seen.extend(finished)
+
+    def trial(self, row: dict[str, Any]) -> None:
+        from search import measured_rows, pareto_mask
+
+        self.seen.append(row)
+        done = measured_rows(self.seen)
         front = sum(pareto_mask([(float(r["macs"]), float(r["top1_final"])) for r in done]))
-        counts = {s: sum(r["state"] == s for r in seen) for s in ("complete", "pruned", "failed", "infeasible")}
+        counts = {s: sum(r["state"] == s for r in self.seen) for s in ("complete", "pruned", "failed", "infeasible")}
         top1 = f"{row['top1_final']:.2f}%" if row["top1_final"] is not None else "-"
         macs = format_count(row["macs"]) if row["macs"] else "-"
-        of = f"/{total}" if total else ""
-        console.print(f"[{len(seen)}{of}] {row['state']:10s} {row['name']:30s} top-1 {top1:>7s}  MACs {macs:>8s}  "
-                      f"{row['wall_s']:.0f}s | " + " ".join(f"{k} {v}" for k, v in counts.items()) + f" | front {front}")
-
-    return on_trial
+        of = f"/{self.total}" if self.total else ""
+        self.console.print(f"[{len(self.seen)}{of}] {row['state']:10s} {row['name']:30s} top-1 {top1:>7s}  MACs "
+                           f"{macs:>8s}  {row['wall_s']:.0f}s | " + " ".join(f"{k} {v}" for k, v in counts.items())
+                           + f" | front {front}")
 
 
 def _glue_negative_values(argv: Sequence[str], options: Sequence[str]) -> list[str]:

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from scaling import format_count
 
-from ._common import _glue_negative_values, _Parser, _protocol_args, _protocol_from, _trial_printer
+from ._common import _glue_negative_values, _Parser, _Progress, _protocol_args, _protocol_from
 
 __all__ = ["run_ablate_command", "run_fidelity_command", "run_fit_command"]
 
@@ -34,20 +34,14 @@ def _base_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _options(args: argparse.Namespace, command: str, argv: Sequence[str], console: Console, header: str):
-    """How the study runs its grids; ``header`` is printed once, when the first grid has checked its inputs and
-    is about to train (bad input then gets the error line alone)."""
+    """How the study runs its grids; the header waits until the first grid has checked its inputs. The counter
+    covers this process's trials (a study spans several grids, each resumed on its own)."""
     from studies import RunOptions
 
-    printed: list[bool] = []
-
-    def print_header_once() -> None:
-        if not printed:
-            printed.append(True)
-            console.print(header)
-
+    progress = _Progress(console, header)
     return RunOptions(backend=args.backend, address=args.address, cpus_per_trial=args.cpus_per_trial,
                       num_cpus=args.num_cpus, command=["cmt-scale", command, *argv],
-                      on_trial=_trial_printer(console, None), on_start=print_header_once)
+                      on_trial=progress.trial, on_start=lambda finished: progress.start(()))
 
 
 def _print_frame(console: Console, title: str, frame, columns: dict[str, Any]) -> None:

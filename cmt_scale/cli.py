@@ -26,7 +26,7 @@ from scaling._compound import family, parse_stage_ratio
 from scaling._solver import Solution, solve
 from scaling._units import format_count, parse_count
 
-from ._common import _glue_negative_values, _Parser, _protocol_args, _protocol_from, _trial_printer
+from ._common import _glue_negative_values, _Parser, _Progress, _protocol_args, _protocol_from
 from ._study_commands import run_ablate_command, run_fidelity_command, run_fit_command
 
 # Options whose value may start with "-" (a negative number is bad input to report, not an unknown option).
@@ -148,7 +148,7 @@ def _print_summary(console: Console, summary: Any) -> None:
 
 def run_search_command(argv: Sequence[str], console: Console) -> int:
     args = _search_parser().parse_args(argv)
-    from search import read_rows, run_search
+    from search import run_search
     from search_spaces import load_space
 
     space = load_space(args.space)
@@ -156,16 +156,13 @@ def run_search_command(argv: Sequence[str], console: Console) -> int:
     out = args.out or f"runs/{Path(args.space).stem}"
     if args.trials is None:
         args.trials = len(space.grid) if space.sampler == "grid" else 20
-    header = (f"search {space.family} ({space.source}) on {protocol.dataset}, {args.trials} trials, backend "
-              f"{args.backend}, protocol {protocol.protocol_hash} -> {out}")
-    study = args.study or Path(out).name
-    previous = [r for r in read_rows(out) if r.get("study") == study]  # a resumed study counts on from these
+    progress = _Progress(console, f"search {space.family} ({space.source}) on {protocol.dataset}, {args.trials} "
+                         f"trials, backend {args.backend}, protocol {protocol.protocol_hash} -> {out}", args.trials)
     summary = run_search(space, protocol, args.trials, out, backend=args.backend, study=args.study,
                          storage=args.storage, mode=args.mode, address=args.address,
                          cpus_per_trial=args.cpus_per_trial, num_cpus=args.num_cpus, seed=args.search_seed,
                          command=["cmt-scale", "search", *argv],
-                         on_trial=_trial_printer(console, args.trials, previous),
-                         on_start=lambda: console.print(header))
+                         on_trial=progress.trial, on_start=progress.start)
     _print_summary(console, summary)
     return 0
 
@@ -177,7 +174,7 @@ def run_baselines_command(argv: Sequence[str], console: Console) -> int:
     protocol = _protocol_from(args)
     families = [f.strip() for f in args.families.split(",") if f.strip()]
     summary = run_baselines(protocol, args.out, families, command=["cmt-scale", "baselines", *argv],
-                            on_trial=_trial_printer(console, None))
+                            on_trial=_Progress(console).trial)
     _print_summary(console, summary)
     return 0
 

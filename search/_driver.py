@@ -115,12 +115,13 @@ def run_search(
     seed: int = 0,
     command: Sequence[str] | None = None,
     on_trial: Callable[[dict[str, Any]], None] | None = None,
-    on_start: Callable[[], None] | None = None,
+    on_start: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> SearchSummary:
     """Search ``space`` for ``trials`` trials under ``protocol``; results land in ``out`` (resumable).
 
-    ``on_start`` is called once every input has been checked, just before the first trial (a CLI prints
-    its header there, so bad input gets the error line alone).
+    ``on_start`` is called once every input has been checked, just before the first trial, with the rows
+    the study already finished (a CLI prints its header there, so bad input gets the error line alone, and
+    counts on from the finished trials).
 
     A ``sampler: grid`` space runs each of its grid points once (``trials=None`` means all of them).
 
@@ -167,7 +168,7 @@ def run_search(
     _write_run_json(run_dir, command, protocol, {"space": space.source, "family": space.family, "backend": backend,
                                                  "study": study_name, "trials": trials, "mode": mode})
     if on_start is not None:
-        on_start()
+        on_start([r for r in read_rows(run_dir) if r.get("study") == study_name])
     start = time.perf_counter()
     if backend == "optuna":
         from ._optuna import run_optuna_search
