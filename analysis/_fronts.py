@@ -1,7 +1,8 @@
 """Pareto fronts, hypervolume, and accuracy-at-equal-cost tables.
 
 Conventions: cost (MACs by default) is minimised, the metric (top-1) maximised. Only ``complete``
-trials with both figures take part.
+points with both figures take part. A point is an architecture's mean over its seeds (`aggregate_seeds`,
+applied here when the frame still has one row per trial): a front through single draws would reward luck.
 
 Hypervolume is measured in a normalised box so that families are compared on the same one: cost is
 divided by the reference cost and the metric is taken above the reference metric, so a front that
@@ -19,8 +20,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["compare_families", "default_reference_point", "hypervolume", "interpolate_cost", "interpolate_metric",
-           "pareto_front"]
+from ._seeds import aggregate_seeds
+
+__all__ = ["default_reference_point", "hypervolume", "interpolate_cost", "interpolate_metric", "pareto_front"]
 
 
 def _usable(df: pd.DataFrame, cost: str, metric: str) -> pd.DataFrame:
@@ -41,8 +43,9 @@ def _front_mask(costs: np.ndarray, metrics: np.ndarray) -> np.ndarray:
 
 
 def pareto_front(df: pd.DataFrame, cost: str = "macs", metric: str = "top1", by: str | None = "family") -> pd.DataFrame:
-    """The non-dominated rows (per ``by`` group, or over all rows with ``by=None``), cheapest first."""
-    rows = _usable(df, cost, metric)
+    """The non-dominated points (per ``by`` group, or over all with ``by=None``), cheapest first; seed
+    replicates are averaged first, so each row carries ``<metric>_std`` and ``n_seeds``."""
+    rows = _usable(aggregate_seeds(df, metric), cost, metric)
     groups = [rows] if by is None else [g for _, g in rows.groupby(by, sort=True)]
     fronts = []
     for group in groups:
@@ -55,8 +58,8 @@ def pareto_front(df: pd.DataFrame, cost: str = "macs", metric: str = "top1", by:
 
 
 def default_reference_point(df: pd.DataFrame, cost: str = "macs", metric: str = "top1") -> tuple[float, float]:
-    """``(1.1 x max cost, min metric - 1)`` over all usable rows: one box for every family compared."""
-    rows = _usable(df, cost, metric)
+    """``(1.1 x max cost, min metric - 1)`` over all usable points (seed means): one box for every family."""
+    rows = _usable(aggregate_seeds(df, metric), cost, metric)
     if rows.empty:
         raise ValueError("no complete rows with both cost and metric to compare")
     return 1.1 * float(rows[cost].max()), float(rows[metric].min()) - 1.0
@@ -114,43 +117,3 @@ def interpolate_cost(front: pd.DataFrame, level: float, cost: str = "macs", metr
             t = (level - metrics[i - 1]) / (metrics[i] - metrics[i - 1])
             return float(math.exp(math.log(costs[i - 1]) + t * (math.log(costs[i]) - math.log(costs[i - 1]))))
     return math.nan
-
-
-def compare_families(
-    df: pd.DataFrame,
-    budgets: Sequence[float] = (),
-    levels: Sequence[float] = (),
-    reference_family: str | None = None,
-    reference_point: tuple[float, float] | None = None,
-    cost: str = "macs",
-    metric: str = "top1",
-) -> pd.DataFrame:
-    """A row per family: front size, hypervolume (same box for all), top-1 at each MACs budget, MACs to reach
-    each top-1 level, and that cost as a ratio to ``reference_family``'s ("CMT needs 0.5x the MACs of DeiT")."""
-    fronts = pareto_front(df, cost, metric)
-    ref_point = reference_point or default_reference_point(df, cost, metric)
-    families = sorted(fronts["family"].unique())
-    if reference_family is not None and reference_family not in families:
-        raise ValueError(f"reference_family={reference_family!r} is not allowed; allowed: {', '.join(families)}")
-    table = []
-    for family in families:
-        front = fronts[fronts["family"] == family]
-        row = {"family": family, "front_size": len(front), "hypervolume": hypervolume(front, ref_point, cost, metric)}
-        for budget in budgets:
-            row[f"top1@{_fmt(budget)}"] = interpolate_metric(front, budget, cost, metric)
-        for level in levels:
-            row[f"macs_for_{level:g}"] = interpolate_cost(front, level, cost, metric)
-        table.append(row)
-    out = pd.DataFrame(table).set_index("family")
-    if reference_family is not None:
-        for level in levels:
-            column = f"macs_for_{level:g}"
-            out[f"x_{reference_family}_for_{level:g}"] = out[column] / out.loc[reference_family, column]
-    return out
-
-
-def _fmt(value: float) -> str:
-    for suffix, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if value >= scale:
-            return f"{value / scale:g}{suffix}"
-    return f"{value:g}"

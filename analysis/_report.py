@@ -1,4 +1,5 @@
-"""Reports: the paper's headline comparison from published numbers, and a run's fronts as files."""
+"""Reports: the paper's headline comparison from published numbers, and a run's fronts as files, with what
+a reader must know to trust them (the rung, the seed noise, the published budgets) said in words."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ from typing import Sequence
 
 import pandas as pd
 
-from ._fronts import compare_families, pareto_front
-from ._load import load_published, load_results
+from ._compare import compare_families
+from ._fronts import pareto_front
+from ._load import PUBLISHED_RUNG, load_published, load_results
+from ._noise import Bootstrap, noise_statement
 from ._plots import plot_fronts
+from ._seeds import aggregate_seeds
 
-__all__ = ["HeadlineRow", "headline_comparison", "markdown_table", "write_report"]
+__all__ = ["HeadlineRow", "Report", "budget_statement", "headline_comparison", "markdown_table", "write_report"]
 
 
 @dataclass(frozen=True)
@@ -53,18 +57,82 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def budget_statement(df: pd.DataFrame) -> str:
+    """One line naming each model's training epochs per family, and whether the front mixes budgets: the
+    papers trained CMT-Ti for 800 epochs and EfficientNet for 350, so a published gap is not architecture alone.
+
+    >>> budget_statement(load_published())  # doctest: +ELLIPSIS
+    'The published front mixes training budgets (epochs): cmt: CMT-Ti 800, CMT-XS 400, CMT-S/CMT-B 300; ...'
+    """
+    if "epochs" not in df.columns:
+        raise ValueError("frame has no 'epochs' column; allowed: the published numbers (load_published)")
+    parts = []
+    for family, group in df.groupby("family", sort=True):
+        by_epochs = group.groupby("epochs", sort=False)["name"].apply(list)
+        if len(by_epochs) == 1:
+            parts.append(f"{family} {by_epochs.index[0]:g}")
+        else:
+            parts.append(f"{family}: " + ", ".join(f"{'/'.join(names)} {epochs:g}" for epochs, names in by_epochs.items()))
+    if df["epochs"].nunique() == 1:
+        return f"Every published model was trained {df['epochs'].iloc[0]:g} epochs: {'; '.join(parts)}."
+    return (f"The published front mixes training budgets (epochs): {'; '.join(parts)}. "
+            "Its gaps are not the architectures' alone.")
+
+
+@dataclass(frozen=True)
+class Report:
+    """What `write_report` wrote: the family table and the notes (rung, seed noise, published budgets)."""
+
+    table: pd.DataFrame
+    notes: tuple[str, ...]
+    rung: str
+
+
+def _rung_note(points: pd.DataFrame) -> tuple[str, str]:
+    """The rung shown and a line saying so, with how many points are backed by more than one seed."""
+    rungs = sorted(points["rung"].astype(str).unique())
+    if rungs == [PUBLISHED_RUNG]:
+        return PUBLISHED_RUNG, "Published numbers: one figure per model, as each paper reports it (no seed spread)."
+    replicated = int((points["n_seeds"] > 1).sum())
+    return ", ".join(rungs), (f"Rung: {', '.join(rungs)}; each point is the mean over its seeds "
+                              f"({replicated} of {len(points)} points have 2 or more seeds).")
+
+
+def _front_points_table(fronts: pd.DataFrame) -> pd.DataFrame:
+    """The front points as a reader wants them: mean and std over seeds, and how many seeds."""
+    return fronts[["family", "name", "macs", "params", "top1", "top1_std", "n_seeds"]].rename(
+        columns={"top1": "top1_mean"}).set_index("family")
+
+
 def write_report(paths: Sequence[str | Path] | None, out: str | Path, published: bool = False,
                  budgets: Sequence[float] = (), levels: Sequence[float] = (), reference_family: str | None = None,
-                 title: str = "") -> pd.DataFrame:
-    """Write ``fronts.png/svg``, ``comparison.csv/md`` and ``fronts.csv`` for the runs (or published data) to ``out``."""
+                 title: str = "", rung: str | None = None) -> Report:
+    """Write ``fronts.png/svg``, ``comparison.csv/md`` and ``fronts.csv`` for the runs (or published data) to
+    ``out``; the fronts go through seed means of one rung (``rung``, default the longest the runs have).
+
+    ``comparison.md`` holds the family table, which families are within seed noise of each other, the front
+    points (mean, std, seeds) and, with ``published``, the papers' mixed training budgets. Those lines are
+    also returned (``Report.notes``) for a caller to print.
+    """
     if not paths and not published:
         raise ValueError("nothing to report: give run folders or --published")
-    df = load_results(paths or [], include_published=published)  # checked before any file is written
+    df = load_results(paths or [], include_published=published, rung=rung)  # checked before any file is written
+    points = aggregate_seeds(df)
+    bootstrap = Bootstrap()
+    table = compare_families(points, budgets=budgets, levels=levels, reference_family=reference_family,
+                             bootstrap=bootstrap)
+    rungs, rung_line = _rung_note(points)
+    notes = [rung_line, noise_statement(table, bootstrap.level)]
+    papers = df[df["rung"] == PUBLISHED_RUNG]
+    if len(papers):
+        notes.append(budget_statement(papers))
+    fronts = pareto_front(points)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    table = compare_families(df, budgets=budgets, levels=levels, reference_family=reference_family)
     table.to_csv(out / "comparison.csv")
-    (out / "comparison.md").write_text(markdown_table(table), encoding="utf-8")
-    pareto_front(df).to_csv(out / "fronts.csv", index=False)
-    plot_fronts(df, path=out / "fronts", title=title)
-    return table
+    markdown = [f"# {title or 'Families compared'}", "", markdown_table(table), *notes, "",
+                "## Front points (mean and std over seeds)", "", markdown_table(_front_points_table(fronts))]
+    (out / "comparison.md").write_text("\n".join(markdown), encoding="utf-8")
+    fronts.drop(columns=["top1_seeds"]).to_csv(out / "fronts.csv", index=False)
+    plot_fronts(points, path=out / "fronts", title=title)
+    return Report(table, tuple(notes), rungs)

@@ -190,6 +190,8 @@ def _report_parser() -> argparse.ArgumentParser:
     parser.add_argument("--budgets", default="", help="MACs budgets for top-1 columns, e.g. 1G,4G")
     parser.add_argument("--levels", default="", help="top-1 levels for MACs-needed columns, e.g. 80,82")
     parser.add_argument("--reference", help="family the MACs ratios are relative to (e.g. cmt)")
+    parser.add_argument("--rung", choices=("cheap", "reference"), help="training rung to report (default: the longest "
+                        "the runs have; a report never mixes rungs)")
     parser.add_argument("--title", default="", help="figure title")
     return parser
 
@@ -208,9 +210,11 @@ def run_report(argv: Sequence[str], console: Console) -> int:
         reference = args.reference or "cmt"
     else:
         reference = args.reference
-    table = write_report(args.runs, args.out, published=args.published, budgets=budgets, levels=levels,
-                         reference_family=reference, title=args.title)
-    out = Table(title=f"families compared ({', '.join(args.runs) or 'published numbers'})", title_justify="left")
+    report = write_report(args.runs, args.out, published=args.published, budgets=budgets, levels=levels,
+                          reference_family=reference, title=args.title, rung=args.rung)
+    table = report.table
+    out = Table(title=f"families compared ({', '.join(args.runs) or 'published numbers'}; rung {report.rung})",
+                title_justify="left")
     out.add_column("family")
     for column in table.columns:
         out.add_column(str(column), justify="right")
@@ -221,6 +225,8 @@ def run_report(argv: Sequence[str], console: Console) -> int:
             cells.append(text)
         out.add_row(str(family_name), *cells)
     console.print(out)
+    for note in report.notes:
+        console.print(note, markup=False, highlight=False)
     if args.published:
         head = Table(title="CMT-S against its rivals (published ImageNet numbers)", title_justify="left")
         for col in ("rival", "rival top-1", "CMT-S top-1", "rival MACs / CMT-S MACs"):
