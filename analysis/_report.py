@@ -61,8 +61,8 @@ def budget_statement(df: pd.DataFrame) -> str:
     """One line naming each model's training epochs per family, and whether the front mixes budgets: the
     papers trained CMT-Ti for 800 epochs and EfficientNet for 350, so a published gap is not architecture alone.
 
-    >>> budget_statement(load_published())  # doctest: +ELLIPSIS
-    'The published front mixes training budgets (epochs): cmt: CMT-Ti 800, CMT-XS 400, CMT-S/CMT-B 300; ...'
+    >>> print(budget_statement(load_published()))  # doctest: +ELLIPSIS
+    The published front mixes training budgets (epochs): cmt: CMT-Ti 800, CMT-XS 400, CMT-S/CMT-B 300; ...
     """
     if "epochs" not in df.columns:
         raise ValueError("frame has no 'epochs' column; allowed: the published numbers (load_published)")

@@ -42,8 +42,9 @@ def aggregate_seeds(df: pd.DataFrame, metric: str = "top1") -> pd.DataFrame:
 
     >>> rows = pd.DataFrame({"family": "cmt", "name": "a", "macs": 1e8, "top1": [70.0, 72.0],
     ...                      "state": "complete", "seed": [0, 1]})
-    >>> aggregate_seeds(rows)[["top1", "top1_std", "n_seeds"]].values.tolist()
-    [[71.0, 1.4142135623730951, 2]]
+    >>> point = aggregate_seeds(rows).iloc[0]
+    >>> float(point["top1"]), round(float(point["top1_std"]), 4), int(point["n_seeds"])
+    (71.0, 1.4142, 2)
     """
     if is_aggregated(df):
         return df
