@@ -10,7 +10,8 @@ from rich.console import Console
 
 from scaling import format_count
 
-__all__ = ["_Parser", "_Progress", "_glue_negative_values", "_protocol_args", "_protocol_from"]
+__all__ = ["_Parser", "_Progress", "_glue_negative_values", "_int_list", "_promotion_args", "_promotion_from",
+           "_protocol_args", "_protocol_from"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,6 +34,46 @@ def _protocol_args(parser: argparse.ArgumentParser) -> None:
         group.add_argument(flag, type=kind, help=text)
     group.add_argument("--precision", choices=("fp32", "bf16"))
     group.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    group.add_argument("--low-res", choices=("adapt", "native"), help="below 64 px: halve each family's first "
+                       "downsampling (adapt, default) or keep the published strides (native)")
+    group.add_argument("--recipes", metavar="FILE|shipped|shared", help="per-family training recipes: a YAML file "
+                       "(as written by sweep-recipes), the shipped ones (default), or shared: the protocol's lr etc. "
+                       "for every family")
+
+
+def _promotion_args(parser: argparse.ArgumentParser, default_on: bool) -> None:
+    from search import DEFAULT_PROMOTION
+
+    group = parser.add_argument_group("reference rung (promotion of the cheap rung's front)")
+    if default_on:
+        group.add_argument("--no-promotion", action="store_true", help="report the cheap rung; no reference rung")
+    else:
+        group.add_argument("--promote", action="store_true", help="re-train each family's cheap-rung front plus "
+                           "margin on the reference rung, as a search does")
+    group.add_argument("--reference-epochs", type=int, default=DEFAULT_PROMOTION.epochs,
+                       help=f"reference rung epochs (default {DEFAULT_PROMOTION.epochs})")
+    group.add_argument("--reference-train-size", type=int, help="reference rung training images (default: all)")
+    group.add_argument("--reference-seeds", default=",".join(map(str, DEFAULT_PROMOTION.seeds)),
+                       help="reference rung seeds (default " + ",".join(map(str, DEFAULT_PROMOTION.seeds)) + ")")
+    group.add_argument("--margin", default=str(DEFAULT_PROMOTION.margin), help="promoted beyond the front: layer (the "
+                       "next non-dominated layer, default), none, or a number of top-1 points")
+
+
+def _int_list(text: str, name: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"{name}={text!r} is not allowed; allowed: comma-separated integers such as 0,1") from None
+
+
+def _promotion_from(args: argparse.Namespace):
+    """The `Promotion` the flags ask for, or ``None`` when there is to be no reference rung."""
+    from search import Promotion
+
+    if getattr(args, "no_promotion", False) or not getattr(args, "promote", True):
+        return None
+    return Promotion(train_size=args.reference_train_size, epochs=args.reference_epochs,
+                     seeds=_int_list(args.reference_seeds, "--reference-seeds"), margin=args.margin)
 
 
 def _protocol_from(args: argparse.Namespace):
@@ -44,8 +85,19 @@ def _protocol_from(args: argparse.Namespace):
             protocol = ProxyProtocol.from_dict(json.load(handle))
     changes = {name: getattr(args, name) for name in ("dataset", "data_root", "epochs", "train_size", "val_size",
                                                        "resolution", "batch_size", "seed", "threads", "lr",
-                                                       "precision", "device") if getattr(args, name) is not None}
+                                                       "precision", "device", "low_res")
+               if getattr(args, name) is not None}
+    if args.recipes is not None:
+        changes["recipes"] = _recipes_json(args.recipes)
     return protocol.replace(**changes) if changes else protocol
+
+
+def _recipes_json(choice: str) -> str:
+    from search_spaces import load_recipes
+
+    if choice == "shared":
+        return "{}"
+    return json.dumps(load_recipes(None if choice == "shipped" else choice), sort_keys=True)
 
 
 class _Progress:
@@ -58,10 +110,17 @@ class _Progress:
         self.seen: list[dict[str, Any]] = []
         self.started = False
 
-    def start(self, finished: Sequence[dict[str, Any]]) -> None:
-        """Called by the driver before a run's (or a study grid's) first trial, with the rows it resumes from."""
+    def start(self, finished: Sequence[dict[str, Any]], rung: Any = None) -> None:
+        """Called by the driver before a run's (or a study grid's, or a rung's) first trial, with the rows it
+        resumes from; a search's cheap rung brings the plan of every rung, printed up front."""
         if not self.started and self.header:
             self.console.print(self.header)
+        for line in getattr(rung, "plan", ()):
+            self.console.print(f"  {line}")
+        if rung is not None and rung.name == "reference":
+            self.console.print(f"reference rung: {rung.trials} trials (promoted members x seeds), "
+                               f"{rung.images_per_trial:,} images each, protocol {rung.protocol_hash}")
+            self.seen, self.total = [], rung.trials
         self.started = True
         self.seen.extend(finished)
 

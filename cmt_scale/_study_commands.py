@@ -41,7 +41,7 @@ def _options(args: argparse.Namespace, command: str, argv: Sequence[str], consol
     progress = _Progress(console, header)
     return RunOptions(backend=args.backend, address=args.address, cpus_per_trial=args.cpus_per_trial,
                       num_cpus=args.num_cpus, command=["cmt-scale", command, *argv],
-                      on_trial=progress.trial, on_start=lambda finished: progress.start(()))
+                      on_trial=progress.trial, on_start=lambda finished, *rung: progress.start(()))
 
 
 def _print_frame(console: Console, title: str, frame, columns: dict[str, Any]) -> None:

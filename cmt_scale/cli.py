@@ -26,7 +26,8 @@ from scaling._compound import family, parse_stage_ratio
 from scaling._solver import Solution, solve
 from scaling._units import format_count, parse_count
 
-from ._common import _glue_negative_values, _Parser, _Progress, _protocol_args, _protocol_from
+from ._common import (_glue_negative_values, _int_list, _Parser, _Progress, _promotion_args, _promotion_from,
+                      _protocol_args, _protocol_from)
 from ._study_commands import run_ablate_command, run_fidelity_command, run_fit_command
 
 # Options whose value may start with "-" (a negative number is bad input to report, not an unknown option).
@@ -123,6 +124,7 @@ def _search_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-cpus", type=int, help="Ray: CPUs of a local cluster (default: all)")
     parser.add_argument("--search-seed", type=int, default=0, help="the sampler's seed")
     _protocol_args(parser)
+    _promotion_args(parser, default_on=True)
     return parser
 
 
@@ -130,17 +132,20 @@ def _baselines_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cmt-scale baselines", description="Train the baseline families under the protocol.")
     parser.add_argument("--families", default="deit,efficientnet", help="comma list (default deit,efficientnet)")
     parser.add_argument("--out", default="runs/baselines", help="run folder (default runs/baselines)")
+    parser.add_argument("--seeds", default="0,1", help="seeds each member trains with (default 0,1)")
     _protocol_args(parser)
+    _promotion_args(parser, default_on=False)
     return parser
 
 
 def _print_summary(console: Console, summary: Any) -> None:
-    table = Table(title=f"Pareto front (top-1 vs MACs) of {summary.run_dir}", title_justify="left")
-    for col in ("trial", "name", "MACs", "params", "top-1 %"):
-        table.add_column(col, justify="left" if col in ("trial", "name") else "right")
+    table = Table(title=f"Pareto front (top-1 vs MACs) of {summary.run_dir}, {summary.rung} rung", title_justify="left")
+    for col in ("trial", "family", "name", "MACs", "params", "top-1 % (mean ± std)", "seeds"):
+        table.add_column(col, justify="left" if col in ("trial", "family", "name") else "right")
     for row in summary.front:
-        table.add_row(str(row["trial_id"]), row["name"], format_count(row["macs"]), format_count(row["params"]),
-                      f"{row['top1_final']:.2f}")
+        spread = f" ± {row['top1_std']:.2f}" if row["seeds"] > 1 else ""
+        table.add_row(str(row["trial_id"]), row["family"], row["name"], format_count(row["macs"]),
+                      format_count(row["params"]), f"{row['top1_final']:.2f}{spread}", str(row["seeds"]))
     console.print(table)
     console.print(f"trials: {summary.counts()} | wall {summary.wall_s:.0f}s | results: "
                   f"{summary.run_dir / 'results.parquet'} and results.csv")
@@ -148,11 +153,11 @@ def _print_summary(console: Console, summary: Any) -> None:
 
 def run_search_command(argv: Sequence[str], console: Console) -> int:
     args = _search_parser().parse_args(argv)
-    from search import run_search
+    from search import run_search, with_family_recipes
     from search_spaces import load_space
 
     space = load_space(args.space)
-    protocol = _protocol_from(args)
+    protocol = with_family_recipes(_protocol_from(args))
     out = args.out or f"runs/{Path(args.space).stem}"
     if args.trials is None:
         args.trials = len(space.grid) if space.sampler == "grid" else 20
@@ -162,19 +167,26 @@ def run_search_command(argv: Sequence[str], console: Console) -> int:
                          storage=args.storage, mode=args.mode, address=args.address,
                          cpus_per_trial=args.cpus_per_trial, num_cpus=args.num_cpus, seed=args.search_seed,
                          command=["cmt-scale", "search", *argv],
-                         on_trial=progress.trial, on_start=progress.start)
+                         on_trial=progress.trial, on_start=progress.start, promotion=_promotion_from(args))
     _print_summary(console, summary)
     return 0
 
 
 def run_baselines_command(argv: Sequence[str], console: Console) -> int:
     args = _baselines_parser().parse_args(argv)
+    from proxy import baseline_families, get_family
     from search import run_baselines
 
     protocol = _protocol_from(args)
     families = [f.strip() for f in args.families.split(",") if f.strip()]
-    summary = run_baselines(protocol, args.out, families, command=["cmt-scale", "baselines", *argv],
-                            on_trial=_Progress(console).trial)
+    seeds = _int_list(args.seeds, "--seeds")
+    promotion = _promotion_from(args)
+    members = sum(len(get_family(f).members) for f in families if f in baseline_families())
+    progress = _Progress(console, f"baselines {','.join(families)} on {protocol.dataset}: {members} members x "
+                         f"{len(seeds)} seeds on the cheap rung" + (", then each family's front on the reference rung"
+                                                                   if promotion else ""), members * len(seeds))
+    summary = run_baselines(protocol, args.out, families, seeds=seeds, promotion=promotion,
+                            command=["cmt-scale", "baselines", *argv], on_trial=progress.trial)
     _print_summary(console, summary)
     return 0
 

@@ -5,13 +5,28 @@ and from searching (`search`): a search hands it a config and a protocol and get
 It never imports Optuna or Ray.
 """
 
-from ._baselines import BASELINE_FAMILIES, baseline_names, build_baseline, checked_deit_patch, deit_patch_size
+from ._family import COMMON_KEYS, Family, Member, family_names, get_family, register_family
+from ._family_baselines import build_baseline, checked_deit_patch, deit_patch_size
+from ._family_cmt import compound_member, compound_values
 from ._data import DATASET_NAMES, DatasetNotFound, ProxyData, load_dataset
-from ._protocol import DEFAULT_PROTOCOL, ProxyProtocol
+from ._protocol import DEFAULT_PROTOCOL, LOW_RES_RULES, ProxyProtocol
+from ._recipe import RECIPE_KEYS, Recipe, parse_recipes
 from ._train import TrialPruned, TrialResult, resolve_device, train_and_evaluate
 
 __all__ = [
-    "BASELINE_FAMILIES",
+    "COMMON_KEYS",
+    "Family",
+    "LOW_RES_RULES",
+    "Member",
+    "RECIPE_KEYS",
+    "Recipe",
+    "baseline_families",
+    "compound_member",
+    "compound_values",
+    "family_names",
+    "get_family",
+    "parse_recipes",
+    "register_family",
     "DATASET_NAMES",
     "DEFAULT_PROTOCOL",
     "DatasetNotFound",
@@ -19,7 +34,6 @@ __all__ = [
     "ProxyProtocol",
     "TrialPruned",
     "TrialResult",
-    "baseline_names",
     "build_baseline",
     "checked_deit_patch",
     "deit_patch_size",
@@ -27,3 +41,8 @@ __all__ = [
     "resolve_device",
     "train_and_evaluate",
 ]
+
+
+def baseline_families() -> tuple[str, ...]:
+    """The registered families with named members (what ``cmt-scale baselines`` trains)."""
+    return tuple(name for name in family_names() if get_family(name).members)

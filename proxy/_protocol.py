@@ -13,11 +13,14 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-__all__ = ["DEFAULT_PROTOCOL", "ProxyProtocol"]
+__all__ = ["DEFAULT_PROTOCOL", "LOW_RES_BELOW", "LOW_RES_RULES", "ProxyProtocol"]
 
 _AUGMENTS = ("crop-flip", "crop", "none")
 _PRECISIONS = ("fp32", "bf16")
 _DEVICES = ("auto", "cpu", "cuda")
+LOW_RES_RULES = ("adapt", "native")
+# Below this input size a native CMT or EfficientNet ends on a 1x1 map and a native DeiT on a 2x2 token grid.
+LOW_RES_BELOW = 64
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,6 +30,13 @@ class ProxyProtocol:
     The validation split (``val_size`` images) is held out from the training split with the protocol's
     seed; searches score on it. The data set's test split is used only when ``eval_test`` is set, for
     final reports. The default trains a CMT-Ti-sized model in about a minute on 2 CPU cores.
+
+    ``lr``, ``weight_decay``, ``warmup_epochs`` and ``label_smoothing`` are the shared recipe: what a model
+    trains with when ``recipes`` (JSON ``{family: recipe}``, see `Recipe`) names no recipe for its family.
+    Searches fill ``recipes`` with the shipped per-family recipes unless told otherwise; ``"{}"`` means the
+    shared recipe for every family. ``low_res`` is the rule for inputs below 64 px, the same for every
+    family: ``adapt`` halves each family's first downsampling (CMT's first stem conv and EfficientNet's
+    stem conv get stride 1, DeiT's 16-px patch becomes 8 px), ``native`` keeps the published strides.
     """
 
     dataset: str = "fashion-mnist"
@@ -49,6 +59,8 @@ class ProxyProtocol:
     precision: str = "fp32"
     compile: bool = False
     eval_test: bool = False
+    recipes: str | None = None
+    low_res: str = "adapt"
 
     def __post_init__(self) -> None:
         def need(ok: bool, name: str, allowed: str) -> None:
@@ -75,6 +87,16 @@ class ProxyProtocol:
         need(self.threads is None or (is_int(self.threads) and self.threads >= 1), "threads", "an integer >= 1")
         need(self.device in _DEVICES, "device", ", ".join(_DEVICES))
         need(self.precision in _PRECISIONS, "precision", ", ".join(_PRECISIONS))
+        need(self.low_res in LOW_RES_RULES, "low_res", ", ".join(LOW_RES_RULES))
+        need(self.recipes is None or isinstance(self.recipes, str), "recipes", "JSON {family: recipe} or None")
+        from ._recipe import parse_recipes
+
+        parse_recipes(self.recipes)  # one line naming the bad family and key
+
+    @property
+    def adapts_low_res(self) -> bool:
+        """Whether members are adapted to this protocol's resolution (see ``low_res``)."""
+        return self.low_res == "adapt" and self.resolution < LOW_RES_BELOW
 
     def replace(self, **changes: Any) -> "ProxyProtocol":
         return dataclasses.replace(self, **changes)

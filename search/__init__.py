@@ -5,10 +5,12 @@ candidates from a `search_spaces` file, rejects those over budget with the analy
 `proxy` train the rest, and writes one results table whichever backend ran.
 """
 
-from ._driver import BACKENDS, SearchSummary, check_protocol_fits, run_baselines, run_search
+from ._driver import BACKENDS, RungStart, SearchSummary, check_protocol_fits, run_baselines, run_search, with_family_recipes
+from ._promotion import DEFAULT_PROMOTION, Promotion, non_dominated_layers, promoted_rows, reference_space
 from ._results import RESULT_COLUMNS, STATES, measured_rows, pareto_mask, read_rows, write_results
 from ._trial import check_resolution, compound_member
 
-__all__ = ["BACKENDS", "RESULT_COLUMNS", "STATES", "SearchSummary", "check_protocol_fits", "check_resolution",
+__all__ = ["BACKENDS", "DEFAULT_PROMOTION", "Promotion", "RungStart", "non_dominated_layers", "promoted_rows",
+           "reference_space", "with_family_recipes", "RESULT_COLUMNS", "STATES", "SearchSummary", "check_protocol_fits", "check_resolution",
            "compound_member", "measured_rows", "pareto_mask", "read_rows", "run_baselines", "run_search",
            "write_results"]

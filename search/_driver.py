@@ -8,6 +8,7 @@ resumes.
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import sys
@@ -16,16 +17,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from proxy import BASELINE_FAMILIES, ProxyProtocol, load_dataset, resolve_device
+from proxy import ProxyProtocol, baseline_families, get_family, load_dataset, resolve_device
 from search_spaces import SearchSpace, load_space, space_from_dict
 
 from ._interrupt import interrupt_guard
+from ._promotion import DEFAULT_PROMOTION, Promotion, promoted_rows, reference_space
 from ._results import measured_rows, pareto_mask, read_rows, write_results, write_row
 from ._trial import check_resolution, run_trial
 
-__all__ = ["BACKENDS", "SearchSummary", "check_protocol_fits", "run_baselines", "run_search"]
+__all__ = ["BACKENDS", "RungStart", "SearchSummary", "check_protocol_fits", "run_baselines", "run_search",
+           "with_family_recipes"]
 
 BACKENDS = ("optuna", "ray")
+
+
+@dataclass(frozen=True)
+class RungStart:
+    """What ``on_start`` is told before a rung trains: its name, trials, the images each sees and its protocol
+    hash, and (for the cheap rung of a promoted search) the plan of every rung, to print up front."""
+
+    name: str
+    trials: int
+    images_per_trial: int
+    protocol_hash: str
+    plan: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -35,18 +50,50 @@ class SearchSummary:
     wall_s: float
 
     @property
+    def rung(self) -> str:
+        """The longest rung with results: the front is reported from it."""
+        rungs = {r.get("rung") or "cheap" for r in measured_rows(self.rows)}
+        return "reference" if "reference" in rungs else "cheap"
+
+    @property
     def front(self) -> list[dict[str, Any]]:
-        """Complete trials on the MACs/top-1 Pareto front, cheapest first; an architecture whose result a later
-        trial reused (same config, protocol and seed) is one point, its first trial."""
-        done = measured_rows(self.rows)
-        keep = pareto_mask([(float(r["macs"]), float(r["top1_final"])) for r in done])
-        return sorted((r for r, k in zip(done, keep) if k), key=lambda r: r["macs"])
+        """The MACs/top-1 Pareto front of the longest rung, cheapest first: one row per architecture with its
+        top-1 averaged over seeds (``top1_final``; ``top1_std`` and ``seeds`` beside it). A trial that reused an
+        earlier trial's result (same config, protocol and seed) is the same measurement, counted once."""
+        points = _seed_means([r for r in measured_rows(self.rows) if (r.get("rung") or "cheap") == self.rung])
+        keep = pareto_mask([(float(r["macs"]), float(r["top1_final"])) for r in points])
+        return sorted((r for r, k in zip(points, keep) if k), key=lambda r: r["macs"])
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for row in self.rows:
             out[row["state"]] = out.get(row["state"], 0) + 1
         return out
+
+
+def _seed_means(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (architecture, protocol): the first trial's row with top-1 averaged over its seeds."""
+    import statistics
+
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["config"], row.get("protocol_hash")), []).append(row)
+    out = []
+    for group in groups.values():
+        values = [float(r["top1_final"]) for r in group]
+        out.append({**group[0], "top1_final": statistics.fmean(values), "seeds": len(values),
+                    "top1_std": statistics.stdev(values) if len(values) > 1 else float("nan")})
+    return out
+
+
+def with_family_recipes(protocol: ProxyProtocol) -> ProxyProtocol:
+    """``protocol`` with the shipped per-family recipes (``search_spaces/recipes.yaml``) when it names none;
+    ``recipes="{}"`` keeps the shared recipe (the protocol's own lr, weight decay, ...) for every family."""
+    if protocol.recipes is not None:
+        return protocol
+    from search_spaces import load_recipes
+
+    return protocol.replace(recipes=json.dumps(load_recipes(), sort_keys=True))
 
 
 def _versions() -> dict[str, str]:
@@ -91,13 +138,19 @@ def check_protocol_fits(protocol: ProxyProtocol, data=None) -> None:
                          f"{available - protocol.val_size} (its {available} training images less val_size)")
 
 
-def _check_protocol_matches(run_dir: Path, protocol: ProxyProtocol) -> None:
+def _check_protocol_matches(run_dir: Path, protocol: ProxyProtocol, reference: ProxyProtocol | None = None) -> None:
+    """A resumed run keeps its protocols (each rung's): other ones would put incomparable rows in one table."""
     path = run_dir / "run.json"
     if path.is_file():
-        old = json.loads(path.read_text(encoding="utf-8")).get("protocol_hash")
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+        old = recorded.get("protocol_hash")
         if old and old != protocol.protocol_hash:
             raise ValueError(f"run folder {str(run_dir)!r} holds a run with protocol {old}, not {protocol.protocol_hash}; "
                              "allowed: the same protocol to resume, or another --out")
+        old_reference = (recorded.get("rungs") or {}).get("reference", {}).get("protocol_hash")
+        if reference is not None and old_reference and old_reference != reference.protocol_hash:
+            raise ValueError(f"run folder {str(run_dir)!r} holds a reference rung with protocol {old_reference}, not "
+                             f"{reference.protocol_hash}; allowed: the same reference rung to resume, or another --out")
 
 
 def run_search(
@@ -115,13 +168,20 @@ def run_search(
     seed: int = 0,
     command: Sequence[str] | None = None,
     on_trial: Callable[[dict[str, Any]], None] | None = None,
-    on_start: Callable[[list[dict[str, Any]]], None] | None = None,
+    on_start: Callable[[list[dict[str, Any]], RungStart], None] | None = None,
+    promotion: Promotion | None = DEFAULT_PROMOTION,
 ) -> SearchSummary:
     """Search ``space`` for ``trials`` trials under ``protocol``; results land in ``out`` (resumable).
 
-    ``on_start`` is called once every input has been checked, just before the first trial, with the rows
-    the study already finished (a CLI prints its header there, so bad input gets the error line alone, and
-    counts on from the finished trials).
+    In ``pareto`` mode every candidate trains on the cheap rung (``protocol``); then ``promotion`` re-trains
+    the cheap rung's non-dominated set plus its margin on the reference rung, with its seeds, as the study
+    ``<study>-reference``, and the summary's front is the reference rung's (see `Promotion`; ``None``: no
+    reference rung). ``budget`` mode prunes by successive halving instead, and a grid space (a study's fixed
+    design) is trained as given. Each family trains with its recipe (`with_family_recipes`).
+
+    ``on_start(finished_rows, rung)`` is called before each rung trains, once every input has been checked,
+    with the rows that rung already finished (a CLI prints its header and the plan of every rung there, so
+    bad input gets the error line alone, and counts on from the finished trials).
 
     A ``sampler: grid`` space runs each of its grid points once (``trials=None`` means all of them).
 
@@ -152,12 +212,17 @@ def run_search(
     for name, value in (("cpus_per_trial", cpus_per_trial), ("num_cpus", num_cpus)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name}={value!r} is not allowed; allowed: an integer >= 1")
-    check_resolution(space, protocol.resolution)
+    protocol = with_family_recipes(protocol)
+    promote = promotion is not None and mode == "pareto" and space.sampler != "grid"
+    reference = promotion.protocol(protocol) if promote else None
+    check_resolution(space, protocol.resolution, protocol)
     run_dir = Path(out)
     study_name = study or run_dir.name
     data = load_dataset(protocol.dataset, protocol.data_root, protocol.download, load_size=protocol.resolution)
     check_protocol_fits(protocol, data)
-    _check_protocol_matches(run_dir, protocol)
+    if reference is not None:
+        check_protocol_fits(reference, data)
+    _check_protocol_matches(run_dir, protocol, reference)
     previous = run_dir / "run.json"
     recorded = json.loads(previous.read_text(encoding="utf-8")) if previous.is_file() else {}
     if (backend == "ray" and space.sampler != "grid" and recorded.get("study") == study_name
@@ -165,63 +230,128 @@ def run_search(
         raise ValueError(f"trials={trials} is not allowed when resuming the Ray run in {str(run_dir)!r}: Tune restores "
                          "an experiment with its own trial count; allowed: the same --trials, or another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
+    available = len(data.train_labels) - protocol.val_size
+    cheap_images = min(protocol.train_size or available, available) * protocol.epochs
+    rungs: dict[str, Any] = {"cheap": {"protocol_hash": protocol.protocol_hash, "images_per_trial": cheap_images}}
+    plan = [f"cheap rung: {trials} candidates x {cheap_images:,} images ({protocol.epochs} epochs x "
+            f"{cheap_images // protocol.epochs:,}), 1 seed = {trials * cheap_images:,} images"]
+    if reference is not None:
+        ref_images = promotion.images(protocol, available)
+        rungs["reference"] = {"protocol": reference.to_dict(), "protocol_hash": reference.protocol_hash,
+                              "images_per_trial": ref_images, "seeds": list(promotion.seeds),
+                              "margin": promotion.margin}
+        margin = {"layer": "front + next non-dominated layer", "none": "front"}.get(
+            promotion.margin, f"front + members within {promotion.margin} points")  # type: ignore[arg-type]
+        plan.append(f"reference rung: the cheap rung's {margin} (typically 3-8 members) x {len(promotion.seeds)} "
+                    f"seeds x {ref_images:,} images ({reference.epochs} epochs x {ref_images // reference.epochs:,})")
+    run_dir.mkdir(parents=True, exist_ok=True)
     _write_run_json(run_dir, command, protocol, {"space": space.source, "family": space.family, "backend": backend,
-                                                 "study": study_name, "trials": trials, "mode": mode})
-    if on_start is not None:
-        on_start([r for r in read_rows(run_dir) if r.get("study") == study_name])
+                                                 "study": study_name, "trials": trials, "mode": mode, "rungs": rungs})
+    backend_run = functools.partial(_run_backend, backend, run_dir, data.num_classes, mode, seed, on_trial, on_start,
+                                    dict(storage=storage, address=address, cpus_per_trial=cpus_per_trial,
+                                         num_cpus=num_cpus))
     start = time.perf_counter()
+    backend_run(space, protocol, trials, study_name, RungStart("cheap", trials, cheap_images, protocol.protocol_hash,
+                                                               tuple(plan)))
+    if reference is not None:
+        promoted = promoted_rows([r for r in read_rows(run_dir) if r.get("study") == study_name], promotion.margin)
+        if promoted:
+            grid = reference_space(space, promoted, promotion.seeds)
+            backend_run(grid, reference, len(grid.grid), f"{study_name}-reference",
+                        RungStart("reference", len(grid.grid), rungs["reference"]["images_per_trial"],
+                                  reference.protocol_hash))
+    return SearchSummary(run_dir, read_rows(run_dir), time.perf_counter() - start)
+
+
+def _run_backend(backend: str, run_dir: Path, num_classes: int, mode: str, seed: int, on_trial, on_start,
+                 options: dict[str, Any], space: SearchSpace, protocol: ProxyProtocol, trials: int, study: str,
+                 rung: RungStart) -> None:
+    """One rung of a search on its backend: the cheap rung's sampled candidates or the reference rung's grid."""
+    if on_start is not None:
+        on_start([r for r in read_rows(run_dir) if r.get("study") == study], rung)
     if backend == "optuna":
         from ._optuna import run_optuna_search
 
-        run_optuna_search(space, protocol, data.num_classes, trials, run_dir, study_name, storage, mode, seed,
-                          on_trial=on_trial)
+        run_optuna_search(space, protocol, num_classes, trials, run_dir, study, options["storage"], mode, seed,
+                          on_trial=on_trial, rung=rung.name)
     else:
         from ._ray import run_ray_search
 
-        run_ray_search(space, protocol, data.num_classes, trials, run_dir, study_name, address, cpus_per_trial,
-                       num_cpus, seed)
-    rows = read_rows(run_dir)
-    return SearchSummary(run_dir, rows, time.perf_counter() - start)
+        run_ray_search(space, protocol, num_classes, trials, run_dir, study, options["address"],
+                       options["cpus_per_trial"], options["num_cpus"], seed, rung=rung.name)
+
+
 
 
 def run_baselines(
     protocol: ProxyProtocol,
     out: str | Path,
     families: Sequence[str] = ("deit", "efficientnet"),
+    seeds: Sequence[int] | None = None,
+    promotion: Promotion | None = None,
     command: Sequence[str] | None = None,
     on_trial: Callable[[dict[str, Any]], None] | None = None,
 ) -> SearchSummary:
-    """Train every member of the baseline ``families`` under ``protocol``; rows in the same schema.
+    """Train every member of the baseline ``families`` under ``protocol`` (the cheap rung), once per seed
+    (default: the protocol's seed); rows in the search schema, each family with its recipe.
 
-    Resumable: members that already have a row in ``out`` are not trained again.
+    With ``promotion``, each family's cheap-rung front plus margin is then re-trained on the reference rung
+    with the promotion's seeds, exactly as a search promotes (`Promotion`). Resumable: trials that already
+    have a row in ``out`` are not trained again.
     """
-    unknown = [f for f in families if f not in BASELINE_FAMILIES]
+    unknown = [f for f in families if f not in baseline_families()]
     if unknown or not families:
-        raise ValueError(f"families={','.join(families)!r} is not allowed; allowed: {', '.join(BASELINE_FAMILIES)}")
+        raise ValueError(f"families={','.join(families)!r} is not allowed; allowed: {', '.join(baseline_families())}")
+    seeds = tuple(seeds) if seeds is not None else (protocol.seed,)
+    if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                              for s in seeds):
+        raise ValueError(f"seeds={seeds!r} is not allowed; allowed: one or more distinct integers")
+    protocol = with_family_recipes(protocol)
+    reference = promotion.protocol(protocol) if promotion is not None else None
     spaces = {family: load_space(family) for family in families}
     for space in spaces.values():
-        check_resolution(space, protocol.resolution)
+        check_resolution(space, protocol.resolution, protocol)
     data = load_dataset(protocol.dataset, protocol.data_root, protocol.download, load_size=protocol.resolution)
-    check_protocol_fits(protocol, data)
+    for rung_protocol in (protocol, reference):
+        if rung_protocol is not None:
+            check_protocol_fits(rung_protocol, data)
     run_dir = Path(out)
-    _check_protocol_matches(run_dir, protocol)
+    _check_protocol_matches(run_dir, protocol, reference)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_run_json(run_dir, command, protocol, {"families": list(families), "backend": "baselines"})
-    done = {r["trial_id"] for r in read_rows(run_dir)}
+    rungs: dict[str, Any] = {"cheap": {"protocol_hash": protocol.protocol_hash, "seeds": list(seeds)}}
+    if reference is not None:
+        rungs["reference"] = {"protocol": reference.to_dict(), "protocol_hash": reference.protocol_hash,
+                              "seeds": list(promotion.seeds), "margin": promotion.margin}
+    _write_run_json(run_dir, command, protocol, {"families": list(families), "backend": "baselines", "rungs": rungs})
     start = time.perf_counter()
+    train = functools.partial(_train_baselines, run_dir, data.num_classes, on_trial)
     with interrupt_guard() as interrupted:
         for family, space in spaces.items():
-            for name in BASELINE_FAMILIES[family]:
-                trial_id = f"{family}-{name}"
-                if trial_id in done:
-                    continue
-                if interrupted.raised:  # a Ctrl-C that a finalizer swallowed still stops here
-                    raise KeyboardInterrupt
-                row = run_trial(space, {"model": name}, protocol, data.num_classes, trial_id=trial_id,
-                                backend="baselines", study=run_dir.name)
-                write_row(run_dir, row)
-                write_results(run_dir)
-                if on_trial is not None:
-                    on_trial(row)
+            train(interrupted, space, protocol, "cheap",
+                  [(f"{family}-{name}-s{seed}", {"model": name, "seed": seed})
+                   for name in get_family(family).members for seed in seeds])
+            if reference is not None:
+                family_rows = [r for r in read_rows(run_dir) if r["family"] == family and r.get("rung") == "cheap"]
+                promoted = promoted_rows(family_rows, promotion.margin)
+                train(interrupted, space, reference, "reference",
+                      [(f"{family}-{r['name']}-reference-s{seed}", {"config": r["config"], "seed": seed})
+                       for r in promoted for seed in promotion.seeds])
     write_results(run_dir)
     return SearchSummary(run_dir, read_rows(run_dir), time.perf_counter() - start)
+
+
+def _train_baselines(run_dir: Path, num_classes: int, on_trial, interrupted, space: SearchSpace,
+                     protocol: ProxyProtocol, rung: str, trials: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    """Train each (trial id, values) that has no row yet, in order, writing each row as it finishes."""
+    done = {r["trial_id"] for r in read_rows(run_dir)}
+    for trial_id, values in trials:
+        if trial_id in done:
+            continue
+        if interrupted.raised:  # a Ctrl-C that a finalizer swallowed still stops here
+            raise KeyboardInterrupt
+        row = run_trial(space, values, protocol, num_classes, trial_id=trial_id, backend="baselines",
+                        study=run_dir.name, rung=rung)
+        write_row(run_dir, row)
+        write_results(run_dir)
+        if on_trial is not None:
+            on_trial(row)

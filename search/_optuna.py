@@ -135,6 +135,7 @@ def run_optuna_search(
     mode: str = "pareto",
     seed: int = 0,
     on_trial: Callable[[dict[str, Any]], None] | None = None,
+    rung: str = "cheap",
 ) -> None:
     import optuna
     from optuna.storages import RDBStorage
@@ -178,7 +179,7 @@ def run_optuna_search(
                     raise TrialPruned()
 
         row = run_trial(space, values_all, protocol, num_classes, trial_id=str(trial.number), backend="optuna",
-                        study=study_name, report=report, done=read_rows(run_dir))
+                        study=study_name, report=report, done=read_rows(run_dir), rung=rung)
         write_row(run_dir, row)
         write_results(run_dir)
         trial.set_user_attr("state", row["state"])

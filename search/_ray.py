@@ -23,13 +23,13 @@ from proxy import ProxyProtocol
 from search_spaces import SearchSpace
 
 from ._results import make_row, read_rows, write_results, write_row
-from ._trial import make_candidate, run_trial, trial_protocol
+from ._trial import make_candidate, run_trial, trial_protocol, trial_recipe
 
 __all__ = ["run_ray_search"]
 
 
 def _trainable(config: dict[str, Any], space: SearchSpace, protocol: ProxyProtocol, num_classes: int,
-               run_dir: str, study_name: str) -> None:
+               run_dir: str, study_name: str, rung: str = "cheap") -> None:
     import ray
     from ray import tune
 
@@ -47,7 +47,7 @@ def _trainable(config: dict[str, Any], space: SearchSpace, protocol: ProxyProtoc
     candidate = make_candidate(space, space.trial_values(config), protocol, num_classes)
     macs_holder["macs"] = candidate.macs or 0
     row = run_trial(space, space.trial_values(config), protocol, num_classes, trial_id=trial_id, backend="ray",
-                    study=study_name, report=report)
+                    study=study_name, report=report, rung=rung)
     write_row(run_dir, row)  # on the driver's disk when it shares the run folder
     # Infeasible or failed trials tell the searcher they are a bad point (top-1 0). The row travels with the
     # result too, so a driver on another machine than the worker still records it.
@@ -99,6 +99,7 @@ def run_ray_search(
     cpus_per_trial: int = 1,
     num_cpus: int | None = None,
     seed: int = 0,
+    rung: str = "cheap",
 ) -> None:
     import ray
     from ray import tune
@@ -109,7 +110,7 @@ def run_ray_search(
     try:
         trainable = tune.with_resources(
             tune.with_parameters(_trainable, space=space, protocol=protocol, num_classes=num_classes,
-                                 run_dir=str(run_dir.resolve()), study_name=study_name),
+                                 run_dir=str(run_dir.resolve()), study_name=study_name, rung=rung),
             {"cpu": cpus_per_trial},
         )
         storage = (run_dir / "ray").resolve()
@@ -131,7 +132,7 @@ def run_ray_search(
                 run_config=tune.RunConfig(name=study_name, storage_path=str(storage), verbose=1),
             )
         grid = tuner.fit()
-        _rows_for_stopped_trials(grid, space, protocol, num_classes, run_dir, study_name)
+        _rows_for_stopped_trials(grid, space, protocol, num_classes, run_dir, study_name, rung)
     finally:
         if session_dir is not None:
             ray.shutdown()
@@ -139,7 +140,7 @@ def run_ray_search(
     write_results(run_dir)
 
 
-def _rows_for_stopped_trials(grid, space, protocol, num_classes, run_dir: Path, study_name: str) -> None:
+def _rows_for_stopped_trials(grid, space, protocol, num_classes, run_dir: Path, study_name: str, rung: str) -> None:
     """Trials ASHA stopped never wrote their own row: build it from their last reported metrics."""
     written = {str(r["trial_id"]) for r in read_rows(run_dir) if r.get("backend") == "ray"}
     for result in grid:
@@ -155,12 +156,13 @@ def _rows_for_stopped_trials(grid, space, protocol, num_classes, run_dir: Path, 
             continue
         values = space.trial_values(result.config or {})
         candidate = make_candidate(space, values, protocol, num_classes)
+        recipe = trial_recipe(space, values, protocol)
         state = "failed" if result.error else "pruned"
         write_row(run_dir, make_row(
             trial_id=trial_id, backend="ray", study=study_name, family=candidate.family, name=candidate.name,
-            config=json.dumps(candidate.config, sort_keys=True), macs=candidate.macs, params=candidate.params,
+            config=candidate.config_json, macs=candidate.macs, params=candidate.params,
             top1_final=metrics.get("top1"), top1_best=metrics.get("top1"), epochs_run=metrics.get("epoch"),
             state=state, error=str(result.error).splitlines()[0] if result.error else "stopped early by ASHA",
             seed=trial_protocol(protocol, values, candidate).seed, protocol_hash=protocol.protocol_hash,
-            dataset=protocol.dataset,
+            dataset=protocol.dataset, rung=rung, recipe=json.dumps(recipe.to_dict(), sort_keys=True),
         ))

@@ -41,6 +41,8 @@ RESULT_COLUMNS: dict[str, str] = {
     "seed": "Int64",
     "protocol_hash": "string",
     "dataset": "string",
+    "rung": "string",  # cheap | reference: the schedule the row was trained under (a search's promotion)
+    "recipe": "string",  # JSON: the family's training recipe the row was trained with
 }
 
 

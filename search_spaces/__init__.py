@@ -6,17 +6,17 @@ Optuna distributions (`SearchSpace.to_optuna`) or a Ray Tune ``param_space`` (`S
 """
 
 from ._space import (
-    FAMILIES,
     SAMPLERS,
     Budget,
     Param,
     SearchSpace,
     builtin_space_path,
     format_point,
+    load_recipes,
     load_space,
     parse_point,
     space_from_dict,
 )
 
-__all__ = ["FAMILIES", "SAMPLERS", "Budget", "Param", "SearchSpace", "builtin_space_path", "format_point",
-           "load_space", "parse_point", "space_from_dict"]
+__all__ = ["SAMPLERS", "Budget", "Param", "SearchSpace", "builtin_space_path", "format_point",
+           "load_recipes", "load_space", "parse_point", "space_from_dict"]

@@ -31,10 +31,9 @@ from typing import Any, Mapping
 
 from scaling import get_preset, parse_count, parse_latency_ms
 
-__all__ = ["FAMILIES", "SAMPLERS", "Budget", "Param", "SearchSpace", "builtin_space_path", "format_point", "load_space",
+__all__ = ["SAMPLERS", "Budget", "Param", "SearchSpace", "builtin_space_path", "format_point", "load_space",
            "parse_point"]
 
-FAMILIES = ("cmt_compound", "cmt_free", "deit", "efficientnet")
 _TOP_KEYS = {"family", "base", "params", "fixed", "budget", "description", "sampler"}
 SAMPLERS = ("tpe", "grid")
 _PARAM_TYPES = ("float", "int", "categorical")
@@ -129,8 +128,8 @@ class SearchSpace:
         return {**{p.name: p.to_ray() for p in self.params}, **dict(self.fixed)}
 
     def trial_values(self, sampled: Mapping[str, Any]) -> dict[str, Any]:
-        """What a trial builds from: the sampled values over the fixed ones."""
-        return {**dict(self.fixed), **dict(sampled)}
+        """What a trial builds from: the sampled values over the fixed ones (and the base a family scales from)."""
+        return {**({"base": self.base} if self.base else {}), **dict(self.fixed), **dict(sampled)}
 
 
 def builtin_space_path(name: str) -> Path:
@@ -210,9 +209,11 @@ def space_from_dict(data: Any, source: str = "<dict>") -> SearchSpace:
     if unknown:
         key = sorted(unknown)[0]
         raise _fail(source, key, data[key], f"top-level keys {', '.join(sorted(_TOP_KEYS))}")
+    from proxy import family_names, get_family
+
     family = data.get("family")
-    if family not in FAMILIES:
-        raise _fail(source, "family", family, ", ".join(FAMILIES))
+    if family not in family_names():
+        raise _fail(source, "family", family, ", ".join(family_names()))
     params = data.get("params") or {}
     if not isinstance(params, Mapping) or not params:
         raise _fail(source, "params", data.get("params"), "a non-empty mapping of name -> distribution")
@@ -224,13 +225,14 @@ def space_from_dict(data: Any, source: str = "<dict>") -> SearchSpace:
         key = sorted(overlap)[0]
         raise _fail(source, f"fixed.{key}", fixed[key], "a name that is not also in params")
     base = data.get("base")
-    if family == "cmt_compound":
+    if "base" in get_family(family).keys:  # a family scaled from a preset
         try:
             get_preset(base or "")
         except ValueError as err:
             raise ValueError(f"{source}: base={base!r}: {err}") from None
     elif base is not None:
-        raise _fail(source, "base", base, "no base (only cmt_compound scales from one)")
+        scaled = [name for name in family_names() if "base" in get_family(name).keys]
+        raise _fail(source, "base", base, f"no base (only {', '.join(scaled)} scales from one)")
     sampler = data.get("sampler", "tpe")
     if sampler not in SAMPLERS:
         raise _fail(source, "sampler", sampler, ", ".join(SAMPLERS))
@@ -245,13 +247,6 @@ def space_from_dict(data: Any, source: str = "<dict>") -> SearchSpace:
 
 
 COMPOUND_POINT_KEYS = ("phi", "alpha", "beta", "gamma", "stage_ratio")
-_FAMILY_KEYS = {
-    "cmt_compound": {*COMPOUND_POINT_KEYS, "point", "base_phi", "scale_resolution", "seed"},
-    "cmt_free": {"stem_channels", "mlp_ratio", "fc_dim", "sr_ratios", "seed"}
-    | {f"{k}_{i}" for k in ("dim", "depth", "heads", "sr", "mlp_ratio") for i in range(8)},
-    "deit": {"model", "seed"},
-    "efficientnet": {"model", "seed"},
-}
 
 
 def parse_point(text: str) -> dict[str, Any]:
@@ -291,23 +286,21 @@ def format_point(**values: Any) -> str:
 
 
 def _check_family_keys(space: SearchSpace) -> None:
-    allowed = _FAMILY_KEYS[space.family]
+    """Every key is one the family's registry entry (or every family) takes, and the family's required ones
+    are there."""
+    from proxy import COMMON_KEYS, get_family
+
+    family = get_family(space.family)
+    allowed = family.keys | COMMON_KEYS
     for name in [p.name for p in space.params] + list(space.fixed):
         if name not in allowed:
             raise _fail(space.source, name, name, f"for family {space.family}: {', '.join(sorted(allowed)[:12])}"
                         + (" ..." if len(allowed) > 12 else ""))
-    names = {p.name for p in space.params} | set(space.fixed)
-    for param in space.params:
-        if param.name == "point":
-            for choice in param.choices:
-                values = parse_point(choice)
-                if space.family == "cmt_compound" and not ({"phi", "config"} & set(values)) and "phi" not in (
-                        set(space.fixed) | {p.name for p in space.params}):
-                    raise _fail(space.source, "params.point", choice, "a point with phi=... (or a fixed phi)")
-    if space.family == "cmt_compound" and "phi" not in names and "point" not in names:
-        raise _fail(space.source, "params.phi", None, "a phi range (the compound coefficient)")
-    if space.family in ("deit", "efficientnet") and "model" not in names:
-        raise _fail(space.source, "params.model", None, f"a choice of {space.family} models")
+    names = frozenset({p.name for p in space.params} | set(space.fixed))
+    missing = family.check_space(names, space.fixed, {p.name: p.choices for p in space.params
+                                                      if p.type == "categorical"})
+    if missing:
+        raise _fail(space.source, *missing)
 
 
 def load_space(path_or_name: str | Path) -> SearchSpace:
@@ -320,7 +313,7 @@ def load_space(path_or_name: str | Path) -> SearchSpace:
         path = builtin_space_path(str(path_or_name))
     if not path.is_file():
         raise ValueError(f"search space {str(path_or_name)!r} not found; allowed: a YAML file or one of "
-                         f"{', '.join(FAMILIES)}")
+                         f"{', '.join(_builtin_names())}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
@@ -329,3 +322,31 @@ def load_space(path_or_name: str | Path) -> SearchSpace:
     # A shipped space is named by its place in the toolkit, not by this machine's path to it.
     shipped = path.resolve().parent == builtin_space_path("x").resolve().parent
     return space_from_dict(data, f"search_spaces/{path.name}" if shipped else str(path))
+
+
+def _builtin_names() -> list[str]:
+    return sorted(p.stem for p in builtin_space_path("x").parent.glob("*.yaml") if p.stem != "recipes")
+
+
+def load_recipes(path: str | Path | None = None) -> dict[str, dict[str, float]]:
+    """The per-family training recipes of a YAML file (default: the shipped ``search_spaces/recipes.yaml``,
+    chosen by `cmt-scale sweep-recipes`), as ``{family: {lr: ..., ...}}``; validated by `proxy.Recipe`."""
+    import yaml
+
+    from proxy import Recipe, family_names
+
+    path = Path(path) if path is not None else builtin_space_path("recipes")
+    if not path.is_file():
+        raise ValueError(f"recipes file {str(path)!r} does not exist; allowed: a YAML file of family: recipe")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{path}: a recipes file is a mapping of family -> recipe, got {type(data).__name__}")
+    out = {}
+    for family, spec in data.items():
+        if family not in family_names():
+            raise _fail(str(path), str(family), spec, f"a family: {', '.join(family_names())}")
+        out[str(family)] = Recipe.from_dict(spec, f"{path}: {family}").to_dict()
+    return out

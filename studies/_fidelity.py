@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from analysis import RankAgreement, rank_agreement
-from proxy import BASELINE_FAMILIES, DEFAULT_PROTOCOL, ProxyProtocol
+from proxy import DEFAULT_PROTOCOL, ProxyProtocol, baseline_families, get_family
 from search import check_protocol_fits, check_resolution
 from search_spaces import SearchSpace, format_point, space_from_dict
 
@@ -53,7 +53,7 @@ def _grids(base: str, phis: Sequence[float], families: Sequence[str]) -> list[tu
     grids = [("cmt", compound_grid_space(base, [format_point(phi=float(p)) for p in phis], 0.0, False))]
     for family in families:
         grids.append((family, space_from_dict({"family": family, "sampler": "grid", "params": {
-            "model": {"type": "categorical", "choices": list(BASELINE_FAMILIES[family])}}})))
+            "model": {"type": "categorical", "choices": list(get_family(family).members)}}})))
     return grids
 
 
@@ -80,10 +80,10 @@ def proxy_fidelity(
     """Train the architectures under both protocols (``out/cheap``, ``out/reference``; resumable) and compare
     the rankings. Writes ``fidelity.csv``/``.md``, ``fidelity.json`` and ``fidelity.png``/``.svg`` to ``out``."""
     _check_pair(cheap, reference)
-    unknown = [f for f in families if f not in BASELINE_FAMILIES]
+    unknown = [f for f in families if f not in baseline_families()]
     if unknown:
-        raise ValueError(f"families={','.join(families)!r} is not allowed; allowed: {', '.join(BASELINE_FAMILIES)}")
-    models = len(phis) + sum(len(BASELINE_FAMILIES[f]) for f in families)
+        raise ValueError(f"families={','.join(families)!r} is not allowed; allowed: {', '.join(baseline_families())}")
+    models = len(phis) + sum(len(get_family(f).members) for f in families)
     if models < 3:
         raise ValueError("fewer than 3 architectures is not allowed; allowed: at least 3 to compare two rankings")
     if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= models):
@@ -93,7 +93,7 @@ def proxy_fidelity(
     grids = _grids(base, phis, families)
     for protocol in (cheap, reference):  # both before anything trains: the reference runs second, hours later
         for _, space in grids:
-            check_resolution(space, protocol.resolution)
+            check_resolution(space, protocol.resolution, protocol)
         check_protocol_fits(protocol)
     out = Path(out)
     scores = {name: _train_all(protocol, out / name, grids, options)

@@ -35,7 +35,7 @@ class RunOptions:
     num_cpus: int | None = None
     command: Sequence[str] | None = None
     on_trial: Callable[[dict[str, Any]], None] | None = None
-    on_start: Callable[[list[dict[str, Any]]], None] | None = None  # before each grid trains: its finished rows
+    on_start: Callable[..., None] | None = None  # before each grid trains: its finished rows (and the rung)
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,14 @@ import torch.nn as nn
 
 import proxy._data as data_module
 from proxy import (
-    BASELINE_FAMILIES,
     DEFAULT_PROTOCOL,
     DatasetNotFound,
     ProxyProtocol,
     TrialPruned,
+    baseline_families,
     build_baseline,
     deit_patch_size,
+    get_family,
     load_dataset,
     train_and_evaluate,
 )
@@ -74,7 +75,7 @@ def test_report_can_prune() -> None:
     assert result.best_top1 == seen[0][1]
 
 
-@pytest.mark.parametrize("name", [n for names in BASELINE_FAMILIES.values() for n in names])
+@pytest.mark.parametrize("name", [n for family in baseline_families() for n in get_family(family).members])
 def test_baselines_build_and_train_one_step_at_the_protocol_resolution(name: str) -> None:
     model = build_baseline(name, num_classes=10, resolution=32)
     x = torch.randn(2, 3, 32, 32)
