@@ -12,7 +12,7 @@ from scaling import format_count
 
 from ._common import _glue_negative_values, _Parser, _Progress, _protocol_args, _protocol_from
 
-__all__ = ["run_ablate_command", "run_fidelity_command", "run_fit_command"]
+__all__ = ["run_ablate_command", "run_fidelity_command", "run_fit_command", "run_sweep_command"]
 
 # Options whose value may start with "-" (argparse would read "-2,-1" as an option).
 _NEGATIVE_OK = ("--base-phi", "--budget-phi", "--phis")
@@ -159,13 +159,14 @@ def _fidelity_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cmt-scale proxy-fidelity",
                      description="Train the same architectures under a cheap and a reference protocol; compare the "
                                  "rankings (Spearman, Kendall with bootstrap intervals, top-k overlap).",
-                     epilog="The protocol flags set the cheap protocol (default: the search default); --reference-* "
-                            "change the reference (default: 2x the images, 8 epochs).")
+                     epilog="The protocol flags set the cheap protocol (default: a search's cheap rung); --reference-* "
+                            "change the reference (default: a search's reference rung).")
     parser.add_argument("--phis", default="-2,-1.5,-1,-0.5,0,0.5", help="compound members of --base (comma list)")
     parser.add_argument("--base", default="cmt_ti", help="preset the compound members scale from (default cmt_ti)")
     parser.add_argument("--families", default="deit,efficientnet", help="baseline families (comma list; '' for none)")
-    parser.add_argument("--reference-train-size", type=int, help="reference training images (default 2x cheap)")
-    parser.add_argument("--reference-epochs", type=int, default=8, help="reference epochs (default 8)")
+    parser.add_argument("--reference-train-size", type=int, help="reference training images (default: the reference "
+                        "rung's)")
+    parser.add_argument("--reference-epochs", type=int, help="reference epochs (default: the reference rung's)")
     parser.add_argument("--reference-resolution", type=int, help="reference input size (default: the cheap one)")
     parser.add_argument("--top-k", type=int, help="k of the top-k overlap (default: a quarter of the models)")
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
@@ -179,10 +180,14 @@ def run_fidelity_command(argv: Sequence[str], console: Console) -> int:
     args = _fidelity_parser().parse_args(_glue_negative_values(argv, _NEGATIVE_OK))
     from studies import proxy_fidelity
 
+    from search import DEFAULT_PROMOTION
+
     cheap = _protocol_from(args)
-    doubled = 2 * cheap.train_size if cheap.train_size else None  # None: all the images, as the cheap one
-    reference = cheap.replace(train_size=args.reference_train_size or doubled,
-                              epochs=args.reference_epochs, resolution=args.reference_resolution or cheap.resolution)
+    reference = DEFAULT_PROMOTION.protocol(cheap).replace(resolution=args.reference_resolution or cheap.resolution)
+    if args.reference_train_size is not None:
+        reference = reference.replace(train_size=args.reference_train_size)
+    if args.reference_epochs is not None:
+        reference = reference.replace(epochs=args.reference_epochs)
     families = [f.strip() for f in args.families.split(",") if f.strip()]
     header = (f"proxy-fidelity on {cheap.dataset}: cheap {cheap.protocol_hash} ({cheap.train_size} images x "
               f"{cheap.epochs} epochs) vs reference {reference.protocol_hash} ({reference.train_size} x "
@@ -204,4 +209,43 @@ def run_fidelity_command(argv: Sequence[str], console: Console) -> int:
                       f"{agreement.kendall:.3f} ({agreement.kendall_interval[0]:.2f}..{agreement.kendall_interval[1]:.2f}) "
                       f"| top-{agreement.top_k} overlap {agreement.top_k_overlap:.2f} | {agreement.models} models")
     _print_outputs(console, result.run_dir, "fidelity")
+    return 0
+
+
+def _sweep_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="cmt-scale sweep-recipes",
+                     description="Choose each family's training recipe by measurement: its sweep member trains under "
+                                 "every learning rate x weight decay on the protocol's budget; the best mean top-1 wins. "
+                                 "Writes OUT/recipes.yaml for --recipes.",
+                     epilog="example: cmt-scale sweep-recipes --dataset fashion-mnist --out runs/recipes ; then "
+                            "cmt-scale search ... --recipes runs/recipes/recipes.yaml")
+    parser.add_argument("--families", default="cmt_compound,deit,efficientnet", help="families to sweep (comma list)")
+    parser.add_argument("--lrs", default="1e-3,2e-3,5e-3", help="learning rates (comma list, default 1e-3,2e-3,5e-3)")
+    parser.add_argument("--weight-decays", default="0.05", help="weight decays (comma list, default 0.05)")
+    parser.add_argument("--seeds", default="0", help="seeds each setting trains with (comma list, default 0)")
+    parser.add_argument("--out", default="runs/recipes", help="run folder (default runs/recipes)")
+    _backend_args(parser)
+    _protocol_args(parser)
+    return parser
+
+
+def run_sweep_command(argv: Sequence[str], console: Console) -> int:
+    args = _sweep_parser().parse_args(argv)
+    from studies import sweep_recipes
+
+    protocol = _protocol_from(args)
+    families = [f.strip() for f in args.families.split(",") if f.strip()]
+    lrs, decays = _numbers(args.lrs, "--lrs", float), _numbers(args.weight_decays, "--weight-decays", float)
+    seeds = _numbers(args.seeds, "--seeds", int)
+    header = (f"sweep-recipes of {', '.join(families)} on {protocol.dataset} @{protocol.resolution}px: lr {lrs} x "
+              f"weight decay {decays} x seeds {seeds}, {protocol.train_size or 'all'} images x {protocol.epochs} "
+              f"epochs -> {args.out}")
+    result = sweep_recipes(protocol, args.out, families=families, lrs=lrs, weight_decays=decays, seeds=seeds,
+                           options=_options(args, "sweep-recipes", argv, console, header))
+    _print_frame(console, "Recipes by validation top-1 (mean over seeds; chosen *)", result.table, {
+        "family": lambda r: r["family"], "lr": lambda r: f"{r['lr']:g}", "weight decay": lambda r: f"{r['weight_decay']:g}",
+        "seeds": lambda r: str(r["seeds"]), "top-1 %": lambda r: _pct(r["top1"]) + ("*" if r["chosen"] else ""),
+        "std": lambda r: _pct(r["top1_std"]),
+    })
+    console.print(f"recipes: {result.path} (use with --recipes); table: {result.path.parent / 'sweep.csv'} (.md)")
     return 0

@@ -28,7 +28,7 @@ from scaling._units import format_count, parse_count
 
 from ._common import (_glue_negative_values, _int_list, _Parser, _Progress, _promotion_args, _promotion_from,
                       _protocol_args, _protocol_from)
-from ._study_commands import run_ablate_command, run_fidelity_command, run_fit_command
+from ._study_commands import run_ablate_command, run_fidelity_command, run_fit_command, run_sweep_command
 
 # Options whose value may start with "-" (a negative number is bad input to report, not an unknown option).
 _VALUE_OPTIONS = ("--target-flops", "--target-params", "--target-latency", "--alpha", "--beta", "--gamma", "--phi",
@@ -53,6 +53,7 @@ examples:
   cmt-scale fit-coefficients --dataset fashion-mnist --resolution 64 --base-phi -2 --out runs/fit
   cmt-scale ablate-scaling --dataset fashion-mnist --resolution 64 --base-phi -2 --out runs/ablation
   cmt-scale proxy-fidelity --dataset fashion-mnist --out runs/fidelity
+  cmt-scale sweep-recipes --dataset fashion-mnist --out runs/recipes
 """
 
 
@@ -483,7 +484,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
     commands = {"family": run_family, "profile": run_profile, "presets": run_presets, "search": run_search_command,
                 "baselines": run_baselines_command, "report": run_report, "fit-coefficients": run_fit_command,
-                "ablate-scaling": run_ablate_command, "proxy-fidelity": run_fidelity_command}
+                "ablate-scaling": run_ablate_command, "proxy-fidelity": run_fidelity_command,
+                "sweep-recipes": run_sweep_command}
     try:
         if argv and argv[0] in commands:
             return commands[argv[0]](argv[1:], console)

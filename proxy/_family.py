@@ -59,6 +59,8 @@ class Family(ABC):
     keys: frozenset[str] = frozenset()  # the family's own space keys (COMMON_KEYS are always allowed)
     required: tuple[tuple[str, ...], ...] = ()  # each tuple: the space must name one of these keys
     members: tuple[str, ...] = ()  # named members a baseline run trains (empty for searched families)
+    sweep_values: Mapping[str, Any] = {}  # the small, typical member a recipe sweep trains
+    recipe_from: str | None = None  # the family whose recipe this one shares when it has none of its own
 
     @abstractmethod
     def member(self, values: Mapping[str, Any], protocol: ProxyProtocol, num_classes: int) -> Member:
@@ -69,9 +71,10 @@ class Family(ABC):
         """The member a result row's config names (the promotion rung retrains it from there)."""
 
     @abstractmethod
-    def check_resolution(self, protocol: ProxyProtocol, names: frozenset[str], fixed: Mapping[str, Any]) -> None:
+    def check_resolution(self, resolution: int, low_res: str, names: frozenset[str], fixed: Mapping[str, Any]) -> None:
         """A one-line `ValueError` when no member of a space with keys ``names`` (and ``fixed`` values) builds
-        at the protocol's resolution: checked before anything trains, so a run does not fail trial by trial."""
+        at ``resolution`` under the ``low_res`` rule: checked before anything trains, so a run does not fail
+        trial by trial."""
 
     def check_space(self, names: frozenset[str], fixed: Mapping[str, Any],
                     params: Mapping[str, tuple]) -> tuple[str, Any, str] | None:
@@ -83,8 +86,10 @@ class Family(ABC):
         return None
 
     def recipe(self, protocol: ProxyProtocol) -> Recipe:
-        """The family's recipe in ``protocol``: its entry in ``protocol.recipes``, else the protocol's own."""
-        return parse_recipes(protocol.recipes).get(self.name) or Recipe.of_protocol(protocol)
+        """The family's recipe in ``protocol``: its entry in ``protocol.recipes`` (or that of the family it shares
+        one with), else the protocol's own fields."""
+        recipes = parse_recipes(protocol.recipes)
+        return recipes.get(self.name) or recipes.get(self.recipe_from or "") or Recipe.of_protocol(protocol)
 
     def values_member(self, values: Mapping[str, Any], protocol: ProxyProtocol, num_classes: int) -> Member:
         """`member`, or `from_config` when the values name a member outright (``config``)."""

@@ -53,9 +53,9 @@ def build_baseline(name: str, num_classes: int, resolution: int, in_chans: int =
 
 def _family_of(name: str) -> "_NamedMembers":
     for family in (DEIT, EFFICIENTNET):
-        if name in family.members:
+        if name in family.buildable:
             return family
-    raise ValueError(f"unknown baseline {name!r}; allowed: {', '.join(DEIT.members + EFFICIENTNET.members)}")
+    raise ValueError(f"unknown baseline {name!r}; allowed: {', '.join(DEIT.buildable + EFFICIENTNET.buildable)}")
 
 
 @functools.lru_cache(maxsize=128)
@@ -71,6 +71,7 @@ class _NamedMembers(Family):
 
     keys = frozenset({"model"})
     required = (("model",),)
+    buildable: tuple[str, ...] = ()  # every name this family builds: its members and a few more
 
     def build(self, name: str, num_classes: int, resolution: int, in_chans: int, low_res: str,
               drop_path_rate: float) -> Any:
@@ -80,9 +81,9 @@ class _NamedMembers(Family):
         return {"model": name, "img_size": resolution, "low_res": low_res}
 
     def _member(self, name: str, resolution: int, low_res: str, num_classes: int) -> Member:
-        if name not in self.members:
+        if name not in self.buildable:
             return Member(self.name, str(name), {"model": name}, None, None,
-                          reason=f"model={name!r} is not a {self.name} member; allowed: {', '.join(self.members)}")
+                          reason=f"model={name!r} is not a {self.name} member; allowed: {', '.join(self.buildable)}")
         macs, params = _cost(name, num_classes, resolution, low_res)
         return Member(self.name, name, self._config(name, resolution, low_res), macs, params,
                       lambda rate: self.build(name, num_classes, resolution, 3, low_res, rate))
@@ -94,14 +95,18 @@ class _NamedMembers(Family):
         return self._member(str(config["model"]), int(config["img_size"]), str(config.get("low_res", "adapt")),
                             num_classes)
 
-    def check_resolution(self, protocol: ProxyProtocol, names: frozenset[str], fixed: Mapping[str, Any]) -> None:
+    def check_resolution(self, resolution: int, low_res: str, names: frozenset[str], fixed: Mapping[str, Any]) -> None:
         return None
 
 
 class DeiTFamily(_NamedMembers):
     name = "deit"
-    description = "timm VisionTransformer with DeiT's shapes (nano, micro, tiny, small), 16-px patch (8 below 64 px)"
-    members = tuple(DEIT_SHAPES)
+    description = "timm VisionTransformer with DeiT's shapes (nano, micro, tiny), 16-px patch (8 below 64 px)"
+    # DeiT-S builds too (``build_baseline("deit_small", ...)``) but is no default member: at 32 px it costs
+    # 365M MACs, 4x DeiT-Ti and 15x CMT-Ti, and would take most of a baseline run's time on 2 cores.
+    members = ("deit_nano", "deit_micro", "deit_tiny")
+    buildable = tuple(DEIT_SHAPES)
+    sweep_values = {"model": "deit_nano"}
 
     def build(self, name, num_classes, resolution, in_chans, low_res, drop_path_rate):
         import timm
@@ -115,15 +120,18 @@ class DeiTFamily(_NamedMembers):
     def _config(self, name: str, resolution: int, low_res: str) -> dict[str, Any]:
         return {**super()._config(name, resolution, low_res), "patch_size": deit_patch_size(resolution, low_res)}
 
-    def check_resolution(self, protocol: ProxyProtocol, names: frozenset[str], fixed: Mapping[str, Any]) -> None:
-        checked_deit_patch(protocol.resolution, protocol.low_res)
+    def check_resolution(self, resolution: int, low_res: str, names: frozenset[str], fixed: Mapping[str, Any]) -> None:
+        checked_deit_patch(resolution, low_res)
 
 
 class EfficientNetFamily(_NamedMembers):
     name = "efficientnet"
     description = ("timm EfficientNet B0-B3 and the TinyNets (B0 scaled down in resolution, width and depth, "
                    "Han et al. 2020); stem stride 1 below 64 px")
-    members = ("tinynet_e", "tinynet_c", "efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3")
+    # B0 and B2 with two TinyNets below them: a front spanning 7x in MACs (B1 and B3 build too)
+    members = ("tinynet_e", "tinynet_c", "efficientnet_b0", "efficientnet_b2")
+    buildable = members + ("efficientnet_b1", "efficientnet_b3")
+    sweep_values = {"model": "efficientnet_b0"}  # the EfficientNet paper's base member
 
     def build(self, name, num_classes, resolution, in_chans, low_res, drop_path_rate):
         import timm

@@ -81,6 +81,7 @@ class CMTCompoundFamily(Family):
     description = "CMT members by the paper's compound rule (phi, coefficients, stage ratio) from a preset"
     keys = frozenset({*COMPOUND_POINT_KEYS, "point", "base_phi", "scale_resolution", "base"})
     required = (("phi", "point"),)
+    sweep_values = {"phi": -1.0, "base": "cmt_ti"}
 
     def member(self, values: Mapping[str, Any], protocol: ProxyProtocol, num_classes: int) -> Member:
         values = compound_values(values)
@@ -95,9 +96,9 @@ class CMTCompoundFamily(Family):
     def from_config(self, config: Mapping[str, Any], num_classes: int) -> Member:
         return _cmt_from_config(self.name, config, num_classes)
 
-    def check_resolution(self, protocol: ProxyProtocol, names: frozenset[str], fixed: Mapping[str, Any]) -> None:
+    def check_resolution(self, resolution: int, low_res: str, names: frozenset[str], fixed: Mapping[str, Any]) -> None:
         if not fixed.get("scale_resolution"):
-            base, resolution = fixed.get("base") or "cmt_ti", protocol.resolution
+            base = fixed.get("base") or "cmt_ti"
             step = resolution_step(get_preset(base))
             if resolution % step:
                 raise ValueError(f"resolution={resolution} is not allowed for the {base} compound family; allowed: a "
@@ -118,6 +119,9 @@ class CMTFreeFamily(Family):
     keys = frozenset({"stem_channels", "mlp_ratio", "fc_dim", "sr_ratios"}
                      | {f"{k}_{i}" for k in ("dim", "depth", "heads", "sr", "mlp_ratio") for i in range(8)})
     required = (("dim_0",),)
+    recipe_from = "cmt_compound"  # the same blocks: a recipe swept on the compound family serves both
+    sweep_values = {"dim_0": 32, "dim_1": 64, "dim_2": 128, "dim_3": 256, "depth_0": 1, "depth_1": 1, "depth_2": 4,
+                    "depth_3": 1, "heads_0": 1, "heads_1": 2, "heads_2": 4, "heads_3": 8}
 
     def member(self, values: Mapping[str, Any], protocol: ProxyProtocol, num_classes: int) -> Member:
         stages = sum(1 for i in range(8) if f"dim_{i}" in values)
@@ -140,8 +144,7 @@ class CMTFreeFamily(Family):
     def from_config(self, config: Mapping[str, Any], num_classes: int) -> Member:
         return _cmt_from_config(self.name, config, num_classes)
 
-    def check_resolution(self, protocol: ProxyProtocol, names: frozenset[str], fixed: Mapping[str, Any]) -> None:
-        resolution = protocol.resolution
+    def check_resolution(self, resolution: int, low_res: str, names: frozenset[str], fixed: Mapping[str, Any]) -> None:
         stride = 2 ** (sum(1 for i in range(8) if f"dim_{i}" in names) + 1)
         if resolution % stride:
             raise ValueError(f"resolution={resolution} is not allowed for this CMT space; allowed: a positive multiple "

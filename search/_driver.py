@@ -176,8 +176,8 @@ def run_search(
     In ``pareto`` mode every candidate trains on the cheap rung (``protocol``); then ``promotion`` re-trains
     the cheap rung's non-dominated set plus its margin on the reference rung, with its seeds, as the study
     ``<study>-reference``, and the summary's front is the reference rung's (see `Promotion`; ``None``: no
-    reference rung). ``budget`` mode prunes by successive halving instead, and a grid space (a study's fixed
-    design) is trained as given. Each family trains with its recipe (`with_family_recipes`).
+    reference rung, as for a study's fixed design). ``budget`` mode prunes by successive halving instead.
+    Each family trains with its recipe (`with_family_recipes`).
 
     ``on_start(finished_rows, rung)`` is called before each rung trains, once every input has been checked,
     with the rows that rung already finished (a CLI prints its header and the plan of every rung there, so
@@ -213,7 +213,7 @@ def run_search(
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name}={value!r} is not allowed; allowed: an integer >= 1")
     protocol = with_family_recipes(protocol)
-    promote = promotion is not None and mode == "pareto" and space.sampler != "grid"
+    promote = promotion is not None and mode == "pareto"
     reference = promotion.protocol(protocol) if promote else None
     check_resolution(space, protocol.resolution, protocol)
     run_dir = Path(out)

@@ -27,10 +27,10 @@ def make_candidate(space: SearchSpace, values: Mapping[str, Any], protocol: Prox
 def check_resolution(space: SearchSpace, resolution: int, protocol: ProxyProtocol | None = None) -> None:
     """Refuse a protocol resolution that no member of ``space`` can be built at, before anything trains
     (otherwise every trial of the run comes back infeasible, one by one, and the run folder is left behind)."""
-    protocol = (protocol or ProxyProtocol()).replace(resolution=resolution)
+    low_res = (protocol or ProxyProtocol()).low_res
     names = frozenset({p.name for p in space.params} | set(space.fixed))
     fixed = {**({"base": space.base} if space.base else {}), **dict(space.fixed)}
-    get_family(space.family).check_resolution(protocol, names, fixed)
+    get_family(space.family).check_resolution(resolution, low_res, names, fixed)
 
 
 def trial_recipe(space: SearchSpace, values: Mapping[str, Any], protocol: ProxyProtocol) -> Recipe:

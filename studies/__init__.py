@@ -10,7 +10,9 @@ from ._ablation import STRATEGIES, AblationResult, ablate_scaling, match_budget
 from ._fidelity import DEFAULT_PHIS, DEFAULT_REFERENCE, FidelityResult, proxy_fidelity
 from ._fit import TARGET, TOLERANCE, FitResult, coefficient_grid, fit_coefficients
 from ._grid import RunOptions
+from ._recipes import DEFAULT_LRS, DEFAULT_WEIGHT_DECAYS, RecipeSweepResult, pick_recipes, sweep_recipes
 
 __all__ = ["DEFAULT_PHIS", "DEFAULT_REFERENCE", "STRATEGIES", "TARGET", "TOLERANCE", "AblationResult",
            "FidelityResult", "FitResult", "RunOptions", "ablate_scaling", "coefficient_grid", "fit_coefficients",
-           "match_budget", "proxy_fidelity"]
+           "match_budget", "proxy_fidelity", "DEFAULT_LRS", "DEFAULT_WEIGHT_DECAYS", "RecipeSweepResult", "pick_recipes",
+           "sweep_recipes"]

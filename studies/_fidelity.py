@@ -5,8 +5,8 @@ the baseline families' members. Each is trained under both protocols on the same
 top-1 rankings are compared with Spearman's rho and Kendall's tau-b (each with a bootstrap interval over
 architectures) and the overlap of their top-k, over all architectures and within each family (across families a proxy can
 look trustworthy only because it separates the families). By default the cheap protocol is the one searches use
-(`proxy.DEFAULT_PROTOCOL`) and the reference trains on twice the images for 8 epochs: on 2 CPU cores the
-14 default architectures take about 2 hours in all (see the README for the measured figure).
+(`proxy.DEFAULT_PROTOCOL`, a search's cheap rung) and the reference is a search's reference rung
+(`search.DEFAULT_PROMOTION`): the study measures how far the promotion rung changes the cheap rung's ranking.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pandas as pd
 
 from analysis import RankAgreement, rank_agreement
 from proxy import DEFAULT_PROTOCOL, ProxyProtocol, baseline_families, get_family
-from search import check_protocol_fits, check_resolution
+from search import DEFAULT_PROMOTION, check_protocol_fits, check_resolution
 from search_spaces import SearchSpace, format_point, space_from_dict
 
 from ._grid import RunOptions, compound_grid_space, run_grid, write_table
@@ -28,7 +28,7 @@ from ._grid import RunOptions, compound_grid_space, run_grid, write_table
 __all__ = ["DEFAULT_PHIS", "DEFAULT_REFERENCE", "FidelityResult", "proxy_fidelity"]
 
 DEFAULT_PHIS = (-2.0, -1.5, -1.0, -0.5, 0.0, 0.5)
-DEFAULT_REFERENCE = DEFAULT_PROTOCOL.replace(train_size=2 * (DEFAULT_PROTOCOL.train_size or 8000), epochs=8)
+DEFAULT_REFERENCE = DEFAULT_PROMOTION.protocol(DEFAULT_PROTOCOL)  # a search's reference rung
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,7 @@ def run_grid(space: SearchSpace, protocol: ProxyProtocol, out: Path, prefix: str
     study = design_study(prefix, space)
     run_search(space, protocol, None, out, backend=options.backend, study=study, address=options.address,
                cpus_per_trial=options.cpus_per_trial, num_cpus=options.num_cpus, command=options.command,
-               on_trial=options.on_trial, on_start=options.on_start)
+               on_trial=options.on_trial, on_start=options.on_start, promotion=None)
     return [r for r in read_rows(out) if r.get("study") == study]
 
 

@@ -14,12 +14,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from proxy import ProxyProtocol
-from search import RESULT_COLUMNS, read_rows, run_baselines, run_search
+from proxy import ProxyProtocol, get_family
+from search import RESULT_COLUMNS, read_rows, run_baselines, run_search, with_family_recipes
 from search._results import write_row
 from search_spaces import space_from_dict
 
-TINY = ProxyProtocol(dataset="digits", train_size=400, val_size=200, resolution=32, epochs=1, batch_size=64, threads=2)
+TINY = ProxyProtocol(dataset="digits", train_size=400, val_size=200, resolution=32, epochs=1, batch_size=64, threads=2,
+                     low_res="native")  # the published strides: 4x cheaper at 32 px, for speed
 
 
 def _check_table(run_dir: Path) -> pd.DataFrame:
@@ -37,7 +38,8 @@ def _cli(*args: str, **kwargs) -> subprocess.Popen:
 
 def _search_args(out: Path, train_size: int, trials: int) -> list[str]:
     return ["search", "--space", "cmt_compound", "--dataset", "digits", "--train-size", str(train_size),
-            "--val-size", "200", "--epochs", "3", "--trials", str(trials), "--threads", "2", "--out", str(out)]
+            "--val-size", "200", "--epochs", "3", "--trials", str(trials), "--threads", "2", "--out", str(out),
+            "--no-promotion", "--low-res", "native"]
 
 
 def _start_and_wait_for_a_row(args: list[str], out: Path) -> subprocess.Popen:
@@ -52,22 +54,22 @@ def _start_and_wait_for_a_row(args: list[str], out: Path) -> subprocess.Popen:
 
 
 def test_optuna_search_end_to_end(tmp_path) -> None:
-    summary = run_search("cmt_compound", TINY, trials=3, out=tmp_path / "run")
+    summary = run_search("cmt_compound", TINY, trials=3, out=tmp_path / "run", promotion=None)
     frame = _check_table(tmp_path / "run")
     assert len(frame) == 3 and set(frame["backend"]) == {"optuna"}
     assert summary.front and all(r["state"] == "complete" for r in summary.front)
     run = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert run["protocol_hash"] == TINY.protocol_hash and "torch" in run["versions"]
+    assert run["protocol_hash"] == with_family_recipes(TINY).protocol_hash and "torch" in run["versions"]
     assert (tmp_path / "run" / "study.db").is_file()
     # the same command again: nothing more to do, nothing counted twice
-    again = run_search("cmt_compound", TINY, trials=3, out=tmp_path / "run")
+    again = run_search("cmt_compound", TINY, trials=3, out=tmp_path / "run", promotion=None)
     assert len(again.rows) == 3
 
 
 def test_budget_mode_single_objective_with_pruner(tmp_path) -> None:
     import optuna
 
-    summary = run_search("cmt_compound", TINY.replace(epochs=2), trials=3, out=tmp_path / "budget", mode="budget")
+    summary = run_search("cmt_compound", TINY.replace(epochs=2), trials=3, out=tmp_path / "budget", mode="budget", promotion=None)
     assert len(summary.rows) == 3 and {r["state"] for r in summary.rows} <= {"complete", "pruned"}
     study = optuna.load_study(study_name="budget", storage=f"sqlite:///{tmp_path / 'budget' / 'study.db'}")
     assert len(study.directions) == 1
@@ -92,13 +94,13 @@ def test_a_trial_whose_row_was_written_before_an_interrupt_is_not_run_again(tmp_
     import optuna
 
     out = tmp_path / "late"
-    run_search("cmt_compound", TINY, trials=1, out=out)
+    run_search("cmt_compound", TINY, trials=1, out=out, promotion=None)
     study = optuna.load_study(study_name="late", storage=f"sqlite:///{out / 'study.db'}")
     interrupted = study.ask()
     study.tell(interrupted, state=optuna.trial.TrialState.FAIL)
     row = dict(read_rows(out)[0], trial_id=str(interrupted.number))
     write_row(out, row)
-    summary = run_search("cmt_compound", TINY, trials=2, out=out)
+    summary = run_search("cmt_compound", TINY, trials=2, out=out, promotion=None)
     assert len(summary.rows) == 2 and len(study.trials) == 2
 
 
@@ -119,14 +121,14 @@ def test_a_ctrl_c_swallowed_by_a_finalizer_still_stops_the_search() -> None:
 
 
 def test_two_studies_share_a_run_folder_without_overwriting(tmp_path) -> None:
-    run_search("cmt_compound", TINY, trials=1, out=tmp_path / "shared", study="A")
-    run_search("cmt_compound", TINY, trials=1, out=tmp_path / "shared", study="B")
+    run_search("cmt_compound", TINY, trials=1, out=tmp_path / "shared", study="A", promotion=None)
+    run_search("cmt_compound", TINY, trials=1, out=tmp_path / "shared", study="B", promotion=None)
     assert sorted(r["study"] for r in read_rows(tmp_path / "shared")) == ["A", "B"]
 
 
 def test_a_protocol_the_data_cannot_serve_fails_before_the_run_folder_exists(tmp_path) -> None:
     with pytest.raises(ValueError, match="val_size=2000 is not allowed for digits"):
-        run_search("cmt_compound", TINY.replace(val_size=2000), trials=1, out=tmp_path / "never")
+        run_search("cmt_compound", TINY.replace(val_size=2000), trials=1, out=tmp_path / "never", promotion=None)
     assert not (tmp_path / "never").exists()
 
 
@@ -157,8 +159,8 @@ def test_resolution_check_accepts_exactly_what_builds() -> None:
 def test_a_resolution_no_member_builds_at_fails_before_the_run_folder_exists(tmp_path) -> None:
     with pytest.raises(ValueError, match="resolution=48 is not allowed for the cmt_ti compound family; allowed: a "
                                          "positive multiple of 32"):
-        run_search("cmt_compound", TINY.replace(resolution=48), trials=1, out=tmp_path / "never")
-    with pytest.raises(ValueError, match=r"resolution=30 is not allowed for DeiT .*allowed: a multiple of 4 below 64"):
+        run_search("cmt_compound", TINY.replace(resolution=48), trials=1, out=tmp_path / "never", promotion=None)
+    with pytest.raises(ValueError, match=r"resolution=30 is not allowed for DeiT .*allowed: a multiple of 16"):
         run_baselines(TINY.replace(resolution=30), tmp_path / "never", families=["efficientnet", "deit"])
     assert not (tmp_path / "never").exists()
 
@@ -172,7 +174,7 @@ def test_a_resolution_no_member_builds_at_fails_before_the_run_folder_exists(tmp
 ])
 def test_an_option_of_the_other_backend_is_refused_not_ignored(backend, option, message, tmp_path) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
-        run_search("cmt_compound", TINY, trials=1, out=tmp_path / "never", backend=backend, **option)
+        run_search("cmt_compound", TINY, trials=1, out=tmp_path / "never", backend=backend, **option, promotion=None)
     assert not (tmp_path / "never").exists()
 
 
@@ -182,7 +184,7 @@ def test_a_missing_gpu_fails_before_the_run_folder_exists(tmp_path) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     with pytest.raises(ValueError, match="device='cuda' is not available here; allowed: 'cpu' or 'auto'"):
-        run_search("cmt_compound", TINY.replace(device="cuda"), trials=1, out=tmp_path / "never")
+        run_search("cmt_compound", TINY.replace(device="cuda"), trials=1, out=tmp_path / "never", promotion=None)
     with pytest.raises(ValueError, match="device='cuda' is not available here"):
         run_baselines(TINY.replace(device="cuda"), tmp_path / "never")
     assert not (tmp_path / "never").exists()
@@ -192,7 +194,7 @@ def test_infeasible_candidates_are_never_trained(tmp_path) -> None:
     space = space_from_dict({"family": "cmt_compound", "base": "cmt_ti",
                              "params": {"phi": {"type": "float", "low": 0.5, "high": 1.0}},
                              "budget": {"max_macs": "1M"}})
-    summary = run_search(space, TINY, trials=2, out=tmp_path / "inf")
+    summary = run_search(space, TINY, trials=2, out=tmp_path / "inf", promotion=None)
     assert [r["state"] for r in summary.rows] == ["infeasible", "infeasible"]
     assert all(r["epochs_run"] == 0 and "max_macs" in r["error"] and r["wall_s"] < 1.0 for r in summary.rows)
 
@@ -200,7 +202,7 @@ def test_infeasible_candidates_are_never_trained(tmp_path) -> None:
 def test_a_repeated_architecture_is_not_trained_twice(tmp_path) -> None:
     space = space_from_dict({"family": "cmt_compound", "base": "cmt_ti",
                              "params": {"phi": {"type": "categorical", "choices": [0.0]}}})
-    summary = run_search(space, TINY, trials=2, out=tmp_path / "dup")
+    summary = run_search(space, TINY, trials=2, out=tmp_path / "dup", promotion=None)
     first, second = summary.rows
     assert first["state"] == second["state"] == "complete" and first["top1_final"] == second["top1_final"]
     assert second["error"].startswith("same architecture as trial 0") and second["wall_s"] < 1.0
@@ -215,7 +217,7 @@ def test_latency_budget_is_measured_before_training(tmp_path) -> None:
     space = space_from_dict({"family": "cmt_compound", "base": "cmt_ti",
                              "params": {"phi": {"type": "float", "low": -1.0, "high": 0.0}},
                              "budget": {"max_latency_ms": "0.001ms"}})
-    summary = run_search(space, TINY, trials=1, out=tmp_path / "lat")
+    summary = run_search(space, TINY, trials=1, out=tmp_path / "lat", promotion=None)
     row = summary.rows[0]
     assert row["state"] == "infeasible" and row["latency_ms"] > 0.001 and "max_latency_ms" in row["error"]
 
@@ -228,20 +230,35 @@ def test_invalid_free_form_members_are_infeasible(tmp_path) -> None:
         "heads_2": {"type": "categorical", "choices": [4]}, "heads_3": {"type": "categorical", "choices": [8]},
         "depth_0": {"type": "int", "low": 1, "high": 1}, "depth_1": {"type": "int", "low": 1, "high": 1},
         "depth_2": {"type": "int", "low": 1, "high": 1}, "depth_3": {"type": "int", "low": 1, "high": 1}}})
-    summary = run_search(space, TINY, trials=1, out=tmp_path / "free")
+    summary = run_search(space, TINY, trials=1, out=tmp_path / "free", promotion=None)
     assert summary.rows[0]["state"] == "infeasible"
     assert "embed_dims[0]=12 is not divisible by num_heads[0]=8" in summary.rows[0]["error"]
 
 
 def test_baselines_write_the_same_schema(tmp_path) -> None:
-    summary = run_baselines(TINY, tmp_path / "base", families=["efficientnet"])
+    run_baselines(TINY, tmp_path / "base", families=["efficientnet"])
     frame = _check_table(tmp_path / "base")
-    assert set(frame["name"]) == {"efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3"}
+    assert set(frame["name"]) == set(get_family("efficientnet").members) and set(frame["rung"]) == {"cheap"}
     assert set(frame["state"]) == {"complete"} and (frame["macs"] > 0).all()
+    recipes = {json.loads(r)["lr"] for r in frame["recipe"]}
+    assert recipes == {json.loads(with_family_recipes(TINY).recipes)["efficientnet"]["lr"]}  # the family's recipe
     assert len(run_baselines(TINY, tmp_path / "base", families=["efficientnet"]).rows) == 4  # resumed: no rerun
     with pytest.raises(ValueError, match="families='resnet' is not allowed"):
         run_baselines(TINY, tmp_path / "x", families=["resnet"])
-    del summary
+
+
+def test_baselines_promote_each_family_s_front_to_the_reference_rung(tmp_path) -> None:
+    from search import Promotion, promoted_rows
+
+    promotion = Promotion(train_size=500, epochs=1, seeds=(0, 1))
+    summary = run_baselines(TINY, tmp_path / "base", families=["deit"], seeds=(0, 1), promotion=promotion)
+    cheap = [r for r in summary.rows if r["rung"] == "cheap"]
+    reference = [r for r in summary.rows if r["rung"] == "reference"]
+    assert sorted((r["name"], r["seed"]) for r in cheap) == sorted((m, s) for m in get_family("deit").members
+                                                                   for s in (0, 1))
+    promoted = {r["config"] for r in promoted_rows(cheap, "layer")}
+    assert sorted((r["config"], r["seed"]) for r in reference) == sorted((c, s) for c in promoted for s in (0, 1))
+    assert summary.rung == "reference" and {p["seeds"] for p in summary.front} == {2}
 
 
 
@@ -282,7 +299,7 @@ def test_a_resumed_search_counts_on_from_its_finished_trials(tmp_path, capsys) -
     from cmt_scale.cli import main
 
     args = ["search", "--space", "cmt_compound", "--dataset", "digits", "--train-size", "150", "--val-size", "100",
-            "--epochs", "1", "--threads", "2", "--out", str(tmp_path / "r")]
+            "--epochs", "1", "--threads", "2", "--out", str(tmp_path / "r"), "--no-promotion", "--low-res", "native"]
     assert main([*args, "--trials", "1"]) == 0
     assert "[1/1] complete" in capsys.readouterr().out
     assert main([*args, "--trials", "2"]) == 0
@@ -296,12 +313,12 @@ def test_a_resumed_search_counts_on_from_its_finished_trials(tmp_path, capsys) -
 
 @pytest.mark.slow
 def test_ray_search_end_to_end_local(tmp_path) -> None:
-    summary = run_search("cmt_compound", TINY, trials=3, out=tmp_path / "ray", backend="ray", num_cpus=2,
+    summary = run_search("cmt_compound", TINY, trials=3, out=tmp_path / "ray", backend="ray", num_cpus=2, promotion=None,
                          cpus_per_trial=1)
     frame = _check_table(tmp_path / "ray")
     assert len(frame) == 3 and set(frame["backend"]) == {"ray"}
     assert summary.front
-    again = run_search("cmt_compound", TINY, trials=3, out=tmp_path / "ray", backend="ray", num_cpus=2)
+    again = run_search("cmt_compound", TINY, trials=3, out=tmp_path / "ray", backend="ray", num_cpus=2, promotion=None)
     assert len(again.rows) == 3  # Tuner.restore: the finished experiment is not run again
 
 
@@ -333,7 +350,7 @@ def test_ray_search_against_a_real_head_node(tmp_path) -> None:
     try:
         proc = _cli("search", "--space", "cmt_compound", "--dataset", "digits", "--train-size", "400", "--val-size",
                     "200", "--epochs", "1", "--trials", "2", "--backend", "ray", "--address", f"127.0.0.1:{port}",
-                    "--out", str(tmp_path / "cluster"), env=env)
+                    "--out", str(tmp_path / "cluster"), "--no-promotion", env=env)
         stdout, stderr = proc.communicate(timeout=300)
         assert proc.returncode == 0, stderr[-2000:]
         frame = _check_table(tmp_path / "cluster")

@@ -1,0 +1,129 @@
+"""Promotion (multi-objective successive halving): the cheap rung's front plus margin, and only that, is re-trained
+on the reference rung with its seeds; it resumes after kill -9 at either rung without re-training a finished row;
+Optuna and Ray Tune promote and measure the same members."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from proxy import ProxyProtocol
+from search import Promotion, non_dominated_layers, promoted_rows, read_rows, run_search, with_family_recipes
+from search_spaces import space_from_dict
+
+TINY = ProxyProtocol(dataset="digits", train_size=300, val_size=200, resolution=32, epochs=1, batch_size=64, threads=1,
+                     low_res="native")  # the published strides: 4x cheaper at 32 px, for speed
+REFERENCE = Promotion(train_size=500, epochs=1, seeds=(0, 1))
+GRID = space_from_dict({"family": "cmt_compound", "base": "cmt_ti", "sampler": "grid",
+                        "params": {"phi": {"type": "categorical", "choices": [-2.0, -1.75, -1.5, -1.25]}}})
+
+
+def _row(config: str, macs: float, top1: float, seed: int = 0, rung: str = "cheap") -> dict:
+    return {"config": config, "macs": macs, "top1_final": top1, "state": "complete", "protocol_hash": "h",
+            "seed": seed, "rung": rung, "trial_id": config}
+
+
+def test_non_dominated_layers_by_hand() -> None:
+    # (cost, top-1): a and b are the front; c is dominated by b only; d by c (and b); e ties a exactly
+    points = [(1, 50), (2, 60), (3, 55), (4, 50), (1, 50)]
+    assert non_dominated_layers(points) == [0, 0, 1, 2, 0]
+
+
+def test_promotion_takes_the_front_and_the_next_layer() -> None:
+    rows = [_row("a", 1, 50), _row("b", 2, 60), _row("c", 3, 55), _row("d", 4, 50), _row("e", 5, 40)]
+    assert [r["config"] for r in promoted_rows(rows, "layer")] == ["a", "b", "c"]
+    assert [r["config"] for r in promoted_rows(rows, "none")] == ["a", "b"]
+    # within 5 points of the best front top-1 at its cost or less: c (55 vs 60) but not d (50 vs 60)
+    assert [r["config"] for r in promoted_rows(rows, 5.0)] == ["a", "b", "c"]
+    assert [r["config"] for r in promoted_rows(rows, 10.0)] == ["a", "b", "c", "d"]
+    # seeds of one member are averaged before ranking; reference rows never promote anything
+    seeded = rows + [_row("c", 3, 75, seed=1), _row("z", 1, 99, rung="reference")]
+    assert [r["config"] for r in promoted_rows(seeded, "none")] == ["a", "b", "c"]  # c at its mean, 65, beats b
+    with pytest.raises(ValueError, match="seeds=.* is not allowed; allowed: 2 or more"):
+        Promotion(seeds=(0,))
+    with pytest.raises(ValueError, match="margin='wide' is not allowed"):
+        Promotion(margin="wide")
+
+
+def test_the_reference_rung_retrains_exactly_the_promoted_members(tmp_path) -> None:
+    summary = run_search(GRID, TINY, None, tmp_path / "run", promotion=REFERENCE)
+    rows = read_rows(tmp_path / "run")
+    cheap = [r for r in rows if r["rung"] == "cheap"]
+    reference = [r for r in rows if r["rung"] == "reference"]
+    assert len(cheap) == 4 and all(r["state"] == "complete" for r in rows)
+    expected = {r["config"] for r in promoted_rows(cheap, "layer")}
+    assert {(r["config"], r["seed"]) for r in reference} == {(c, s) for c in expected for s in (0, 1)}
+    assert len(reference) == 2 * len(expected)
+    assert {r["protocol_hash"] for r in reference} == {REFERENCE.protocol(with_family_recipes(TINY)).protocol_hash}
+    assert summary.rung == "reference" and all(p["seeds"] == 2 for p in summary.front)
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["rungs"]["reference"]["seeds"] == [0, 1]
+    # the same call again trains nothing
+    again = run_search(GRID, TINY, None, tmp_path / "run", promotion=REFERENCE)
+    assert len(again.rows) == len(rows)
+    with pytest.raises(ValueError, match="holds a reference rung with protocol"):
+        run_search(GRID, TINY, None, tmp_path / "run", promotion=Promotion(train_size=400, epochs=1))
+
+
+def _cli(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cmt_scale.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _kill_after(proc: subprocess.Popen, out: Path, rung: str, timeout: float = 600) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if any(r.get("rung") == rung for r in read_rows(out)):
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            return
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.1)
+    raise AssertionError(f"no {rung} row in time")
+
+
+def _snapshot(out: Path) -> dict[str, str]:
+    return {p.name: p.read_text() for p in (out / "trials").glob("*.json")}
+
+
+def test_promotion_resumes_after_kill_9_at_either_rung_without_retraining(tmp_path) -> None:
+    out = tmp_path / "killed"
+    args = ["search", "--space", "cmt_compound", "--dataset", "digits", "--train-size", "300", "--val-size", "200",
+            "--epochs", "1", "--threads", "1", "--trials", "4", "--reference-train-size", "500",
+            "--reference-epochs", "1", "--out", str(out), "--low-res", "native"]
+    proc = _cli(*args)
+    _kill_after(proc, out, "cheap")
+    first = _snapshot(out)
+    proc = _cli(*args)
+    _kill_after(proc, out, "reference")
+    second = _snapshot(out)
+    assert all(second[name] == text for name, text in first.items())  # nothing that finished was redone
+    done = _cli(*args)
+    _, stderr = done.communicate(timeout=900)
+    assert done.returncode == 0, stderr[-3000:]
+    final = _snapshot(out)
+    assert all(final[name] == text for name, text in second.items())
+    rows = read_rows(out)
+    cheap = [r for r in rows if r["rung"] == "cheap"]
+    reference = [r for r in rows if r["rung"] == "reference"]
+    assert len(cheap) == 4
+    expected = {r["config"] for r in promoted_rows(cheap, "layer")}
+    assert sorted((r["config"], r["seed"]) for r in reference) == sorted((c, s) for c in expected for s in (0, 1))
+
+
+@pytest.mark.slow
+def test_optuna_and_ray_promote_and_measure_the_same_front(tmp_path) -> None:
+    fronts = {}
+    for backend in ("optuna", "ray"):
+        extra = {"num_cpus": 2} if backend == "ray" else {}
+        summary = run_search(GRID, TINY, None, tmp_path / backend, backend=backend, promotion=REFERENCE, **extra)
+        reference = sorted((r["config"], r["seed"], r["top1_final"]) for r in summary.rows if r["rung"] == "reference")
+        fronts[backend] = ([(p["config"], round(p["top1_final"], 6)) for p in summary.front], reference)
+    assert fronts["optuna"] == fronts["ray"]
