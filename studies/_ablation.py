@@ -118,6 +118,9 @@ def ablate_scaling(
         raise ValueError(f"multiples={list(multiples)!r} is not allowed; allowed: numbers in (1, 64]")
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds={list(seeds)!r} is not allowed; allowed: one or more distinct integers")
+    # one family, the paper's architecture at every resolution: the cross-family low-resolution rule (which
+    # changes the stem below 64 px) would put a step into the resolution axis itself
+    protocol = protocol.replace(low_res="native")
     res, classes = protocol.resolution, num_classes_of(protocol)
     origin = member(base, base_phi, res, True, classes, phi=0.0)
     plan: list[tuple[str, float, float, Member]] = [("base", 1.0, float(origin.macs), origin)]

@@ -84,6 +84,9 @@ def fit_coefficients(
     """
     if isinstance(phi, bool) or not isinstance(phi, (int, float)) or not 0 < phi <= PHI_LIMIT:
         raise ValueError(f"phi={phi!r} is not allowed; allowed: a number in (0, {PHI_LIMIT}]")
+    # one family, the paper's architecture at every resolution: the cross-family low-resolution rule (which
+    # changes the stem below 64 px) would put a step into the resolution axis itself
+    protocol = protocol.replace(low_res="native")
     triples = [PAPER_COEFFICIENTS, *coefficient_grid(step, target)]
     classes = num_classes_of(protocol)
     members = [member(base, base_phi, protocol.resolution, True, classes, phi=float(phi), alpha=c.alpha, beta=c.beta,

@@ -53,8 +53,9 @@ class Member:
 
 
 def arch_key(config: Mapping[str, Any]) -> str:
-    """An architecture's identity: its config without the class count (which the data set decides)."""
-    return json.dumps({k: v for k, v in config.items() if k != "num_classes"}, sort_keys=True)
+    """An architecture's identity: its config without the class count (which the data set decides) and the
+    stochastic-depth rate (a training setting: the family's recipe sets it, and rows record it there)."""
+    return json.dumps({k: v for k, v in config.items() if k not in ("num_classes", "drop_path_rate")}, sort_keys=True)
 
 
 def num_classes_of(protocol: ProxyProtocol) -> int:
