@@ -57,12 +57,16 @@ class SearchSummary:
 
     @property
     def front(self) -> list[dict[str, Any]]:
-        """The MACs/top-1 Pareto front of the longest rung, cheapest first: one row per architecture with its
+        """Each family's MACs/top-1 Pareto front on the longest rung, cheapest first: one row per architecture with its
         top-1 averaged over seeds (``top1_final``; ``top1_std`` and ``seeds`` beside it). A trial that reused an
         earlier trial's result (same config, protocol and seed) is the same measurement, counted once."""
         points = _seed_means([r for r in measured_rows(self.rows) if (r.get("rung") or "cheap") == self.rung])
-        keep = pareto_mask([(float(r["macs"]), float(r["top1_final"])) for r in points])
-        return sorted((r for r, k in zip(points, keep) if k), key=lambda r: r["macs"])
+        front = []
+        for family in sorted({r["family"] for r in points}):  # a baselines run holds several families
+            mine = [r for r in points if r["family"] == family]
+            keep = pareto_mask([(float(r["macs"]), float(r["top1_final"])) for r in mine])
+            front += sorted((r for r, k in zip(mine, keep) if k), key=lambda r: r["macs"])
+        return front
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -229,21 +233,8 @@ def run_search(
             and recorded.get("trials") != trials):
         raise ValueError(f"trials={trials} is not allowed when resuming the Ray run in {str(run_dir)!r}: Tune restores "
                          "an experiment with its own trial count; allowed: the same --trials, or another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    available = len(data.train_labels) - protocol.val_size
-    cheap_images = min(protocol.train_size or available, available) * protocol.epochs
-    rungs: dict[str, Any] = {"cheap": {"protocol_hash": protocol.protocol_hash, "images_per_trial": cheap_images}}
-    plan = [f"cheap rung: {trials} candidates x {cheap_images:,} images ({protocol.epochs} epochs x "
-            f"{cheap_images // protocol.epochs:,}), 1 seed = {trials * cheap_images:,} images"]
-    if reference is not None:
-        ref_images = promotion.images(protocol, available)
-        rungs["reference"] = {"protocol": reference.to_dict(), "protocol_hash": reference.protocol_hash,
-                              "images_per_trial": ref_images, "seeds": list(promotion.seeds),
-                              "margin": promotion.margin}
-        margin = {"layer": "front + next non-dominated layer", "none": "front"}.get(
-            promotion.margin, f"front + members within {promotion.margin} points")  # type: ignore[arg-type]
-        plan.append(f"reference rung: the cheap rung's {margin} (typically 3-8 members) x {len(promotion.seeds)} "
-                    f"seeds x {ref_images:,} images ({reference.epochs} epochs x {ref_images // reference.epochs:,})")
+    rungs, plan = _rung_plan(protocol, promotion if reference is not None else None, trials,
+                             len(data.train_labels) - protocol.val_size)
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_run_json(run_dir, command, protocol, {"space": space.source, "family": space.family, "backend": backend,
                                                  "study": study_name, "trials": trials, "mode": mode, "rungs": rungs})
@@ -251,8 +242,8 @@ def run_search(
                                     dict(storage=storage, address=address, cpus_per_trial=cpus_per_trial,
                                          num_cpus=num_cpus))
     start = time.perf_counter()
-    backend_run(space, protocol, trials, study_name, RungStart("cheap", trials, cheap_images, protocol.protocol_hash,
-                                                               tuple(plan)))
+    backend_run(space, protocol, trials, study_name, RungStart("cheap", trials, rungs["cheap"]["images_per_trial"],
+                                                               protocol.protocol_hash, plan))
     if reference is not None:
         promoted = promoted_rows([r for r in read_rows(run_dir) if r.get("study") == study_name], promotion.margin)
         if promoted:
@@ -261,6 +252,25 @@ def run_search(
                         RungStart("reference", len(grid.grid), rungs["reference"]["images_per_trial"],
                                   reference.protocol_hash))
     return SearchSummary(run_dir, read_rows(run_dir), time.perf_counter() - start)
+
+
+def _rung_plan(protocol: ProxyProtocol, promotion: Promotion | None, trials: int,
+               available: int) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """Each rung's record for ``run.json`` and the lines that print its budget before anything trains."""
+    cheap_images = min(protocol.train_size or available, available) * protocol.epochs
+    rungs: dict[str, Any] = {"cheap": {"protocol_hash": protocol.protocol_hash, "images_per_trial": cheap_images}}
+    plan = [f"cheap rung: {trials} candidates x {cheap_images:,} images ({protocol.epochs} epochs x "
+            f"{cheap_images // protocol.epochs:,}), 1 seed = {trials * cheap_images:,} images"]
+    if promotion is not None:
+        reference = promotion.protocol(protocol)
+        images = promotion.images(protocol, available)
+        rungs["reference"] = {"protocol": reference.to_dict(), "protocol_hash": reference.protocol_hash,
+                              "images_per_trial": images, "seeds": list(promotion.seeds), "margin": promotion.margin}
+        margin = {"layer": "front + next non-dominated layer", "none": "front"}.get(
+            str(promotion.margin), f"front + members within {promotion.margin} points")
+        plan.append(f"reference rung: the cheap rung's {margin} x {len(promotion.seeds)} seeds x {images:,} images "
+                    f"({reference.epochs} epochs x {images // reference.epochs:,}) per member")
+    return rungs, tuple(plan)
 
 
 def _run_backend(backend: str, run_dir: Path, num_classes: int, mode: str, seed: int, on_trial, on_start,
