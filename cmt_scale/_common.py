@@ -10,7 +10,7 @@ from rich.console import Console
 
 from scaling import format_count
 
-__all__ = ["_Parser", "_Progress", "_glue_negative_values", "_int_list", "_promotion_args", "_promotion_from",
+__all__ = ["_Parser", "_Progress", "_glue_negative_values", "_numbers", "_promotion_args", "_promotion_from",
            "_protocol_args", "_protocol_from"]
 
 
@@ -59,11 +59,12 @@ def _promotion_args(parser: argparse.ArgumentParser, default_on: bool) -> None:
                        "next non-dominated layer, default), none, or a number of top-1 points")
 
 
-def _int_list(text: str, name: str) -> tuple[int, ...]:
+def _numbers(text: str, flag: str, kind: type) -> list:
+    """``"0,1"`` -> ``[0, 1]`` (of ``kind``); one line naming the flag and the value otherwise."""
     try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
+        return [kind(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise ValueError(f"{name}={text!r} is not allowed; allowed: comma-separated integers such as 0,1") from None
+        raise ValueError(f"{flag}={text!r} is not allowed; allowed: a comma list of {kind.__name__}s") from None
 
 
 def _promotion_from(args: argparse.Namespace):
@@ -73,7 +74,7 @@ def _promotion_from(args: argparse.Namespace):
     if getattr(args, "no_promotion", False) or not getattr(args, "promote", True):
         return None
     return Promotion(train_size=args.reference_train_size, epochs=args.reference_epochs,
-                     seeds=_int_list(args.reference_seeds, "--reference-seeds"), margin=args.margin)
+                     seeds=tuple(_numbers(args.reference_seeds, "--reference-seeds", int)), margin=args.margin)
 
 
 def _protocol_from(args: argparse.Namespace):

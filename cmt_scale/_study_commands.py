@@ -10,7 +10,7 @@ from rich.table import Table
 
 from scaling import format_count
 
-from ._common import _glue_negative_values, _Parser, _Progress, _protocol_args, _protocol_from
+from ._common import _glue_negative_values, _numbers, _Parser, _Progress, _protocol_args, _protocol_from
 
 __all__ = ["run_ablate_command", "run_fidelity_command", "run_fit_command", "run_sweep_command"]
 
@@ -122,13 +122,6 @@ def _ablate_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _numbers(text: str, flag: str, kind: type) -> list:
-    try:
-        return [kind(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"{flag}={text!r} is not allowed; allowed: a comma list of {kind.__name__}s") from None
-
-
 def run_ablate_command(argv: Sequence[str], console: Console) -> int:
     args = _ablate_parser().parse_args(_glue_negative_values(argv, _NEGATIVE_OK))
     from studies import ablate_scaling
@@ -214,9 +207,9 @@ def run_fidelity_command(argv: Sequence[str], console: Console) -> int:
 
 def _sweep_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cmt-scale sweep-recipes",
-                     description="Choose each family's training recipe by measurement: its sweep member trains under "
-                                 "every learning rate x weight decay on the protocol's budget; the best mean top-1 wins. "
-                                 "Writes OUT/recipes.yaml for --recipes.",
+                     description="Choose each family's training recipe by measurement: its sweep member trains "
+                                 "under every learning rate x weight decay on the protocol's budget; the best mean "
+                                 "top-1 wins. Writes OUT/recipes.yaml for --recipes.",
                      epilog="example: cmt-scale sweep-recipes --dataset fashion-mnist --out runs/recipes ; then "
                             "cmt-scale search ... --recipes runs/recipes/recipes.yaml")
     parser.add_argument("--families", default="cmt_compound,deit,efficientnet", help="families to sweep (comma list)")
@@ -243,7 +236,8 @@ def run_sweep_command(argv: Sequence[str], console: Console) -> int:
     result = sweep_recipes(protocol, args.out, families=families, lrs=lrs, weight_decays=decays, seeds=seeds,
                            options=_options(args, "sweep-recipes", argv, console, header))
     _print_frame(console, "Recipes by validation top-1 (mean over seeds; chosen *)", result.table, {
-        "family": lambda r: r["family"], "lr": lambda r: f"{r['lr']:g}", "weight decay": lambda r: f"{r['weight_decay']:g}",
+        "family": lambda r: r["family"], "lr": lambda r: f"{r['lr']:g}",
+        "weight decay": lambda r: f"{r['weight_decay']:g}",
         "seeds": lambda r: str(r["seeds"]), "top-1 %": lambda r: _pct(r["top1"]) + ("*" if r["chosen"] else ""),
         "std": lambda r: _pct(r["top1_std"]),
     })

@@ -26,7 +26,7 @@ from scaling._compound import family, parse_stage_ratio
 from scaling._solver import Solution, solve
 from scaling._units import format_count, parse_count
 
-from ._common import (_glue_negative_values, _int_list, _Parser, _Progress, _promotion_args, _promotion_from,
+from ._common import (_glue_negative_values, _numbers, _Parser, _Progress, _promotion_args, _promotion_from,
                       _protocol_args, _protocol_from)
 from ._study_commands import run_ablate_command, run_fidelity_command, run_fit_command, run_sweep_command
 
@@ -180,7 +180,7 @@ def run_baselines_command(argv: Sequence[str], console: Console) -> int:
 
     protocol = _protocol_from(args)
     families = [f.strip() for f in args.families.split(",") if f.strip()]
-    seeds = _int_list(args.seeds, "--seeds")
+    seeds = tuple(_numbers(args.seeds, "--seeds", int))
     promotion = _promotion_from(args)
     members = sum(len(get_family(f).members) for f in families if f in baseline_families())
     progress = _Progress(console, f"baselines {','.join(families)} on {protocol.dataset}: {members} members x "

@@ -45,7 +45,7 @@ class ProxyProtocol:
     family: ``native`` (default) keeps the published strides, ``adapt`` halves each family's first
     downsampling (CMT's first stem conv and EfficientNet's stem conv get stride 1, DeiT's 16-px patch
     becomes 8 px). Measured on the cheap rung (benchmarks/RESULTS.md), adapting costs 4x the MACs and
-    2.4x the time for at most 1.6 points (EfficientNet-B0) and nothing for DeiT, so the default is native.
+    2.4-3.3x the time for +1.6 points on EfficientNet-B0, none on DeiT and -3.5 on CMT: the default is native.
     """
 
     dataset: str = "fashion-mnist"

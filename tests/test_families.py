@@ -76,7 +76,7 @@ def test_the_low_resolution_rule_halves_every_family_s_first_downsampling(family
 
 
 def test_an_adapted_cmt_costs_exactly_the_native_member_at_twice_the_size() -> None:
-    protocol = DEFAULT_PROTOCOL.replace(resolution=32)
+    protocol = DEFAULT_PROTOCOL.replace(resolution=32, low_res="adapt")
     adapted = get_family("cmt_compound").member({"phi": -1.0, "base": "cmt_ti"}, protocol, 10)
     native64 = get_family("cmt_compound").member({"phi": -1.0, "base": "cmt_ti"}, protocol.replace(resolution=64), 10)
     assert adapted.macs == native64.macs == estimate_cost(CMTConfig.from_dict(native64.config)).macs
