@@ -29,12 +29,12 @@ DEIT_SHAPES: dict[str, tuple[int, int, int]] = {
 DEIT_PATCH = 16
 
 
-def deit_patch_size(resolution: int, low_res: str = "adapt") -> int:
+def deit_patch_size(resolution: int, low_res: str = "native") -> int:
     """DeiT's 16-px patch, halved to 8 px below 64 px under the ``adapt`` rule."""
     return DEIT_PATCH // 2 if low_res == "adapt" and resolution < LOW_RES_BELOW else DEIT_PATCH
 
 
-def checked_deit_patch(resolution: int, low_res: str = "adapt") -> int:
+def checked_deit_patch(resolution: int, low_res: str = "native") -> int:
     """`deit_patch_size`, refusing a resolution the patch does not divide (no DeiT builds there)."""
     patch = deit_patch_size(resolution, low_res)
     if resolution % patch:
@@ -44,9 +44,10 @@ def checked_deit_patch(resolution: int, low_res: str = "adapt") -> int:
     return patch
 
 
-def build_baseline(name: str, num_classes: int, resolution: int, in_chans: int = 3, low_res: str = "adapt",
+def build_baseline(name: str, num_classes: int, resolution: int, in_chans: int = 3, low_res: str = "native",
                    drop_path_rate: float = 0.0):
-    """A baseline from timm for ``resolution`` px with ``num_classes`` outputs (untrained)."""
+    """A baseline from timm for ``resolution`` px with ``num_classes`` outputs (untrained), under the
+    ``low_res`` rule (the protocol's default, ``native``, unless told otherwise)."""
     family = _family_of(name)
     return family.build(name, num_classes, resolution, in_chans, low_res, drop_path_rate)
 

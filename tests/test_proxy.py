@@ -82,9 +82,11 @@ def test_baselines_build_and_train_one_step_at_the_protocol_resolution(name: str
     loss = nn.functional.cross_entropy(model(x), torch.tensor([1, 2]))
     loss.backward()
     assert math.isfinite(loss.item())
-    if name.startswith("deit"):
-        assert model.patch_embed.patch_size == (deit_patch_size(32),) * 2 == (8, 8)
-        assert model.patch_embed.grid_size == (4, 4)
+    if name.startswith("deit"):  # the default rule keeps DeiT's 16-px patch; adapt halves it below 64 px
+        assert model.patch_embed.patch_size == (deit_patch_size(32),) * 2 == (16, 16)
+        assert model.patch_embed.grid_size == (2, 2)
+        adapted = build_baseline(name, num_classes=10, resolution=32, low_res="adapt")
+        assert adapted.patch_embed.patch_size == (deit_patch_size(32, "adapt"),) * 2 == (8, 8)
 
 
 def test_a_baseline_trains_under_the_protocol() -> None:
