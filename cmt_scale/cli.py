@@ -185,7 +185,8 @@ def run_baselines_command(argv: Sequence[str], console: Console) -> int:
     members = sum(len(get_family(f).members) for f in families if f in baseline_families())
     progress = _Progress(console, f"baselines {','.join(families)} on {protocol.dataset}: {members} members x "
                          f"{len(seeds)} seeds on the cheap rung" + (", then each family's front on the reference rung"
-                                                                   if promotion else ""), members * len(seeds))
+                                                                   if promotion else ""),
+                         None if promotion else members * len(seeds))  # the promoted count is known only later
     summary = run_baselines(protocol, args.out, families, seeds=seeds, promotion=promotion,
                             command=["cmt-scale", "baselines", *argv], on_trial=progress.trial)
     _print_summary(console, summary)
