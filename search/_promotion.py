@@ -13,7 +13,6 @@ same members and retrains none that finished.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from proxy import Member, ProxyProtocol, Recipe, TrialResult, compound_member, compound_values, get_family, train_and_evaluate
