@@ -5,7 +5,8 @@ candidates from a `search_spaces` file, rejects those over budget with the analy
 `proxy` train the rest, and writes one results table whichever backend ran.
 """
 
-from ._driver import BACKENDS, RungStart, SearchSummary, check_protocol_fits, run_baselines, run_search, with_family_recipes
+from ._baselines import run_baselines
+from ._driver import BACKENDS, RungStart, SearchSummary, check_protocol_fits, run_search, with_family_recipes
 from ._promotion import DEFAULT_PROMOTION, Promotion, non_dominated_layers, promoted_rows, reference_space
 from ._results import RESULT_COLUMNS, STATES, measured_rows, pareto_mask, read_rows, write_results
 from ._trial import check_resolution, compound_member, trial_protocol, trial_recipe
