@@ -100,12 +100,20 @@ def noise_statement(table: pd.DataFrame, level: float = 0.95) -> str:
     head = f"Hypervolume with {level:.0%} seed-bootstrap intervals: {intervals}."
     if (table["hv_high"] - table["hv_low"]).max() == 0:
         return head + " No architecture has more than one seed, so the intervals cannot show noise."
+    # a family with a single seed on some front point has no measured spread there: its gaps are not judged
+    seeds = table["min_seeds"] if "min_seeds" in table.columns else (table["hv_high"] > table["hv_low"]) * 2
+    unseeded = sorted(f for f in table.index if seeds.loc[f] < 2)
     together = {frozenset(pair) for pair in close}
-    apart = [(a, b) for a, b in combinations(sorted(table.index), 2) if frozenset((a, b)) not in together]
+    apart = [(a, b) for a, b in combinations(sorted(table.index), 2)
+             if frozenset((a, b)) not in together and a not in unseeded and b not in unseeded]
+    close = [(a, b) for a, b in close if a not in unseeded and b not in unseeded]
     said = []
     if close:
         said.append("Within noise (intervals overlap): " + "; ".join(f"{a} ~ {b}" for a, b in close) + ".")
     if apart:
         ranked = [(a, b) if table.loc[a, "hypervolume"] > table.loc[b, "hypervolume"] else (b, a) for a, b in apart]
         said.append("Apart beyond noise: " + "; ".join(f"{hi} > {lo}" for hi, lo in ranked) + ".")
+    if unseeded:
+        said.append(f"Not judged: {', '.join(unseeded)} (one seed on a front point, no measured spread; train "
+                    "more seeds or report the reference rung).")
     return " ".join([head, *said])

@@ -326,6 +326,12 @@ def test_within_noise_names_overlapping_fronts_and_separates_the_rest() -> None:
     no_seeds = compare_families(load_published())
     assert (no_seeds["hv_low"] == no_seeds["hv_high"]).all()
     assert "cannot show noise" in noise_statement(no_seeds)
+    # a family with one seed per point (a search's cheap rung) has no spread: its gaps are not judged
+    mixed = pd.concat([_seeded("cmt", {"s": (1e8, [70.0]), "l": (8e8, [95.0])}),
+                       _seeded("deit", {"s": (1e8, [71.0, 75.0, 73.0]), "l": (8e8, [79.0, 83.0, 81.0])}),
+                       _seeded("effnet", {"s": (1e8, [72.0, 76.0, 74.0]), "l": (8e8, [80.0, 84.0, 82.0])})])
+    line = noise_statement(compare_families(mixed))
+    assert "deit ~ effnet" in line and "Not judged: cmt" in line and "> cmt" not in line and "cmt >" not in line
 
 
 # --- plots carry the spread -----------------------------------------------------------------------------------
