@@ -88,7 +88,7 @@ def _train_baselines(run_dir: Path, num_classes: int, on_trial, interrupted, spa
         if interrupted.raised:  # a Ctrl-C that a finalizer swallowed still stops here
             raise KeyboardInterrupt
         row = run_trial(space, values, protocol, num_classes, trial_id=trial_id, backend="baselines",
-                        study=run_dir.name, rung=rung)
+                        study=run_dir.name, rung=rung, done=read_rows(run_dir))
         write_row(run_dir, row)
         write_results(run_dir)
         if on_trial is not None:

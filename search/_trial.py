@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -96,6 +97,9 @@ def run_trial(
     """
     start = time.perf_counter()
     candidate = make_candidate(space, values, protocol, num_classes)
+    if values.get("config") is not None:  # a promoted member keeps the name its cheap-rung row gave it
+        named = next((r["name"] for r in done if r.get("config") == candidate.config_json and r.get("name")), None)
+        candidate = dataclasses.replace(candidate, name=named) if named else candidate
     recipe = trial_recipe(space, values, protocol)
     trained = trial_protocol(protocol, values, candidate, recipe)
     config_json, recipe_json = candidate.config_json, json.dumps(recipe.to_dict(), sort_keys=True)

@@ -61,6 +61,8 @@ def test_the_reference_rung_retrains_exactly_the_promoted_members(tmp_path) -> N
     expected = {r["config"] for r in promoted_rows(cheap, "layer")}
     assert {(r["config"], r["seed"]) for r in reference} == {(c, s) for c in expected for s in (0, 1)}
     assert len(reference) == 2 * len(expected)
+    names = {r["config"]: r["name"] for r in cheap}
+    assert all(r["name"] == names[r["config"]] for r in reference)  # "cmt phi=-2.00", not only its shape
     assert {r["protocol_hash"] for r in reference} == {REFERENCE.protocol(with_family_recipes(TINY)).protocol_hash}
     assert summary.rung == "reference" and all(p["seeds"] == 2 for p in summary.front)
     run = json.loads((tmp_path / "run" / "run.json").read_text())
