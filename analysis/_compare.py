@@ -3,7 +3,7 @@ equal cost, and cost at equal accuracy (as a ratio to a reference family: "CMT n
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import pandas as pd
 

@@ -15,7 +15,7 @@ over all rows given, so every front point lies strictly inside the box.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd

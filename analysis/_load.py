@@ -9,8 +9,8 @@ This module imports nothing else of the toolkit: analysis needs a results file, 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import pandas as pd
 

@@ -7,9 +7,9 @@ seen). A point with one seed has a bar of zero length. The legend names the rung
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 

@@ -7,8 +7,8 @@ corrects for ties on either side, the variant scipy reports by default. Both are
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd

@@ -3,9 +3,9 @@ a reader must know to trust them (the rung, the seed noise, the published budget
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 

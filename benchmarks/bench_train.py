@@ -18,8 +18,9 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -109,6 +110,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from plain_port import PlainCMT, check_port
+
     from proxy import build_baseline
     from scaling import PRESETS, build_cmt, fused_kernels_available, set_fused_kernels
 

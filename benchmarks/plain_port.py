@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from scaling import CMTConfig, build_cmt, checkpoint_filter_fn
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -171,9 +172,8 @@ def _fidelity_parser() -> argparse.ArgumentParser:
 
 def run_fidelity_command(argv: Sequence[str], console: Console) -> int:
     args = _fidelity_parser().parse_args(_glue_negative_values(argv, _NEGATIVE_OK))
-    from studies import proxy_fidelity
-
     from search import DEFAULT_PROMOTION
+    from studies import proxy_fidelity
 
     cheap = _protocol_from(args)
     reference = DEFAULT_PROMOTION.protocol(cheap).replace(resolution=args.reference_resolution or cheap.resolution)

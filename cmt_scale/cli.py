@@ -14,8 +14,9 @@ import io
 import json
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -26,8 +27,16 @@ from scaling._compound import family, parse_stage_ratio
 from scaling._solver import Solution, solve
 from scaling._units import format_count, parse_count
 
-from ._common import (_glue_negative_values, _numbers, _Parser, _Progress, _promotion_args, _promotion_from,
-                      _protocol_args, _protocol_from)
+from ._common import (
+    _glue_negative_values,
+    _numbers,
+    _Parser,
+    _Progress,
+    _promotion_args,
+    _promotion_from,
+    _protocol_args,
+    _protocol_from,
+)
 from ._study_commands import run_ablate_command, run_fidelity_command, run_fit_command, run_sweep_command
 
 # Options whose value may start with "-" (a negative number is bad input to report, not an unknown option).

@@ -5,10 +5,10 @@ and from searching (`search`): a search hands it a config and a protocol and get
 It never imports Optuna or Ray.
 """
 
+from ._data import DATASET_NAMES, DatasetNotFound, ProxyData, load_dataset
 from ._family import COMMON_KEYS, Family, Member, family_names, get_family, register_family
 from ._family_baselines import build_baseline, checked_deit_patch, deit_patch_size
 from ._family_cmt import compound_member, compound_values
-from ._data import DATASET_NAMES, DatasetNotFound, ProxyData, load_dataset
 from ._protocol import DEFAULT_PROTOCOL, LOW_RES_RULES, ProxyProtocol
 from ._recipe import RECIPE_KEYS, Recipe, parse_recipes
 from ._train import TrialPruned, TrialResult, resolve_device, train_and_evaluate

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from ._protocol import ProxyProtocol
 from ._recipe import RECIPE_KEYS, Recipe, parse_recipes

@@ -12,7 +12,8 @@ on a 1x1 map, so ``adapt`` halves the first downsampling: DeiT's patch becomes 8
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ._family import Family, Member, register_family
 from ._protocol import LOW_RES_BELOW, ProxyProtocol
@@ -52,7 +53,7 @@ def build_baseline(name: str, num_classes: int, resolution: int, in_chans: int =
     return family.build(name, num_classes, resolution, in_chans, low_res, drop_path_rate)
 
 
-def _family_of(name: str) -> "_NamedMembers":
+def _family_of(name: str) -> _NamedMembers:
     for family in (DEIT, EFFICIENTNET):
         if name in family.buildable:
             return family

@@ -9,7 +9,8 @@ is built and costed as that member with the stride changed.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from scaling import PAPER_COEFFICIENTS, CMTConfig, estimate_cost, get_preset, resolution_step, scale
 

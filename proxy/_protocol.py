@@ -10,8 +10,9 @@ import dataclasses
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = ["DEFAULT_PROTOCOL", "LOW_RES_BELOW", "LOW_RES_RULES", "ProxyProtocol"]
 
@@ -107,14 +108,14 @@ class ProxyProtocol:
         """Whether members are adapted to this protocol's resolution (see ``low_res``)."""
         return self.low_res == "adapt" and self.resolution < LOW_RES_BELOW
 
-    def replace(self, **changes: Any) -> "ProxyProtocol":
+    def replace(self, **changes: Any) -> ProxyProtocol:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ProxyProtocol":
+    def from_dict(cls, data: Mapping[str, Any]) -> ProxyProtocol:
         if not isinstance(data, Mapping):
             raise ValueError(f"a protocol must be a JSON object of fields, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}

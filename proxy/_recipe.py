@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = ["RECIPE_KEYS", "Recipe", "parse_recipes"]
 
@@ -44,7 +45,7 @@ class Recipe:
         return {k: float(v) for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "recipe") -> "Recipe":
+    def from_dict(cls, data: Mapping[str, Any], source: str = "recipe") -> Recipe:
         if not isinstance(data, Mapping):
             raise ValueError(f"{source}={data!r} is not allowed; allowed: a mapping of {', '.join(RECIPE_KEYS)}")
         unknown = sorted(set(data) - set(RECIPE_KEYS))
@@ -54,12 +55,12 @@ class Recipe:
         return cls(**{k: data[k] for k in RECIPE_KEYS if k in data})
 
     @classmethod
-    def of_protocol(cls, protocol: Any) -> "Recipe":
+    def of_protocol(cls, protocol: Any) -> Recipe:
         """The recipe a protocol's own fields spell (used for every family when no family recipes are given)."""
         return cls(lr=protocol.lr, weight_decay=protocol.weight_decay, warmup_epochs=protocol.warmup_epochs,
                    label_smoothing=protocol.label_smoothing)
 
-    def updated(self, values: Mapping[str, Any]) -> "Recipe":
+    def updated(self, values: Mapping[str, Any]) -> Recipe:
         """This recipe with any recipe keys a trial sampled (a recipe sweep's grid) put over it."""
         changes = {k: values[k] for k in RECIPE_KEYS if values.get(k) is not None}
         return self.from_dict({**self.to_dict(), **changes}) if changes else self

@@ -29,8 +29,8 @@ from ._cost import Cost, estimate_cost
 from ._presets import PAPER_TABLE, PRESETS, PaperFigures, get_preset
 from ._reproduction import ReproductionRow, reproduce_presets
 from ._solver import Solution, solve
-from ._units import format_count, parse_count, parse_latency_ms
 from ._timm_hook import register_with_timm
+from ._units import format_count, parse_count, parse_latency_ms
 
 # Public names that need torch (and timm), by the module that defines them: loaded on first access.
 _LAZY = {

@@ -18,8 +18,9 @@ import contextlib
 import math
 import pickle
 import re
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import torch
 import torch.nn as nn

@@ -20,8 +20,8 @@ Where the paper is loose, this module says what it does:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from ._config import CMTConfig
 from ._cost import estimate_cost

@@ -11,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = ["CMTConfig"]
 
@@ -172,7 +173,7 @@ class CMTConfig:
     def total_depth(self) -> int:
         return sum(self.depths)
 
-    def replace(self, **changes: Any) -> "CMTConfig":
+    def replace(self, **changes: Any) -> CMTConfig:
         """A validated copy with ``changes`` applied (``dataclasses.replace``)."""
         return dataclasses.replace(self, **changes)
 
@@ -182,7 +183,7 @@ class CMTConfig:
         return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "CMTConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> CMTConfig:
         """Inverse of `to_dict`; unknown keys are an error, so a typo never silently falls back to a default."""
         if not isinstance(data, Mapping):
             raise ValueError(f"a CMTConfig must be built from a mapping, got {type(data).__name__}")
@@ -204,7 +205,7 @@ class CMTConfig:
         return text
 
     @classmethod
-    def from_json(cls, text_or_path: str | Path) -> "CMTConfig":
+    def from_json(cls, text_or_path: str | Path) -> CMTConfig:
         """Load from JSON text or from a JSON file's path (as written by `to_json` or ``cmt-scale --save``)."""
         text = str(text_or_path)
         if not text.lstrip().startswith("{"):

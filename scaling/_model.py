@@ -13,14 +13,15 @@ official implementation's for the same config, module for module.
 
 from __future__ import annotations
 
-from typing import Any, Final, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 from timm.layers import DropPath, trunc_normal_, use_fused_attn
 from timm.models._features import feature_take_indices
+from torch.utils.checkpoint import checkpoint
 
 from ._config import CMTConfig
 from ._fused import (

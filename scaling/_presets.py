@@ -8,9 +8,9 @@ K/V reduction ratios and stem width agree. Dropout rates are the release's train
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Mapping
 
 from ._config import CMTConfig
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from math import prod
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn as nn

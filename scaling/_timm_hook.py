@@ -12,8 +12,8 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import sys
+from collections.abc import Sequence
 from types import ModuleType
-from typing import Sequence
 
 _REGISTRATION_MODULE = "scaling._timm"
 

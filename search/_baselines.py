@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from proxy import ProxyProtocol, baseline_families, get_family, load_dataset
 from search_spaces import SearchSpace, load_space

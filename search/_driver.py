@@ -13,9 +13,10 @@ import json
 import platform
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from proxy import ProxyProtocol, load_dataset, resolve_device
 from search_spaces import SearchSpace, load_space, space_from_dict

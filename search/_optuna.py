@@ -24,8 +24,9 @@ from __future__ import annotations
 import os
 import socket
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from proxy import ProxyProtocol, TrialPruned
 from search_spaces import SearchSpace

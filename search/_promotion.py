@@ -13,8 +13,9 @@ same members and retrains none that finished.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from proxy import ProxyProtocol
 from search_spaces import SearchSpace, space_from_dict

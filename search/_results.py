@@ -12,8 +12,9 @@ import json
 import math
 import os
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 __all__ = ["RESULT_COLUMNS", "STATES", "make_row", "pareto_mask", "read_rows", "write_results", "write_row"]
 

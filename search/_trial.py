@@ -5,9 +5,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
-from proxy import Member, ProxyProtocol, Recipe, TrialResult, compound_member, compound_values, get_family, train_and_evaluate
+from proxy import (
+    Member,
+    ProxyProtocol,
+    Recipe,
+    TrialResult,
+    compound_member,
+    compound_values,
+    get_family,
+    train_and_evaluate,
+)
 from search_spaces import SearchSpace
 
 from ._results import make_row

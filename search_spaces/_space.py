@@ -25,9 +25,10 @@ Files are parsed with ``yaml.safe_load`` (no object tags, nothing executed). Eve
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from scaling import get_preset, parse_count, parse_latency_ms
 

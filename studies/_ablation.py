@@ -17,9 +17,9 @@ step exists near a multiple, the budget is ``multiple x base`` and resolution-on
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from analysis import (
+    PUBLISHED_CSV,
     Bootstrap,
     aggregate_seeds,
     budget_statement,
@@ -21,7 +22,6 @@ from analysis import (
     hypervolume_intervals,
     interpolate_cost,
     interpolate_metric,
-    PUBLISHED_CSV,
     load_published,
     load_results,
     noise_statement,

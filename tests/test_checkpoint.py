@@ -7,8 +7,8 @@ import pathlib
 
 import pytest
 import torch
-
 from official_reference import official_forward, random_official_state_dict
+
 from scaling import PRESETS, build_cmt, load_official_checkpoint, read_checkpoint
 
 timm = pytest.importorskip("timm")

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from conftest import random_config
 from official_reference import official_param_count
+
 from scaling import PAPER_TABLE, PRESETS, build_cmt, count_flops, estimate_cost
 
 

@@ -13,9 +13,9 @@ from collections import Counter
 import pytest
 import torch
 import torch.nn as nn
-
 from conftest import random_config
 from official_reference import official_forward, random_official_state_dict
+
 from scaling import PRESETS, build_cmt, checkpoint_filter_fn
 from scaling import _fused as fused
 

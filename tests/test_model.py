@@ -6,10 +6,10 @@ import random
 
 import pytest
 import torch
-
 from conftest import random_config
 from official_reference import official_forward, random_official_state_dict
-from scaling import PRESETS, build_cmt, checkpoint_filter_fn, CMTConfig
+
+from scaling import PRESETS, CMTConfig, build_cmt, checkpoint_filter_fn
 
 
 def _official_and_ours(cfg: CMTConfig, seed: int = 0):
