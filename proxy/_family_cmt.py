@@ -15,7 +15,7 @@ from typing import Any
 from scaling import PAPER_COEFFICIENTS, CMTConfig, estimate_cost, get_preset, resolution_step, scale
 
 from ._family import Family, Member, register_family
-from ._protocol import ProxyProtocol
+from ._protocol import LOW_RES_BELOW, ProxyProtocol
 
 __all__ = ["CMTCompoundFamily", "CMTFreeFamily", "compound_member", "compound_values"]
 
@@ -91,7 +91,7 @@ class CMTCompoundFamily(Family):
         except ValueError as err:
             return Member(self.name, "invalid", dict(values), None, None, reason=f"not a valid CMT: {err}")
         cfg = cfg.replace(num_classes=num_classes)
-        adapt = protocol.low_res == "adapt" and cfg.img_size < _low_res_below()
+        adapt = protocol.low_res == "adapt" and cfg.img_size < LOW_RES_BELOW
         return _cmt_member(self.name, _compound_name(values, cfg), cfg, adapt)
 
     def from_config(self, config: Mapping[str, Any], num_classes: int) -> Member:
@@ -150,12 +150,6 @@ class CMTFreeFamily(Family):
         if resolution % stride:
             raise ValueError(f"resolution={resolution} is not allowed for this CMT space; allowed: a positive multiple "
                              f"of its total stride {stride}")
-
-
-def _low_res_below() -> int:
-    from ._protocol import LOW_RES_BELOW
-
-    return LOW_RES_BELOW
 
 
 def _compound_name(values: Mapping[str, Any], cfg: CMTConfig) -> str:

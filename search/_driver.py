@@ -22,7 +22,7 @@ from proxy import ProxyProtocol, load_dataset, resolve_device
 from search_spaces import SearchSpace, load_space, space_from_dict
 
 from ._promotion import DEFAULT_PROMOTION, Promotion, promoted_rows, reference_space
-from ._results import measured_rows, pareto_mask, read_rows
+from ._results import measured_rows, pareto_mask, read_rows, seed_means
 from ._trial import check_resolution
 
 __all__ = ["BACKENDS", "RungStart", "SearchSummary", "check_protocol_fits", "run_search", "with_family_recipes"]
@@ -59,7 +59,7 @@ class SearchSummary:
         """Each family's MACs/top-1 Pareto front on the longest rung, cheapest first: one row per architecture with its
         top-1 averaged over seeds (``top1_final``; ``top1_std`` and ``seeds`` beside it). A trial that reused an
         earlier trial's result (same config, protocol and seed) is the same measurement, counted once."""
-        points = _seed_means([r for r in measured_rows(self.rows) if (r.get("rung") or "cheap") == self.rung])
+        points = seed_means([r for r in measured_rows(self.rows) if (r.get("rung") or "cheap") == self.rung])
         front = []
         for family in sorted({r["family"] for r in points}):  # a baselines run holds several families
             mine = [r for r in points if r["family"] == family]
@@ -72,21 +72,6 @@ class SearchSummary:
         for row in self.rows:
             out[row["state"]] = out.get(row["state"], 0) + 1
         return out
-
-
-def _seed_means(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (architecture, protocol): the first trial's row with top-1 averaged over its seeds."""
-    import statistics
-
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault((row["config"], row.get("protocol_hash")), []).append(row)
-    out = []
-    for group in groups.values():
-        values = [float(r["top1_final"]) for r in group]
-        out.append({**group[0], "top1_final": statistics.fmean(values), "seeds": len(values),
-                    "top1_std": statistics.stdev(values) if len(values) > 1 else float("nan")})
-    return out
 
 
 def with_family_recipes(protocol: ProxyProtocol) -> ProxyProtocol:

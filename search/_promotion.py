@@ -20,7 +20,7 @@ from typing import Any
 from proxy import ProxyProtocol
 from search_spaces import SearchSpace, space_from_dict
 
-from ._results import measured_rows
+from ._results import measured_rows, seed_means
 
 __all__ = ["DEFAULT_PROMOTION", "Promotion", "non_dominated_layers", "promoted_rows", "reference_space"]
 
@@ -112,13 +112,9 @@ def _within(points: Sequence[tuple[float, float]], front: Sequence[int], points_
 def promoted_rows(rows: Sequence[Mapping[str, Any]], margin: str | float = "layer") -> list[Mapping[str, Any]]:
     """The cheap rung's members to re-train: the non-dominated set plus ``margin``, one row per architecture
     (its first row; placed at its mean top-1 over seeds), cheapest first."""
-    done = [r for r in measured_rows(rows) if (r.get("rung") or "cheap") == "cheap"]
-    by_config: dict[str, list[Mapping[str, Any]]] = {}
-    for row in done:
-        by_config.setdefault(str(row["config"]), []).append(row)
-    members = [group[0] for group in by_config.values()]
     # a member trained with several seeds on the cheap rung is placed at its mean top-1
-    points = [(float(g[0]["macs"]), sum(float(r["top1_final"]) for r in g) / len(g)) for g in by_config.values()]
+    members = seed_means([r for r in measured_rows(rows) if (r.get("rung") or "cheap") == "cheap"])
+    points = [(float(r["macs"]), float(r["top1_final"])) for r in members]
     layers = non_dominated_layers(points)
     if margin == "layer":
         keep = [layer <= 1 for layer in layers]

@@ -16,7 +16,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RESULT_COLUMNS", "STATES", "make_row", "pareto_mask", "read_rows", "write_results", "write_row"]
+__all__ = ["RESULT_COLUMNS", "STATES", "make_row", "measured_rows", "pareto_mask", "read_rows", "seed_means",
+           "write_results", "write_row"]
 
 STATES = ("complete", "pruned", "failed", "infeasible")
 
@@ -115,6 +116,21 @@ def measured_rows(rows: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
         if r["state"] == "complete" and r["top1_final"] is not None:
             measured.setdefault((r["config"], r.get("protocol_hash"), r.get("seed"), r["top1_final"]), r)
     return list(measured.values())
+
+
+def seed_means(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (architecture, protocol): the first trial's row with top-1 averaged over its seeds."""
+    import statistics
+
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["config"], row.get("protocol_hash")), []).append(row)
+    out = []
+    for group in groups.values():
+        values = [float(r["top1_final"]) for r in group]
+        out.append({**group[0], "top1_final": statistics.fmean(values), "seeds": len(values),
+                    "top1_std": statistics.stdev(values) if len(values) > 1 else float("nan")})
+    return out
 
 
 def pareto_mask(points: list[tuple[float, float]]) -> list[bool]:

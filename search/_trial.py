@@ -22,10 +22,8 @@ from search_spaces import SearchSpace
 
 from ._results import make_row
 
-__all__ = ["Candidate", "check_resolution", "compound_member", "compound_values", "make_candidate", "run_trial",
+__all__ = ["check_resolution", "compound_member", "compound_values", "make_candidate", "run_trial",
            "trial_protocol", "trial_recipe"]
-
-Candidate = Member  # what a trial would train (the family registry's `Member`)
 
 
 def make_candidate(space: SearchSpace, values: Mapping[str, Any], protocol: ProxyProtocol,
