@@ -21,8 +21,8 @@ from pathlib import Path
 
 
 def _run(backend: str, trials: int, out: Path) -> tuple[float, float, int]:
-    from proxy import ProxyProtocol
-    from search import run_search
+    from cmt_scale.proxy import ProxyProtocol
+    from cmt_scale.search import run_search
 
     protocol = ProxyProtocol(dataset="digits", train_size=300, val_size=200, resolution=32, epochs=1, threads=1)
     start = time.perf_counter()
@@ -40,7 +40,7 @@ def main() -> None:
                         help="wall time of one default-protocol CMT-Ti trial on this machine")
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    from proxy import load_dataset
+    from cmt_scale.proxy import load_dataset
 
     load_dataset("digits")  # both backends then start from data in memory
     root = Path(tempfile.mkdtemp(prefix="benchsearch"))

@@ -111,7 +111,7 @@ def main() -> None:
 
     from plain_port import PlainCMT, check_port
 
-    from proxy import build_baseline
+    from cmt_scale.proxy import build_baseline
     from scaling import PRESETS, build_cmt, fused_kernels_available, set_fused_kernels
 
     res, half, bs = args.resolution, args.resolution // 2, args.batch_size
@@ -164,7 +164,7 @@ def main() -> None:
 
     _fixed_cost(lambda: build_cmt(cmt_cfg(res)), res, bs, args.rounds, args.steps)
 
-    from proxy import DEFAULT_PROTOCOL, train_and_evaluate
+    from cmt_scale.proxy import DEFAULT_PROTOCOL, train_and_evaluate
 
     protocol = DEFAULT_PROTOCOL.replace(epochs=1, train_size=4000, threads=args.threads)
     result = train_and_evaluate(PRESETS["cmt_ti"], protocol, progress=False, name="cmt_ti")

@@ -41,8 +41,8 @@ def main() -> None:
 
     import torch
 
-    from proxy import DEFAULT_PROTOCOL, get_family, load_dataset, train_and_evaluate
-    from search import with_family_recipes
+    from cmt_scale.proxy import DEFAULT_PROTOCOL, get_family, load_dataset, train_and_evaluate
+    from cmt_scale.search import with_family_recipes
 
     base = with_family_recipes(DEFAULT_PROTOCOL.replace(dataset=args.dataset, threads=args.threads))
     if args.train_size is not None:

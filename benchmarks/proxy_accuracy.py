@@ -22,7 +22,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
-    from proxy import DEFAULT_PROTOCOL, build_baseline, train_and_evaluate
+    from cmt_scale.proxy import DEFAULT_PROTOCOL, build_baseline, train_and_evaluate
     from scaling import PRESETS
 
     runs = [("cmt_ti", "fp32"), ("deit_tiny", "fp32"), ("efficientnet_b0", "fp32"), ("cmt_ti", "bf16")]

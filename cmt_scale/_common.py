@@ -43,7 +43,7 @@ def _protocol_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _promotion_args(parser: argparse.ArgumentParser, default_on: bool) -> None:
-    from search import DEFAULT_PROMOTION
+    from cmt_scale.search import DEFAULT_PROMOTION
 
     group = parser.add_argument_group("reference rung (promotion of the cheap rung's front)")
     if default_on:
@@ -70,7 +70,7 @@ def _numbers(text: str, flag: str, kind: type) -> list:
 
 def _promotion_from(args: argparse.Namespace):
     """The `Promotion` the flags ask for, or ``None`` when there is to be no reference rung."""
-    from search import Promotion
+    from cmt_scale.search import Promotion
 
     if getattr(args, "no_promotion", False) or not getattr(args, "promote", True):
         return None
@@ -79,7 +79,7 @@ def _promotion_from(args: argparse.Namespace):
 
 
 def _protocol_from(args: argparse.Namespace):
-    from proxy import DEFAULT_PROTOCOL, ProxyProtocol
+    from cmt_scale.proxy import DEFAULT_PROTOCOL, ProxyProtocol
 
     protocol = DEFAULT_PROTOCOL
     if args.protocol:
@@ -127,7 +127,7 @@ class _Progress:
         self.seen.extend(finished)
 
     def trial(self, row: dict[str, Any]) -> None:
-        from search import measured_rows, pareto_mask
+        from cmt_scale.search import measured_rows, pareto_mask
 
         self.seen.append(row)
         done = measured_rows(self.seen)

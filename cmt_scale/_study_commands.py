@@ -37,7 +37,7 @@ def _base_args(parser: argparse.ArgumentParser) -> None:
 def _options(args: argparse.Namespace, command: str, argv: Sequence[str], console: Console, header: str):
     """How the study runs its grids; the header waits until the first grid has checked its inputs. The counter
     covers this process's trials (a study spans several grids, each resumed on its own)."""
-    from studies import RunOptions
+    from cmt_scale.studies import RunOptions
 
     progress = _Progress(console, header)
     return RunOptions(backend=args.backend, address=args.address, cpus_per_trial=args.cpus_per_trial,
@@ -82,7 +82,7 @@ def _fit_parser() -> argparse.ArgumentParser:
 
 def run_fit_command(argv: Sequence[str], console: Console) -> int:
     args = _fit_parser().parse_args(_glue_negative_values(argv, _NEGATIVE_OK))
-    from studies import fit_coefficients
+    from cmt_scale.studies import fit_coefficients
 
     protocol = _protocol_from(args)
     header = (f"fit-coefficients at phi={args.budget_phi:g} from {args.base} (base phi {args.base_phi:g}) on "
@@ -125,7 +125,7 @@ def _ablate_parser() -> argparse.ArgumentParser:
 
 def run_ablate_command(argv: Sequence[str], console: Console) -> int:
     args = _ablate_parser().parse_args(_glue_negative_values(argv, _NEGATIVE_OK))
-    from studies import ablate_scaling
+    from cmt_scale.studies import ablate_scaling
 
     protocol = _protocol_from(args)
     multiples, seeds = _numbers(args.multiples, "--multiples", float), _numbers(args.seeds, "--seeds", int)
@@ -172,8 +172,8 @@ def _fidelity_parser() -> argparse.ArgumentParser:
 
 def run_fidelity_command(argv: Sequence[str], console: Console) -> int:
     args = _fidelity_parser().parse_args(_glue_negative_values(argv, _NEGATIVE_OK))
-    from search import DEFAULT_PROMOTION
-    from studies import proxy_fidelity
+    from cmt_scale.search import DEFAULT_PROMOTION
+    from cmt_scale.studies import proxy_fidelity
 
     cheap = _protocol_from(args)
     reference = DEFAULT_PROMOTION.protocol(cheap).replace(resolution=args.reference_resolution or cheap.resolution)
@@ -224,7 +224,7 @@ def _sweep_parser() -> argparse.ArgumentParser:
 
 def run_sweep_command(argv: Sequence[str], console: Console) -> int:
     args = _sweep_parser().parse_args(argv)
-    from studies import sweep_recipes
+    from cmt_scale.studies import sweep_recipes
 
     protocol = _protocol_from(args)
     families = [f.strip() for f in args.families.split(",") if f.strip()]

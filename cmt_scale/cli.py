@@ -163,7 +163,7 @@ def _print_summary(console: Console, summary: Any) -> None:
 
 def run_search_command(argv: Sequence[str], console: Console) -> int:
     args = _search_parser().parse_args(argv)
-    from search import run_search, with_family_recipes
+    from cmt_scale.search import run_search, with_family_recipes
     from search_spaces import load_space
 
     space = load_space(args.space)
@@ -184,8 +184,8 @@ def run_search_command(argv: Sequence[str], console: Console) -> int:
 
 def run_baselines_command(argv: Sequence[str], console: Console) -> int:
     args = _baselines_parser().parse_args(argv)
-    from proxy import baseline_families, get_family
-    from search import run_baselines
+    from cmt_scale.proxy import baseline_families, get_family
+    from cmt_scale.search import run_baselines
 
     protocol = _protocol_from(args)
     families = [f.strip() for f in args.families.split(",") if f.strip()]

@@ -210,7 +210,7 @@ def space_from_dict(data: Any, source: str = "<dict>") -> SearchSpace:
     if unknown:
         key = sorted(unknown)[0]
         raise _fail(source, key, data[key], f"top-level keys {', '.join(sorted(_TOP_KEYS))}")
-    from proxy import family_names, get_family
+    from cmt_scale.proxy import family_names, get_family
 
     family = data.get("family")
     if family not in family_names():
@@ -289,7 +289,7 @@ def format_point(**values: Any) -> str:
 def _check_family_keys(space: SearchSpace) -> None:
     """Every key is one the family's registry entry (or every family) takes, and the family's required ones
     are there."""
-    from proxy import COMMON_KEYS, get_family
+    from cmt_scale.proxy import COMMON_KEYS, get_family
 
     family = get_family(space.family)
     allowed = family.keys | COMMON_KEYS
@@ -334,7 +334,7 @@ def load_recipes(path: str | Path | None = None) -> dict[str, dict[str, float]]:
     chosen by `cmt-scale sweep-recipes`), as ``{family: {lr: ..., ...}}``; validated by `proxy.Recipe`."""
     import yaml
 
-    from proxy import Recipe, family_names
+    from cmt_scale.proxy import Recipe, family_names
 
     path = Path(path) if path is not None else builtin_space_path("recipes")
     if not path.is_file():

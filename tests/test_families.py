@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from proxy import (
+from cmt_scale.proxy import (
     COMMON_KEYS,
     DEFAULT_PROTOCOL,
     Family,
@@ -20,8 +20,8 @@ from proxy import (
     get_family,
     register_family,
 )
+from cmt_scale.search import run_search, trial_protocol, trial_recipe
 from scaling import CMTConfig, count_flops, estimate_cost
-from search import run_search, trial_protocol, trial_recipe
 from search_spaces import space_from_dict
 
 SMALL = {  # the smallest member of each family's space
@@ -137,6 +137,6 @@ def test_a_new_family_is_one_registration(tmp_path) -> None:
         summary = run_search(space, protocol, 1, tmp_path / "resnet", promotion=None)
         assert [r["family"] for r in summary.rows] == ["resnet_test"] and summary.rows[0]["state"] == "complete"
     finally:
-        from proxy import _family
+        from cmt_scale.proxy import _family
 
         _family._REGISTRY.pop("resnet_test", None)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy import ProxyProtocol
-from search import Promotion, non_dominated_layers, promoted_rows, read_rows, run_search, with_family_recipes
+from cmt_scale.proxy import ProxyProtocol
+from cmt_scale.search import Promotion, non_dominated_layers, promoted_rows, read_rows, run_search, with_family_recipes
 from search_spaces import space_from_dict
 
 TINY = ProxyProtocol(dataset="digits", train_size=300, val_size=200, resolution=32, epochs=1, batch_size=64, threads=1,

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-import proxy._data as data_module
-from proxy import (
+import cmt_scale.proxy._data as data_module
+from cmt_scale.proxy import (
     DEFAULT_PROTOCOL,
     DatasetNotFound,
     ProxyProtocol,

@@ -8,10 +8,10 @@ import json
 import pytest
 import yaml
 
-from proxy import ProxyProtocol, Recipe, family_names
-from search import read_rows
+from cmt_scale.proxy import ProxyProtocol, Recipe, family_names
+from cmt_scale.search import read_rows
+from cmt_scale.studies import pick_recipes, sweep_recipes
 from search_spaces import load_recipes
-from studies import pick_recipes, sweep_recipes
 
 
 def _row(family: str, lr: float, top1: float, seed: int = 0, wd: float = 0.05) -> dict:

@@ -14,9 +14,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from proxy import ProxyProtocol, get_family
-from search import RESULT_COLUMNS, read_rows, run_baselines, run_search, with_family_recipes
-from search._results import write_row
+from cmt_scale.proxy import ProxyProtocol, get_family
+from cmt_scale.search import RESULT_COLUMNS, read_rows, run_baselines, run_search, with_family_recipes
+from cmt_scale.search._results import write_row
 from search_spaces import space_from_dict
 
 TINY = ProxyProtocol(dataset="digits", train_size=400, val_size=200, resolution=32, epochs=1, batch_size=64, threads=2,
@@ -107,7 +107,7 @@ def test_a_trial_whose_row_was_written_before_an_interrupt_is_not_run_again(tmp_
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_ctrl_c_swallowed_by_a_finalizer_still_stops_the_search() -> None:
     """Python ignores exceptions raised in finalizers; the guard's flag keeps the Ctrl-C anyway."""
-    from search._interrupt import interrupt_guard
+    from cmt_scale.search._interrupt import interrupt_guard
 
     class SendsCtrlCWhileFinalizing:
         def __del__(self) -> None:
@@ -134,9 +134,9 @@ def test_a_protocol_the_data_cannot_serve_fails_before_the_run_folder_exists(tmp
 
 def test_resolution_check_accepts_exactly_what_builds() -> None:
     """`check_resolution` against the builders themselves: a resolution passes iff the model builds."""
-    from proxy import build_baseline
+    from cmt_scale.proxy import build_baseline
+    from cmt_scale.search import check_resolution
     from scaling import get_preset
-    from search import check_resolution
     from search_spaces import load_space
 
     def builds(make) -> bool:
@@ -248,7 +248,7 @@ def test_baselines_write_the_same_schema(tmp_path) -> None:
 
 
 def test_baselines_promote_each_family_s_front_to_the_reference_rung(tmp_path) -> None:
-    from search import Promotion, promoted_rows
+    from cmt_scale.search import Promotion, promoted_rows
 
     promotion = Promotion(train_size=500, epochs=1, seeds=(0, 1))
     summary = run_baselines(TINY, tmp_path / "base", families=["deit"], seeds=(0, 1), promotion=promotion)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy import family_names
+from cmt_scale.proxy import family_names
 from search_spaces import builtin_space_path, format_point, load_space, parse_point, space_from_dict
 
 

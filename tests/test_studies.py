@@ -12,10 +12,10 @@ import scipy.stats
 
 from analysis import bootstrap_interval, kendall_tau, rank_agreement, spearman_rho, top_k_overlap
 from cmt_scale.cli import main
-from proxy import ProxyProtocol, get_family
+from cmt_scale.proxy import ProxyProtocol, get_family
+from cmt_scale.search import read_rows
+from cmt_scale.studies import TOLERANCE, RunOptions, ablate_scaling, coefficient_grid, fit_coefficients, proxy_fidelity
 from scaling import estimate_cost, scale
-from search import read_rows
-from studies import TOLERANCE, RunOptions, ablate_scaling, coefficient_grid, fit_coefficients, proxy_fidelity
 
 TINY = ProxyProtocol(dataset="digits", train_size=200, val_size=100, resolution=32, epochs=1, batch_size=64, threads=2,
                      low_res="native")  # the published strides: 4x cheaper at 32 px, for speed
@@ -192,8 +192,8 @@ def test_a_grid_point_whose_trial_was_interrupted_is_trained_on_resume(tmp_path)
     """An interrupted grid trial is FAIL with no row; resuming must train that point, not count it visited."""
     import optuna
 
-    from search import run_search
-    from studies._grid import compound_grid_space, design_study
+    from cmt_scale.search import run_search
+    from cmt_scale.studies._grid import compound_grid_space, design_study
 
     space = compound_grid_space("cmt_ti", ["phi=-2", "phi=-1.5"], 0.0, False)
     out, study_name = tmp_path / "grid", design_study("g", space)

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from proxy import ProxyProtocol
+from cmt_scale.proxy import ProxyProtocol
 from search_spaces import SearchSpace, space_from_dict
 
 from ._results import measured_rows, seed_means

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from proxy import ProxyProtocol, TrialPruned
+from cmt_scale.proxy import ProxyProtocol, TrialPruned
 from search_spaces import SearchSpace
 
 from ._interrupt import interrupt_guard

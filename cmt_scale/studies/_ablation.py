@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from proxy import ProxyProtocol
+from cmt_scale.proxy import ProxyProtocol
 from scaling import PHI_LIMIT, estimate_cost, parse_stage_ratio, solve
 from search_spaces import format_point
 

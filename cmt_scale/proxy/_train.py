@@ -187,7 +187,7 @@ def train_and_evaluate(
     spares a second fvcore trace.
 
     Example:
-        >>> from proxy import ProxyProtocol, train_and_evaluate
+        >>> from cmt_scale.proxy import ProxyProtocol, train_and_evaluate
         >>> from scaling import PRESETS
         >>> result = train_and_evaluate(PRESETS["cmt_ti"], ProxyProtocol(dataset="digits", resolution=32,
         ...                             val_size=300, epochs=2))  # doctest: +SKIP

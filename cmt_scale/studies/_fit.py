@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from proxy import ProxyProtocol
+from cmt_scale.proxy import ProxyProtocol
 from scaling import PAPER_COEFFICIENTS, PHI_LIMIT, CompoundCoefficients
 
 from ._grid import Member, RunOptions, compound_grid_space, member, num_classes_of, rows_by_arch, run_grid, write_table

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from proxy import (
+from cmt_scale.proxy import (
     Member,
     ProxyProtocol,
     Recipe,

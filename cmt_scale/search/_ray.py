@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from proxy import ProxyProtocol
+from cmt_scale.proxy import ProxyProtocol
 from search_spaces import SearchSpace
 
 from ._results import make_row, read_rows, write_results, write_row

@@ -20,8 +20,8 @@ from typing import Any
 import pandas as pd
 
 from analysis import RankAgreement, rank_agreement
-from proxy import DEFAULT_PROTOCOL, ProxyProtocol, baseline_families, get_family
-from search import DEFAULT_PROMOTION, check_protocol_fits, check_resolution
+from cmt_scale.proxy import DEFAULT_PROTOCOL, ProxyProtocol, baseline_families, get_family
+from cmt_scale.search import DEFAULT_PROMOTION, check_protocol_fits, check_resolution
 from search_spaces import SearchSpace, format_point, space_from_dict
 
 from ._grid import RunOptions, compound_grid_space, run_grid, write_table

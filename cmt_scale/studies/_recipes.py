@@ -21,8 +21,8 @@ from typing import Any
 
 import pandas as pd
 
-from proxy import ProxyProtocol, Recipe, get_family
-from search import with_family_recipes
+from cmt_scale.proxy import ProxyProtocol, Recipe, get_family
+from cmt_scale.search import with_family_recipes
 from search_spaces import space_from_dict
 
 from ._grid import RunOptions, run_grid, write_table
@@ -95,7 +95,7 @@ def sweep_recipes(
     ``out/sweep.csv``/``.md``. Resumable: a rerun trains only the grid points without a row.
 
     Example:
-        >>> from proxy import ProxyProtocol
+        >>> from cmt_scale.proxy import ProxyProtocol
         >>> result = sweep_recipes(ProxyProtocol(dataset="digits", val_size=300, epochs=1),
         ...                        "runs/recipes", lrs=(1e-3, 3e-3))  # doctest: +SKIP
         >>> result.recipes["deit"].lr  # doctest: +SKIP

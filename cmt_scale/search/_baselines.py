@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from proxy import ProxyProtocol, baseline_families, get_family, load_dataset
+from cmt_scale.proxy import ProxyProtocol, baseline_families, get_family, load_dataset
 from search_spaces import SearchSpace, load_space
 
 from ._driver import SearchSummary, _check_protocol_matches, _write_run_json, check_protocol_fits, with_family_recipes

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from proxy import ProxyProtocol, load_dataset, resolve_device
+from cmt_scale.proxy import ProxyProtocol, load_dataset, resolve_device
 from search_spaces import SearchSpace, load_space, space_from_dict
 
 from ._promotion import DEFAULT_PROMOTION, Promotion, promoted_rows, reference_space
@@ -174,7 +174,7 @@ def run_search(
     A ``sampler: grid`` space runs each of its grid points once (``trials=None`` means all of them).
 
     Example:
-        >>> from proxy import ProxyProtocol
+        >>> from cmt_scale.proxy import ProxyProtocol
         >>> summary = run_search("cmt_compound", ProxyProtocol(dataset="digits", resolution=32, val_size=300,
         ...                      epochs=1), trials=4, out="runs/demo")  # doctest: +SKIP
     """

@@ -8,7 +8,7 @@ training recipe suits it. Adding a family (a ResNet sanity check, ConvNeXt) is o
 call; the driver, CLI and analysis do not change.
 
 Example:
-    >>> from proxy import get_family, DEFAULT_PROTOCOL
+    >>> from cmt_scale.proxy import get_family, DEFAULT_PROTOCOL
     >>> member = get_family("deit").member({"model": "deit_nano"}, DEFAULT_PROTOCOL, num_classes=10)
     >>> member.config["patch_size"], member.macs  # doctest: +SKIP
     (8, 12015616)

@@ -17,9 +17,9 @@ from typing import Any
 
 import pandas as pd
 
-from proxy import ProxyProtocol
+from cmt_scale.proxy import ProxyProtocol
+from cmt_scale.search import compound_member, read_rows, run_search
 from scaling import CMTConfig, estimate_cost
-from search import compound_member, read_rows, run_search
 from search_spaces import SearchSpace, format_point, parse_point, space_from_dict
 
 __all__ = ["Member", "RunOptions", "arch_key", "compound_grid_space", "design_study", "member", "num_classes_of", "rows_by_arch",
@@ -61,7 +61,7 @@ def arch_key(config: Mapping[str, Any]) -> str:
 
 def num_classes_of(protocol: ProxyProtocol) -> int:
     """The protocol's class count (the data set is loaded once per process and cached)."""
-    from proxy import load_dataset
+    from cmt_scale.proxy import load_dataset
 
     return load_dataset(protocol.dataset, protocol.data_root, protocol.download, load_size=protocol.resolution).num_classes
 
