@@ -22,12 +22,12 @@ from pathlib import Path
 
 def _run(backend: str, trials: int, out: Path) -> tuple[float, float, int]:
     from cmt_scale.proxy import ProxyProtocol
-    from cmt_scale.search import run_search
+    from cmt_scale.search import OptunaBackend, RayBackend, run_search
 
     protocol = ProxyProtocol(dataset="digits", train_size=300, val_size=200, resolution=32, epochs=1, threads=1)
     start = time.perf_counter()
-    summary = run_search("cmt_compound", protocol, trials=trials, out=out, backend=backend, num_cpus=1,
-                         cpus_per_trial=1)
+    engine = RayBackend(num_cpus=1, cpus_per_trial=1) if backend == "ray" else OptunaBackend()
+    summary = run_search("cmt_compound", protocol, out, trials, backend=engine)
     wall = time.perf_counter() - start
     own = sum(float(r["wall_s"] or 0.0) for r in summary.rows)
     return wall, own, len(summary.rows)

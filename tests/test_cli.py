@@ -115,3 +115,50 @@ def test_profile_and_presets() -> None:
 def test_help_has_examples() -> None:
     result = run("--help")
     assert result.returncode == 0 and "cmt-scale --target-flops 4G" in result.stdout and "multiply-adds" in result.stdout
+
+
+def _raise_internal(self, args, console) -> int:
+    raise KeyError("a bug, not the user's input")
+
+
+def test_an_internal_error_is_exit_1_one_line_and_its_traceback_is_under_debug(monkeypatch, capsys) -> None:
+    from cmt_scale.cli import main
+    from cmt_scale.commands import PresetsCommand
+
+    monkeypatch.setattr(PresetsCommand, "run", _raise_internal)
+    monkeypatch.delenv("CMT_SCALE_DEBUG", raising=False)
+    assert main(["presets"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "internal error: KeyError" in err and "rerun with --debug" in err
+    assert main(["presets", "--debug"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "_raise_internal" in err
+    monkeypatch.setenv("CMT_SCALE_DEBUG", "1")
+    assert main(["presets"]) == 1
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+def test_bad_input_stays_exit_2_and_debug_shows_where_it_was_refused(capsys) -> None:
+    from cmt_scale.cli import main
+
+    assert main(["--target-flops", "-4G"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert main(["--target-flops", "-4G", "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.rstrip().splitlines()[-1].startswith("cmt-scale: error: target_flops='-4G'")
+
+
+def test_every_command_is_a_sub_command_with_its_own_help() -> None:
+    from cmt_scale.cli import build_parser
+    from cmt_scale.commands import COMMANDS
+
+    parser = build_parser()
+    names = [c.name for c in COMMANDS]
+    assert names == ["family", "profile", "presets", "search", "baselines", "report", "fit-coefficients",
+                     "ablate-scaling", "proxy-fidelity", "sweep-recipes"]
+    for name in names:
+        assert parser.parse_args([name, *(["cmt_s"] if name == "profile" else []),
+                                  *(["--space", "x"] if name == "search" else [])]).command.name == name
+    assert parser.parse_args(["--target-flops", "4G"]).command.name == "solve"
+    assert parser.parse_args(["family", "--phi", "-2:2:0.5"]).phi == "-2:2:0.5"  # a negative value, not an option

@@ -134,7 +134,7 @@ def test_a_new_family_is_one_registration(tmp_path) -> None:
         space = space_from_dict({"family": "resnet_test", "params": {"model": {"type": "categorical",
                                                                               "choices": ["resnet10t"]}}})
         protocol = ProxyProtocol(dataset="digits", train_size=200, val_size=100, resolution=32, epochs=1, threads=2)
-        summary = run_search(space, protocol, 1, tmp_path / "resnet", promotion=None)
+        summary = run_search(space, protocol, tmp_path / "resnet", 1, promotion=None)
         assert [r["family"] for r in summary.rows] == ["resnet_test"] and summary.rows[0]["state"] == "complete"
     finally:
         from cmt_scale.proxy import _family

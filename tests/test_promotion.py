@@ -15,7 +15,16 @@ from pathlib import Path
 import pytest
 
 from cmt_scale.proxy import ProxyProtocol
-from cmt_scale.search import Promotion, non_dominated_layers, promoted_rows, read_rows, run_search, with_family_recipes
+from cmt_scale.search import (
+    OptunaBackend,
+    Promotion,
+    RayBackend,
+    non_dominated_layers,
+    promoted_rows,
+    read_rows,
+    run_search,
+    with_family_recipes,
+)
 from search_spaces import space_from_dict
 
 TINY = ProxyProtocol(dataset="digits", train_size=300, val_size=200, resolution=32, epochs=1, batch_size=64, threads=1,
@@ -53,7 +62,7 @@ def test_promotion_takes_the_front_and_the_next_layer() -> None:
 
 
 def test_the_reference_rung_retrains_exactly_the_promoted_members(tmp_path) -> None:
-    summary = run_search(GRID, TINY, None, tmp_path / "run", promotion=REFERENCE)
+    summary = run_search(GRID, TINY, tmp_path / "run", promotion=REFERENCE)
     rows = read_rows(tmp_path / "run")
     cheap = [r for r in rows if r["rung"] == "cheap"]
     reference = [r for r in rows if r["rung"] == "reference"]
@@ -68,10 +77,10 @@ def test_the_reference_rung_retrains_exactly_the_promoted_members(tmp_path) -> N
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["rungs"]["reference"]["seeds"] == [0, 1]
     # the same call again trains nothing
-    again = run_search(GRID, TINY, None, tmp_path / "run", promotion=REFERENCE)
+    again = run_search(GRID, TINY, tmp_path / "run", promotion=REFERENCE)
     assert len(again.rows) == len(rows)
     with pytest.raises(ValueError, match="holds a reference rung with protocol"):
-        run_search(GRID, TINY, None, tmp_path / "run", promotion=Promotion(train_size=400, epochs=1))
+        run_search(GRID, TINY, tmp_path / "run", promotion=Promotion(train_size=400, epochs=1))
 
 
 def _cli(*args: str) -> subprocess.Popen:
@@ -123,9 +132,8 @@ def test_promotion_resumes_after_kill_9_at_either_rung_without_retraining(tmp_pa
 @pytest.mark.slow
 def test_optuna_and_ray_promote_and_measure_the_same_front(tmp_path) -> None:
     fronts = {}
-    for backend in ("optuna", "ray"):
-        extra = {"num_cpus": 2} if backend == "ray" else {}
-        summary = run_search(GRID, TINY, None, tmp_path / backend, backend=backend, promotion=REFERENCE, **extra)
+    for backend in (OptunaBackend(), RayBackend(num_cpus=2)):
+        summary = run_search(GRID, TINY, tmp_path / backend.name, backend=backend, promotion=REFERENCE)
         reference = sorted((r["config"], r["seed"], r["top1_final"]) for r in summary.rows if r["rung"] == "reference")
-        fronts[backend] = ([(p["config"], round(p["top1_final"], 6)) for p in summary.front], reference)
+        fronts[backend.name] = ([(p["config"], round(p["top1_final"], 6)) for p in summary.front], reference)
     assert fronts["optuna"] == fronts["ray"]

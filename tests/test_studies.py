@@ -13,8 +13,8 @@ import scipy.stats
 from analysis import bootstrap_interval, kendall_tau, rank_agreement, spearman_rho, top_k_overlap
 from cmt_scale.cli import main
 from cmt_scale.proxy import ProxyProtocol, get_family
-from cmt_scale.search import read_rows
-from cmt_scale.studies import TOLERANCE, RunOptions, ablate_scaling, coefficient_grid, fit_coefficients, proxy_fidelity
+from cmt_scale.search import RayBackend, read_rows
+from cmt_scale.studies import TOLERANCE, ablate_scaling, coefficient_grid, fit_coefficients, proxy_fidelity
 from scaling import estimate_cost, scale
 
 TINY = ProxyProtocol(dataset="digits", train_size=200, val_size=100, resolution=32, epochs=1, batch_size=64, threads=2,
@@ -203,7 +203,7 @@ def test_a_grid_point_whose_trial_was_interrupted_is_trained_on_resume(tmp_path)
     study.enqueue_trial({"point": "phi=-2"})
     interrupted = study.ask()
     study.tell(interrupted, state=optuna.trial.TrialState.FAIL)
-    run_search(space, TINY, None, out, study=study_name, promotion=None)
+    run_search(space, TINY, out, study=study_name, promotion=None)
     rows = read_rows(out)
     assert sorted(r["name"] for r in rows) == ["cmt phi=-1.50", "cmt phi=-2.00"]
     assert all(r["state"] == "complete" for r in rows)
@@ -212,14 +212,14 @@ def test_a_grid_point_whose_trial_was_interrupted_is_trained_on_resume(tmp_path)
 @pytest.mark.slow
 def test_fidelity_on_ray_runs_several_studies_in_one_folder(tmp_path) -> None:
     result = proxy_fidelity(TINY, TINY.replace(epochs=2), tmp_path / "fid", phis=(-2.0, -1.5), families=("deit",),
-                            resamples=50, options=RunOptions(backend="ray", num_cpus=2))
+                            resamples=50, backend=RayBackend(num_cpus=2))
     assert len(result.table) == 2 + len(get_family("deit").members) and {r["backend"] for r in read_rows(tmp_path / "fid" / "reference")} == {"ray"}
 
 
 @pytest.mark.slow
 def test_fit_on_ray_trains_each_architecture_once(tmp_path) -> None:
     result = fit_coefficients(TINY, tmp_path / "ray", phi=1.0, base_phi=-2, step=0.1, target=1.2,
-                              options=RunOptions(backend="ray", num_cpus=2))
+                              backend=RayBackend(num_cpus=2))
     rows = [r for r in read_rows(tmp_path / "ray") if r["study"].startswith("fit-")]
     assert len(rows) == 4 and {r["backend"] for r in rows} == {"ray"}
     assert result.table["top1"].notna().all()

@@ -1,7 +1,7 @@
 """Proxy training: real data sets, one fair protocol for CMT, DeiT and EfficientNet, fast on a CPU.
 
-A top-level package of its own because training is a responsibility apart from the family (`scaling`)
-and from searching (`search`): a search hands it a config and a protocol and gets a `TrialResult` back.
+A package of its own because training is a responsibility apart from the family (`scaling`)
+and from searching (`cmt_scale.search`): a search hands it a config and a protocol and gets a `TrialResult` back.
 It never imports Optuna or Ray.
 """
 
@@ -11,6 +11,7 @@ from ._family_baselines import build_baseline, checked_deit_patch, deit_patch_si
 from ._family_cmt import compound_member, compound_values
 from ._protocol import DEFAULT_PROTOCOL, LOW_RES_RULES, ProxyProtocol
 from ._recipe import RECIPE_KEYS, Recipe, parse_recipes
+from ._state import TrialState
 from ._train import TrialPruned, TrialResult, resolve_device, train_and_evaluate
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "ProxyProtocol",
     "TrialPruned",
     "TrialResult",
+    "TrialState",
     "build_baseline",
     "checked_deit_patch",
     "deit_patch_size",

@@ -24,6 +24,7 @@ from scaling import CMTConfig
 
 from ._data import DatasetNotFound, ProxyData, load_dataset
 from ._protocol import ProxyProtocol
+from ._state import TrialState
 
 __all__ = ["TrialPruned", "TrialResult", "train_and_evaluate"]
 
@@ -36,7 +37,7 @@ class TrialPruned(Exception):
 class TrialResult:
     """What one training run gave. ``top1`` is per epoch on the validation split (percent)."""
 
-    state: str  # complete | pruned | failed
+    state: TrialState  # complete, pruned or failed (infeasible members never reach training)
     name: str
     protocol_hash: str
     seed: int
@@ -193,7 +194,7 @@ def train_and_evaluate(
         ...                             val_size=300, epochs=2))  # doctest: +SKIP
     """
     start = time.perf_counter()
-    result = TrialResult(state="failed", name=name or "model", protocol_hash=protocol.protocol_hash,
+    result = TrialResult(state=TrialState.FAILED, name=name or "model", protocol_hash=protocol.protocol_hash,
                          seed=protocol.seed)
     previous_threads = torch.get_num_threads()
     try:
@@ -201,7 +202,7 @@ def train_and_evaluate(
             torch.set_num_threads(protocol.threads)
         _run(model_or_config, protocol, report, progress, result, cost)
     except TrialPruned:
-        result.state = "pruned"
+        result.state = TrialState.PRUNED
     except _Diverged as err:
         result.error = str(err)
     except DatasetNotFound as err:
@@ -294,7 +295,7 @@ def _run(model_or_config, protocol: ProxyProtocol, report, progress: bool, resul
     if protocol.eval_test:
         test_images, test_labels = _resized(data, "test", protocol.resolution)
         result.test_top1 = _evaluate(model, test_images, test_labels, batches, protocol.batch_size, autocast)
-    result.state = "complete"
+    result.state = TrialState.COMPLETE
 
 
 class _Diverged(RuntimeError):

@@ -6,14 +6,21 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from cmt_scale.proxy import ProxyProtocol, baseline_families, get_family, load_dataset
 from search_spaces import SearchSpace, load_space
 
-from ._driver import SearchSummary, _check_protocol_matches, _write_run_json, check_protocol_fits, with_family_recipes
+from ._driver import (
+    RunHooks,
+    SearchSummary,
+    _check_protocol_matches,
+    _write_run_json,
+    check_protocol_fits,
+    with_family_recipes,
+)
 from ._interrupt import interrupt_guard
 from ._promotion import Promotion, promoted_rows
 from ._results import read_rows, write_results, write_row
@@ -28,16 +35,16 @@ def run_baselines(
     families: Sequence[str] = ("deit", "efficientnet"),
     seeds: Sequence[int] | None = None,
     promotion: Promotion | None = None,
-    command: Sequence[str] | None = None,
-    on_trial: Callable[[dict[str, Any]], None] | None = None,
+    hooks: RunHooks | None = None,
 ) -> SearchSummary:
     """Train every member of the baseline ``families`` under ``protocol`` (the cheap rung), once per seed
     (default: the protocol's seed); rows in the search schema, each family with its recipe.
 
     With ``promotion``, each family's cheap-rung front plus margin is then re-trained on the reference rung
     with the promotion's seeds, exactly as a search promotes (`Promotion`). Resumable: trials that already
-    have a row in ``out`` are not trained again.
+    have a row in ``out`` are not trained again. ``hooks``: the command recorded and a per-trial callback.
     """
+    hooks = hooks or RunHooks()
     unknown = [f for f in families if f not in baseline_families()]
     if unknown or not families:
         raise ValueError(f"families={','.join(families)!r} is not allowed; allowed: {', '.join(baseline_families())}")
@@ -61,9 +68,9 @@ def run_baselines(
     if reference is not None:
         rungs["reference"] = {"protocol": reference.to_dict(), "protocol_hash": reference.protocol_hash,
                               "seeds": list(promotion.seeds), "margin": promotion.margin}
-    _write_run_json(run_dir, command, protocol, {"families": list(families), "backend": "baselines", "rungs": rungs})
+    _write_run_json(run_dir, hooks.command, protocol, {"families": list(families), "backend": "baselines", "rungs": rungs})
     start = time.perf_counter()
-    train = functools.partial(_train_baselines, run_dir, data.num_classes, on_trial)
+    train = functools.partial(_train_baselines, run_dir, data.num_classes, hooks.on_trial)
     with interrupt_guard() as interrupted:
         for family, space in spaces.items():
             train(interrupted, space, protocol, "cheap",

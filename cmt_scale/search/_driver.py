@@ -8,7 +8,7 @@ resumes.
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import json
 import platform
 import sys
@@ -21,13 +21,12 @@ from typing import Any
 from cmt_scale.proxy import ProxyProtocol, load_dataset, resolve_device
 from search_spaces import SearchSpace, load_space, space_from_dict
 
+from ._backends import Backend, OptunaBackend, RayBackend, RungJob, SearchMode
 from ._promotion import DEFAULT_PROMOTION, Promotion, promoted_rows, reference_space
 from ._results import measured_rows, pareto_mask, read_rows, seed_means
 from ._trial import check_resolution
 
-__all__ = ["BACKENDS", "RungStart", "SearchSummary", "check_protocol_fits", "run_search", "with_family_recipes"]
-
-BACKENDS = ("optuna", "ray")
+__all__ = ["DEFAULT_TRIALS", "RunHooks", "RungStart", "SearchSummary", "check_protocol_fits", "run_search", "with_family_recipes"]
 
 
 @dataclass(frozen=True)
@@ -141,25 +140,50 @@ def _check_protocol_matches(run_dir: Path, protocol: ProxyProtocol, reference: P
                              f"{reference.protocol_hash}; allowed: the same reference rung to resume, or another --out")
 
 
+DEFAULT_TRIALS = 20  # a sampled space's finished trials when none are asked for
+
+
+@dataclass(frozen=True)
+class RunHooks:
+    """What a caller hears of a run and records about itself: ``on_start(finished_rows, rung)`` before each
+    rung trains (once every input has been checked; a CLI prints its header and the plan there, so bad input
+    gets the error line alone), ``on_trial(row)`` after each trial, and ``command``, the command line run.json
+    records (default ``sys.argv``)."""
+
+    on_start: Callable[[list[dict[str, Any]], RungStart], None] | None = None
+    on_trial: Callable[[dict[str, Any]], None] | None = None
+    command: Sequence[str] | None = None
+
+
+def _checked_backend(backend: Backend | None) -> Backend:
+    if backend is None:
+        return OptunaBackend()
+    if not isinstance(backend, Backend):
+        raise ValueError(f"backend={backend!r} is not allowed; allowed: OptunaBackend(...) or RayBackend(...)")
+    return backend
+
+
+def _checked_mode(mode: SearchMode | str) -> SearchMode:
+    try:
+        return SearchMode(mode)
+    except ValueError:
+        raise ValueError(f"mode={mode!r} is not allowed; allowed: {', '.join(m.value for m in SearchMode)}") from None
+
+
 def run_search(
     space: SearchSpace | str | Path,
     protocol: ProxyProtocol,
-    trials: int | None,
     out: str | Path,
-    backend: str = "optuna",
+    trials: int | None = None,
+    *,
+    backend: Backend | None = None,
+    mode: SearchMode | str = SearchMode.PARETO,
     study: str | None = None,
-    storage: str | None = None,
-    mode: str = "pareto",
-    address: str | None = None,
-    cpus_per_trial: int = 1,
-    num_cpus: int | None = None,
-    seed: int = 0,
-    command: Sequence[str] | None = None,
-    on_trial: Callable[[dict[str, Any]], None] | None = None,
-    on_start: Callable[[list[dict[str, Any]], RungStart], None] | None = None,
     promotion: Promotion | None = DEFAULT_PROMOTION,
+    hooks: RunHooks | None = None,
 ) -> SearchSummary:
-    """Search ``space`` for ``trials`` trials under ``protocol``; results land in ``out`` (resumable).
+    """Search ``space`` for ``trials`` trials under ``protocol`` on ``backend`` (default `OptunaBackend`);
+    results land in ``out`` (resumable).
 
     In ``pareto`` mode every candidate trains on the cheap rung (``protocol``); then ``promotion`` re-trains
     the cheap rung's non-dominated set plus its margin on the reference rung, with its seeds, as the study
@@ -167,41 +191,27 @@ def run_search(
     reference rung, as for a study's fixed design). ``budget`` mode prunes by successive halving instead.
     Each family trains with its recipe (`with_family_recipes`).
 
-    ``on_start(finished_rows, rung)`` is called before each rung trains, once every input has been checked,
-    with the rows that rung already finished (a CLI prints its header and the plan of every rung there, so
-    bad input gets the error line alone, and counts on from the finished trials).
-
-    A ``sampler: grid`` space runs each of its grid points once (``trials=None`` means all of them).
+    A ``sampler: grid`` space runs each of its grid points once (``trials=None`` means all of them); a sampled
+    space runs `DEFAULT_TRIALS` when ``trials`` is None.
 
     Example:
         >>> from cmt_scale.proxy import ProxyProtocol
         >>> summary = run_search("cmt_compound", ProxyProtocol(dataset="digits", resolution=32, val_size=300,
-        ...                      epochs=1), trials=4, out="runs/demo")  # doctest: +SKIP
+        ...                      epochs=1), "runs/demo", trials=4)  # doctest: +SKIP
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r} is not allowed; allowed: {', '.join(BACKENDS)}")
-    if mode not in ("pareto", "budget"):
-        raise ValueError(f"mode={mode!r} is not allowed; allowed: pareto, budget")
+    backend, mode, hooks = _checked_backend(backend), _checked_mode(mode), hooks or RunHooks()
     if isinstance(space, dict):
         space = space_from_dict(space)
     elif not isinstance(space, SearchSpace):
         space = load_space(space)
-    if trials is None and space.sampler == "grid":
-        trials = len(space.grid)
+    if trials is None:
+        trials = len(space.grid) if space.sampler == "grid" else DEFAULT_TRIALS
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise ValueError(f"trials={trials!r} is not allowed; allowed: an integer >= 1")
     if space.sampler == "grid" and trials != len(space.grid):
         raise ValueError(f"trials={trials} is not allowed for a grid space; allowed: its {len(space.grid)} grid points")
-    backend_options = (("storage", storage, "optuna"), ("address", address, "ray"), ("num_cpus", num_cpus, "ray"))
-    for name, value, owner in backend_options:
-        if value is not None and backend != owner:  # silently ignoring it would run somewhere the user did not ask
-            raise ValueError(f"{name}={value!r} is not allowed with backend={backend!r}; allowed: only with "
-                             f"backend={owner!r}")
-    for name, value in (("cpus_per_trial", cpus_per_trial), ("num_cpus", num_cpus)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{name}={value!r} is not allowed; allowed: an integer >= 1")
     protocol = with_family_recipes(protocol)
-    promote = promotion is not None and mode == "pareto"
+    promote = promotion is not None and mode == SearchMode.PARETO
     reference = promotion.protocol(protocol) if promote else None
     check_resolution(space, protocol.resolution, protocol)
     run_dir = Path(out)
@@ -213,29 +223,34 @@ def run_search(
     _check_protocol_matches(run_dir, protocol, reference)
     previous = run_dir / "run.json"
     recorded = json.loads(previous.read_text(encoding="utf-8")) if previous.is_file() else {}
-    if (backend == "ray" and space.sampler != "grid" and recorded.get("study") == study_name
+    if (isinstance(backend, RayBackend) and space.sampler != "grid" and recorded.get("study") == study_name
             and recorded.get("trials") != trials):
         raise ValueError(f"trials={trials} is not allowed when resuming the Ray run in {str(run_dir)!r}: Tune restores "
                          "an experiment with its own trial count; allowed: the same --trials, or another --out")
     rungs, plan = _rung_plan(protocol, promotion if reference is not None else None, trials,
                              len(data.train_labels) - protocol.val_size)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_run_json(run_dir, command, protocol, {"space": space.source, "family": space.family, "backend": backend,
-                                                 "study": study_name, "trials": trials, "mode": mode, "rungs": rungs})
-    backend_run = functools.partial(_run_backend, backend, run_dir, data.num_classes, mode, seed, on_trial, on_start,
-                                    dict(storage=storage, address=address, cpus_per_trial=cpus_per_trial,
-                                         num_cpus=num_cpus))
-    start = time.perf_counter()
-    backend_run(space, protocol, trials, study_name, RungStart("cheap", trials, rungs["cheap"]["images_per_trial"],
-                                                               protocol.protocol_hash, plan))
+    _write_run_json(run_dir, hooks.command, protocol, {"space": space.source, "family": space.family,
+                                                       **backend.record(), "study": study_name, "trials": trials,
+                                                       "mode": mode.value, "rungs": rungs})
+
+    def run_rung(job: RungJob, start: RungStart) -> None:
+        if hooks.on_start is not None:
+            hooks.on_start([r for r in read_rows(run_dir) if r.get("study") == job.study], start)
+        backend.run(job)
+
+    job = RungJob(space, protocol, data.num_classes, trials, run_dir, study_name, mode, "cheap", hooks.on_trial)
+    began = time.perf_counter()
+    run_rung(job, RungStart("cheap", trials, rungs["cheap"]["images_per_trial"], protocol.protocol_hash, plan))
     if reference is not None:
         promoted = promoted_rows([r for r in read_rows(run_dir) if r.get("study") == study_name], promotion.margin)
         if promoted:
             grid = reference_space(space, promoted, promotion.seeds)
-            backend_run(grid, reference, len(grid.grid), f"{study_name}-reference",
-                        RungStart("reference", len(grid.grid), rungs["reference"]["images_per_trial"],
-                                  reference.protocol_hash))
-    return SearchSummary(run_dir, read_rows(run_dir), time.perf_counter() - start)
+            run_rung(dataclasses.replace(job, space=grid, protocol=reference, trials=len(grid.grid),
+                                         study=f"{study_name}-reference", rung="reference"),
+                     RungStart("reference", len(grid.grid), rungs["reference"]["images_per_trial"],
+                               reference.protocol_hash))
+    return SearchSummary(run_dir, read_rows(run_dir), time.perf_counter() - began)
 
 
 def _rung_plan(protocol: ProxyProtocol, promotion: Promotion | None, trials: int,
@@ -255,21 +270,3 @@ def _rung_plan(protocol: ProxyProtocol, promotion: Promotion | None, trials: int
         plan.append(f"reference rung: the cheap rung's {margin} x {len(promotion.seeds)} seeds x {images:,} images "
                     f"({reference.epochs} epochs x {images // reference.epochs:,}) per member")
     return rungs, tuple(plan)
-
-
-def _run_backend(backend: str, run_dir: Path, num_classes: int, mode: str, seed: int, on_trial, on_start,
-                 options: dict[str, Any], space: SearchSpace, protocol: ProxyProtocol, trials: int, study: str,
-                 rung: RungStart) -> None:
-    """One rung of a search on its backend: the cheap rung's sampled candidates or the reference rung's grid."""
-    if on_start is not None:
-        on_start([r for r in read_rows(run_dir) if r.get("study") == study], rung)
-    if backend == "optuna":
-        from ._optuna import run_optuna_search
-
-        run_optuna_search(space, protocol, num_classes, trials, run_dir, study, options["storage"], mode, seed,
-                          on_trial=on_trial, rung=rung.name)
-    else:
-        from ._ray import run_ray_search
-
-        run_ray_search(space, protocol, num_classes, trials, run_dir, study, options["address"],
-                       options["cpus_per_trial"], options["num_cpus"], seed, rung=rung.name)

@@ -24,13 +24,13 @@ from __future__ import annotations
 import os
 import socket
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cmt_scale.proxy import ProxyProtocol, TrialPruned
+from cmt_scale.proxy import TrialPruned, TrialState
 from search_spaces import SearchSpace
 
+from ._backends import RungJob, SearchMode
 from ._interrupt import interrupt_guard
 from ._results import read_rows, write_results, write_row
 from ._trial import run_trial
@@ -42,10 +42,12 @@ GRACE_S = 30
 
 
 def _retry_callback():
-    """Optuna's re-queue of a stale trial with its parameters (``RetryFailedTrialCallback`` before Optuna 5)."""
+    """Optuna's re-queue of a stale trial with its parameters: ``RetryHeartbeatStaleTrialCallback`` where Optuna
+    has it (4.9 on), ``RetryFailedTrialCallback`` (the same re-queue, the older name) before."""
     from optuna import storages
 
-    return storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+    retry = getattr(storages, "RetryHeartbeatStaleTrialCallback", None) or storages.RetryFailedTrialCallback
+    return retry(max_retry=3)
 
 
 def _process_alive(pid: int) -> bool:
@@ -59,16 +61,21 @@ def _process_alive(pid: int) -> bool:
 
 
 def _requeue_dead_trials(study) -> int:
-    """Fail and re-queue trials that a dead process of this host left RUNNING; return how many."""
+    """Fail and re-queue trials that a dead process of this host left RUNNING; return how many.
+
+    Public API only: ``study.tell`` finishes another process's RUNNING trial as FAIL, and the retry callback
+    (the one the heartbeat uses for other hosts) enqueues its parameters again."""
     import optuna
+
     host, count = socket.gethostname(), 0
     retry = _retry_callback()
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         pid, trial_host = trial.user_attrs.get("pid"), trial.user_attrs.get("host")
         if trial_host == host and pid is not None and not _process_alive(int(pid)):
-            study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
-            retry(study, study._storage.get_trial(trial._trial_id))
-            count += 1
+            failed = study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+            if failed.state == optuna.trial.TrialState.FAIL:  # not finished meanwhile by its own heartbeat
+                retry(study, failed)
+                count += 1
     return count
 
 
@@ -113,36 +120,28 @@ def _enqueue_missing_grid_points(study, space: SearchSpace, run_dir: Path) -> in
 
 
 def _suggest(trial, space: SearchSpace) -> dict[str, Any]:
+    """The trial's values for ``space``'s parameters, from the distributions `SearchSpace.to_optuna` defines."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
     values = {}
-    for param in space.params:
-        if param.type == "categorical":
-            values[param.name] = trial.suggest_categorical(param.name, list(param.choices))
-        elif param.type == "int":
-            values[param.name] = trial.suggest_int(param.name, int(param.low), int(param.high),
-                                                   step=int(param.step or 1), log=param.log)
+    for name, dist in space.to_optuna().items():
+        if isinstance(dist, CategoricalDistribution):
+            values[name] = trial.suggest_categorical(name, list(dist.choices))
+        elif isinstance(dist, IntDistribution):
+            values[name] = trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
         else:
-            values[param.name] = trial.suggest_float(param.name, param.low, param.high, step=param.step, log=param.log)
+            values[name] = trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
     return values
 
 
-def run_optuna_search(
-    space: SearchSpace,
-    protocol: ProxyProtocol,
-    num_classes: int,
-    trials: int,
-    run_dir: Path,
-    study_name: str,
-    storage_url: str | None = None,
-    mode: str = "pareto",
-    seed: int = 0,
-    on_trial: Callable[[dict[str, Any]], None] | None = None,
-    rung: str = "cheap",
-) -> None:
+def run_optuna_search(job: RungJob, storage_url: str | None = None, seed: int = 0) -> None:
+    """Run ``job`` on an Optuna study in ``storage_url`` (default the run folder's ``study.db``), resuming it."""
     import optuna
     from optuna.storages import RDBStorage
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial is reported by our own rows and lines
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    space, protocol, run_dir, study_name, mode = job.space, job.protocol, job.run_dir, job.study, job.mode
     url = storage_url or f"sqlite:///{(run_dir / 'study.db').as_posix()}"
     try:
         storage = RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
@@ -154,15 +153,17 @@ def run_optuna_search(
         sampler = optuna.samplers.RandomSampler(seed=seed)
     else:
         sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
-    if mode == "pareto":
+    if mode == SearchMode.PARETO:
         study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True, sampler=sampler,
                                     directions=["maximize", "minimize"])
+        study.set_metric_names(["top1", "macs"])  # optuna-dashboard labels the two objectives
     else:
         study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True, sampler=sampler,
                                     direction="maximize", pruner=optuna.pruners.SuccessiveHalvingPruner())
+        study.set_metric_names(["top1"])
     _requeue_dead_trials(study)
     remaining = (_enqueue_missing_grid_points(study, space, run_dir) if space.sampler == "grid"
-                 else trials - _finished(study, run_dir))
+                 else job.trials - _finished(study, run_dir))
     if remaining <= 0:
         write_results(run_dir)
         return
@@ -174,26 +175,26 @@ def run_optuna_search(
         values_all = space.trial_values(values)
 
         def report(epoch: int, top1: float) -> None:
-            if mode == "budget":
+            if mode == SearchMode.BUDGET:
                 trial.report(top1, epoch)
                 if trial.should_prune():
                     raise TrialPruned()
 
-        row = run_trial(space, values_all, protocol, num_classes, trial_id=str(trial.number), backend="optuna",
-                        study=study_name, report=report, done=read_rows(run_dir), rung=rung)
+        row = run_trial(space, values_all, protocol, job.num_classes, trial_id=str(trial.number), backend="optuna",
+                        study=study_name, report=report, done=read_rows(run_dir), rung=job.rung)
         write_row(run_dir, row)
         write_results(run_dir)
         trial.set_user_attr("state", row["state"])
         trial.set_user_attr("row_written", True)
         if row["error"]:
             trial.set_user_attr("error", row["error"][:500])
-        if on_trial is not None:
-            on_trial(row)
-        if row["state"] in ("infeasible", "pruned"):
+        if job.on_trial is not None:
+            job.on_trial(row)
+        if row["state"] in (TrialState.INFEASIBLE, TrialState.PRUNED):
             raise optuna.TrialPruned(row["error"] or row["state"])
-        if row["state"] == "failed":
+        if row["state"] == TrialState.FAILED:
             raise _TrialFailed(row["error"])
-        return (row["top1_final"], row["macs"]) if mode == "pareto" else row["top1_final"]
+        return (row["top1_final"], row["macs"]) if mode == SearchMode.PARETO else row["top1_final"]
 
     # A failed trial is recorded (its row says why) and the search goes on; whatever ends the loop (Ctrl-C
     # included), the table is rebuilt from the rows that were written.

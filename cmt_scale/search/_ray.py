@@ -19,9 +19,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from cmt_scale.proxy import ProxyProtocol
+from cmt_scale.proxy import ProxyProtocol, TrialState
 from search_spaces import SearchSpace
 
+from ._backends import RayBackend, RungJob
 from ._results import make_row, read_rows, write_results, write_row
 from ._trial import make_candidate, run_trial, trial_protocol, trial_recipe
 
@@ -51,7 +52,7 @@ def _trainable(config: dict[str, Any], space: SearchSpace, protocol: ProxyProtoc
     write_row(run_dir, row)  # on the driver's disk when it shares the run folder
     # Infeasible or failed trials tell the searcher they are a bad point (top-1 0). The row travels with the
     # result too, so a driver on another machine than the worker still records it.
-    top1 = row["top1_final"] if row["state"] == "complete" else 0.0
+    top1 = row["top1_final"] if row["state"] == TrialState.COMPLETE else 0.0
     tune.report({"top1": top1, "macs": row["macs"] or 0, "epoch": protocol.epochs, "state": row["state"],
                  "row": json.dumps(row)})
 
@@ -88,30 +89,20 @@ def _ray_init(address: str | None, num_cpus: int) -> Path | None:
     return temp
 
 
-def run_ray_search(
-    space: SearchSpace,
-    protocol: ProxyProtocol,
-    num_classes: int,
-    trials: int,
-    run_dir: Path,
-    study_name: str,
-    address: str | None = None,
-    cpus_per_trial: int = 1,
-    num_cpus: int | None = None,
-    seed: int = 0,
-    rung: str = "cheap",
-) -> None:
+def run_ray_search(job: RungJob, backend: RayBackend) -> None:
+    """Run ``job`` as a Ray Tune experiment under the run folder's ``ray/``, restoring it when it exists."""
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    session_dir = _ray_init(address, num_cpus or os.cpu_count() or 2)
+    space, protocol, num_classes, run_dir, study_name = job.space, job.protocol, job.num_classes, job.run_dir, job.study
+    session_dir = _ray_init(backend.address, backend.num_cpus or os.cpu_count() or 2)
     try:
         trainable = tune.with_resources(
             tune.with_parameters(_trainable, space=space, protocol=protocol, num_classes=num_classes,
-                                 run_dir=str(run_dir.resolve()), study_name=study_name, rung=rung),
-            {"cpu": cpus_per_trial},
+                                 run_dir=str(run_dir.resolve()), study_name=study_name, rung=job.rung),
+            {"cpu": backend.cpus_per_trial},
         )
         storage = (run_dir / "ray").resolve()
         experiment = storage / study_name
@@ -121,10 +112,10 @@ def run_ray_search(
             if space.sampler == "grid":  # every grid point once, trained in full (no early stopping)
                 searcher, scheduler, samples = None, None, 1
             else:
-                searcher = OptunaSearch(metric=["top1", "macs"], mode=["max", "min"], seed=seed)
+                searcher = OptunaSearch(metric=["top1", "macs"], mode=["max", "min"], seed=backend.seed)
                 scheduler = ASHAScheduler(metric="top1", mode="max", time_attr="epoch", max_t=protocol.epochs,
                                           grace_period=1, reduction_factor=2)
-                samples = trials
+                samples = job.trials
             tuner = tune.Tuner(
                 trainable,
                 param_space=space.to_ray(),
@@ -132,7 +123,7 @@ def run_ray_search(
                 run_config=tune.RunConfig(name=study_name, storage_path=str(storage), verbose=1),
             )
         grid = tuner.fit()
-        _rows_for_stopped_trials(grid, space, protocol, num_classes, run_dir, study_name, rung)
+        _rows_for_stopped_trials(grid, job)
     finally:
         if session_dir is not None:
             ray.shutdown()
@@ -140,14 +131,24 @@ def run_ray_search(
     write_results(run_dir)
 
 
-def _rows_for_stopped_trials(grid, space, protocol, num_classes, run_dir: Path, study_name: str, rung: str) -> None:
+def _trial_id_of(result) -> str | None:
+    """A Tune result's trial id. Tune puts it in every reported result (``metrics["trial_id"]``); a trial that
+    never reported has no public field with it, only its folder's name (``<trainable>_<8 hex id>_<n>_<params>``),
+    so that one case parses the name (ray-project/ray#33198 asks for a public way to match a result to its
+    trial)."""
+    trial_id = (result.metrics or {}).get("trial_id")
+    if trial_id is None:
+        found = re.search(r"_([0-9a-f]{8})_\d+", os.path.basename(str(result.path or "")))
+        trial_id = found.group(1) if found else None
+    return trial_id
+
+
+def _rows_for_stopped_trials(grid, job: RungJob) -> None:
     """Trials ASHA stopped never wrote their own row: build it from their last reported metrics."""
+    space, protocol, run_dir = job.space, job.protocol, job.run_dir
     written = {str(r["trial_id"]) for r in read_rows(run_dir) if r.get("backend") == "ray"}
     for result in grid:
-        # Tune puts the trial id in every result; a trial that never reported has it in its folder's name
-        # (``<trainable>_<8 hex id>_<n>_<params>``).
-        found = re.search(r"_([0-9a-f]{8})_\d+", os.path.basename(str(result.path or "")))
-        trial_id = (result.metrics or {}).get("trial_id") or (found.group(1) if found else None)
+        trial_id = _trial_id_of(result)
         if trial_id is None or trial_id in written:
             continue
         metrics = result.metrics or {}
@@ -155,14 +156,14 @@ def _rows_for_stopped_trials(grid, space, protocol, num_classes, run_dir: Path, 
             write_row(run_dir, json.loads(metrics["row"]))
             continue
         values = space.trial_values(result.config or {})
-        candidate = make_candidate(space, values, protocol, num_classes)
+        candidate = make_candidate(space, values, protocol, job.num_classes)
         recipe = trial_recipe(space, values, protocol)
-        state = "failed" if result.error else "pruned"
+        state = TrialState.FAILED if result.error else TrialState.PRUNED
         write_row(run_dir, make_row(
-            trial_id=trial_id, backend="ray", study=study_name, family=candidate.family, name=candidate.name,
+            trial_id=trial_id, backend="ray", study=job.study, family=candidate.family, name=candidate.name,
             config=candidate.config_json, macs=candidate.macs, params=candidate.params,
             top1_final=metrics.get("top1"), top1_best=metrics.get("top1"), epochs_run=metrics.get("epoch"),
             state=state, error=str(result.error).splitlines()[0] if result.error else "stopped early by ASHA",
             seed=trial_protocol(protocol, values, candidate).seed, protocol_hash=protocol.protocol_hash,
-            dataset=protocol.dataset, rung=rung, recipe=json.dumps(recipe.to_dict(), sort_keys=True),
+            dataset=protocol.dataset, rung=job.rung, recipe=json.dumps(recipe.to_dict(), sort_keys=True),
         ))

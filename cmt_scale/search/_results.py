@@ -14,12 +14,43 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
-__all__ = ["RESULT_COLUMNS", "STATES", "make_row", "measured_rows", "pareto_mask", "read_rows", "seed_means",
+from cmt_scale.proxy import TrialState
+
+__all__ = ["RESULT_COLUMNS", "STATES", "ResultRow", "TrialState", "make_row", "measured_rows", "pareto_mask", "read_rows", "seed_means",
            "write_results", "write_row"]
 
-STATES = ("complete", "pruned", "failed", "infeasible")
+STATES = tuple(state.value for state in TrialState)
+
+
+class ResultRow(TypedDict):
+    """One finished trial, as every backend and the baselines runner write it (`make_row`): the schema of
+    ``trials/*.json`` and of the results table. ``RESULT_COLUMNS`` gives each column's pandas dtype."""
+
+    trial_id: str
+    backend: str
+    study: str
+    family: str
+    name: str
+    config: str
+    macs: int | None
+    params: int | None
+    latency_ms: float | None
+    top1_final: float | None
+    top1_best: float | None
+    test_top1: float | None
+    epochs_run: int | None
+    state: str
+    error: str | None
+    wall_s: float | None
+    train_img_per_s: float | None
+    seed: int | None
+    protocol_hash: str
+    dataset: str
+    rung: str | None
+    recipe: str | None
+
 
 # column -> pandas dtype; the schema analysis/ validates against.
 RESULT_COLUMNS: dict[str, str] = {
@@ -54,14 +85,16 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def make_row(**values: Any) -> dict[str, Any]:
-    """A row with exactly the schema's columns (missing ones are None); unknown columns are an error."""
+def make_row(**values: Any) -> ResultRow:
+    """A row with exactly the schema's columns (missing ones are None); unknown columns are an error. The state
+    is stored as its plain value, so rows read back from JSON compare equal to the `TrialState` members."""
     unknown = set(values) - set(RESULT_COLUMNS)
     if unknown:
         raise ValueError(f"unknown result column(s) {sorted(unknown)}; allowed: {list(RESULT_COLUMNS)}")
     if values.get("state") not in STATES:
         raise ValueError(f"state={values.get('state')!r} is not allowed; allowed: {', '.join(STATES)}")
-    return {column: _clean(values.get(column)) for column in RESULT_COLUMNS}
+    values["state"] = TrialState(values["state"]).value
+    return ResultRow(**{column: _clean(values.get(column)) for column in RESULT_COLUMNS})  # type: ignore[typeddict-item]
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -113,7 +146,7 @@ def measured_rows(rows: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     config, protocol and seed) is the same point, and only its first trial stands for it."""
     measured: dict[tuple, Mapping[str, Any]] = {}
     for r in rows:
-        if r["state"] == "complete" and r["top1_final"] is not None:
+        if r["state"] == TrialState.COMPLETE and r["top1_final"] is not None:
             measured.setdefault((r["config"], r.get("protocol_hash"), r.get("seed"), r["top1_final"]), r)
     return list(measured.values())
 

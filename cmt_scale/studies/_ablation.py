@@ -25,10 +25,11 @@ import numpy as np
 import pandas as pd
 
 from cmt_scale.proxy import ProxyProtocol
+from cmt_scale.search import Backend, RunHooks
 from scaling import PHI_LIMIT, estimate_cost, parse_stage_ratio, solve
 from search_spaces import format_point
 
-from ._grid import Member, RunOptions, compound_grid_space, member, num_classes_of, rows_by_arch, run_grid, write_table
+from ._grid import Member, compound_grid_space, member, num_classes_of, rows_by_arch, run_grid, write_table
 
 __all__ = ["STRATEGIES", "AblationResult", "ablate_scaling", "match_budget"]
 
@@ -107,7 +108,8 @@ def ablate_scaling(
     multiples: Sequence[float] = (2.0, 4.0),
     seeds: Sequence[int] = (0, 1),
     stage_ratio: str = "2:2:6:2",
-    options: RunOptions = RunOptions(),
+    backend: Backend | None = None,
+    hooks: RunHooks | None = None,
 ) -> AblationResult:
     """Scale ``base`` (at ``base_phi``, protocol resolution) by each strategy to each budget; train each with
     every seed. Writes ``ablation.csv``/``.md`` (mean and spread per member), ``ablation.json`` and
@@ -137,7 +139,7 @@ def ablate_scaling(
         first_of.setdefault(m.key, m)
     space = compound_grid_space(base, [m.point for m in first_of.values()], base_phi, scale_resolution=True,
                                 seeds=seeds)
-    rows = rows_by_arch(run_grid(space, protocol, out, "ablation", options))
+    rows = rows_by_arch(run_grid(space, protocol, out, "ablation", backend, hooks))
     records = []
     for strategy, multiple, target, m in plan:
         top1 = [rows[(m.key, s)]["top1_final"] for s in seeds if (m.key, s) in rows]

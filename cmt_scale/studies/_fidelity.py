@@ -5,8 +5,8 @@ the baseline families' members. Each is trained under both protocols on the same
 top-1 rankings are compared with Spearman's rho and Kendall's tau-b (each with a bootstrap interval over
 architectures) and the overlap of their top-k, over all architectures and within each family (across families a proxy can
 look trustworthy only because it separates the families). By default the cheap protocol is the one searches use
-(`proxy.DEFAULT_PROTOCOL`, a search's cheap rung) and the reference is a search's reference rung
-(`search.DEFAULT_PROMOTION`): the study measures how far the promotion rung changes the cheap rung's ranking.
+(`search.DEFAULT_SEARCH_PROTOCOL`, a search's cheap rung) and the reference is a search's reference rung
+(`search.DEFAULT_PROMOTION`, the baselines' protocol): the study measures how far the promotion rung changes the cheap rung's ranking.
 """
 
 from __future__ import annotations
@@ -20,16 +20,23 @@ from typing import Any
 import pandas as pd
 
 from analysis import RankAgreement, rank_agreement
-from cmt_scale.proxy import DEFAULT_PROTOCOL, ProxyProtocol, baseline_families, get_family
-from cmt_scale.search import DEFAULT_PROMOTION, check_protocol_fits, check_resolution
+from cmt_scale.proxy import ProxyProtocol, baseline_families, get_family
+from cmt_scale.search import (
+    DEFAULT_PROMOTION,
+    DEFAULT_SEARCH_PROTOCOL,
+    Backend,
+    RunHooks,
+    check_protocol_fits,
+    check_resolution,
+)
 from search_spaces import SearchSpace, format_point, space_from_dict
 
-from ._grid import RunOptions, compound_grid_space, run_grid, write_table
+from ._grid import compound_grid_space, run_grid, write_table
 
 __all__ = ["DEFAULT_PHIS", "DEFAULT_REFERENCE", "FidelityResult", "proxy_fidelity"]
 
 DEFAULT_PHIS = (-2.0, -1.5, -1.0, -0.5, 0.0, 0.5)
-DEFAULT_REFERENCE = DEFAULT_PROMOTION.protocol(DEFAULT_PROTOCOL)  # a search's reference rung
+DEFAULT_REFERENCE = DEFAULT_PROMOTION.protocol(DEFAULT_SEARCH_PROTOCOL)  # a search's reference rung
 
 
 @dataclass(frozen=True)
@@ -59,16 +66,16 @@ def _grids(base: str, phis: Sequence[float], families: Sequence[str]) -> list[tu
 
 
 def _train_all(protocol: ProxyProtocol, out: Path, grids: Sequence[tuple[str, SearchSpace]],
-               options: RunOptions) -> pd.DataFrame:
+               backend: Backend | None, hooks: RunHooks | None) -> pd.DataFrame:
     """Train every architecture under ``protocol``; their top-1 by (family, name), this design's rows only."""
-    rows = [row for prefix, space in grids for row in run_grid(space, protocol, out, prefix, options)]
+    rows = [row for prefix, space in grids for row in run_grid(space, protocol, out, prefix, backend, hooks)]
     frame = pd.DataFrame([{"family": r["family"], "name": r["name"], "macs": r["macs"], "top1": r["top1_final"]}
                           for r in rows if r["state"] == "complete"], columns=["family", "name", "macs", "top1"])
     return frame.drop_duplicates(["family", "name"])
 
 
 def proxy_fidelity(
-    cheap: ProxyProtocol = DEFAULT_PROTOCOL,
+    cheap: ProxyProtocol = DEFAULT_SEARCH_PROTOCOL,
     reference: ProxyProtocol = DEFAULT_REFERENCE,
     out: str | Path = "runs/fidelity",
     phis: Sequence[float] = DEFAULT_PHIS,
@@ -76,7 +83,8 @@ def proxy_fidelity(
     families: Sequence[str] = ("deit", "efficientnet"),
     k: int | None = None,
     resamples: int = 2000,
-    options: RunOptions = RunOptions(),
+    backend: Backend | None = None,
+    hooks: RunHooks | None = None,
 ) -> FidelityResult:
     """Train the architectures under both protocols (``out/cheap``, ``out/reference``; resumable) and compare
     the rankings. Writes ``fidelity.csv``/``.md``, ``fidelity.json`` and ``fidelity.png``/``.svg`` to ``out``."""
@@ -97,7 +105,7 @@ def proxy_fidelity(
             check_resolution(space, protocol.resolution, protocol)
         check_protocol_fits(protocol)
     out = Path(out)
-    scores = {name: _train_all(protocol, out / name, grids, options)
+    scores = {name: _train_all(protocol, out / name, grids, backend, hooks)
               for name, protocol in (("cheap", cheap), ("reference", reference))}
     both = scores["cheap"].merge(scores["reference"], on=["family", "name"], suffixes=("_cheap", "_reference"))
     table = pd.DataFrame({

@@ -20,9 +20,10 @@ from typing import Any
 import pandas as pd
 
 from cmt_scale.proxy import ProxyProtocol
+from cmt_scale.search import Backend, RunHooks
 from scaling import PAPER_COEFFICIENTS, PHI_LIMIT, CompoundCoefficients
 
-from ._grid import Member, RunOptions, compound_grid_space, member, num_classes_of, rows_by_arch, run_grid, write_table
+from ._grid import Member, compound_grid_space, member, num_classes_of, rows_by_arch, run_grid, write_table
 
 __all__ = ["TARGET", "TOLERANCE", "FitResult", "coefficient_grid", "fit_coefficients"]
 
@@ -75,7 +76,8 @@ def fit_coefficients(
     base_phi: float = 0.0,
     step: float = 0.1,
     target: float = TARGET,
-    options: RunOptions = RunOptions(),
+    backend: Backend | None = None,
+    hooks: RunHooks | None = None,
 ) -> FitResult:
     """Train every grid triple's member at ``phi`` (and the paper's) under ``protocol``; rank them by top-1.
 
@@ -96,7 +98,7 @@ def fit_coefficients(
         first_of.setdefault(m.key, m)
     out = Path(out)
     space = compound_grid_space(base, [m.point for m in first_of.values()], base_phi, scale_resolution=True)
-    rows = rows_by_arch(run_grid(space, protocol, out, "fit", options))
+    rows = rows_by_arch(run_grid(space, protocol, out, "fit", backend, hooks))
     records = [_triple_row(c, m, first_of[m.key].point, rows.get((m.key, protocol.seed)), i == 0)
                for i, (c, m) in enumerate(zip(triples, members))]
     table = pd.DataFrame(records)

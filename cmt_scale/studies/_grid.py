@@ -10,7 +10,7 @@ whichever backend runs it (Ray trains grid points in parallel, where a row-based
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,25 +18,12 @@ from typing import Any
 import pandas as pd
 
 from cmt_scale.proxy import ProxyProtocol
-from cmt_scale.search import compound_member, read_rows, run_search
+from cmt_scale.search import Backend, RunHooks, compound_member, read_rows, run_search
 from scaling import CMTConfig, estimate_cost
 from search_spaces import SearchSpace, format_point, parse_point, space_from_dict
 
-__all__ = ["Member", "RunOptions", "arch_key", "compound_grid_space", "design_study", "member", "num_classes_of", "rows_by_arch",
+__all__ = ["Member", "arch_key", "compound_grid_space", "design_study", "member", "num_classes_of", "rows_by_arch",
            "run_grid", "write_table"]
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """How a study's grid runs: backend and its resources, the command recorded, a per-trial callback."""
-
-    backend: str = "optuna"
-    address: str | None = None
-    cpus_per_trial: int = 1
-    num_cpus: int | None = None
-    command: Sequence[str] | None = None
-    on_trial: Callable[[dict[str, Any]], None] | None = None
-    on_start: Callable[..., None] | None = None  # before each grid trains: its finished rows (and the rung)
 
 
 @dataclass(frozen=True)
@@ -101,12 +88,11 @@ def design_study(prefix: str, space: SearchSpace) -> str:
     return f"{prefix}-{digest}"
 
 
-def run_grid(space: SearchSpace, protocol: ProxyProtocol, out: Path, prefix: str, options: RunOptions) -> list[dict]:
+def run_grid(space: SearchSpace, protocol: ProxyProtocol, out: Path, prefix: str, backend: Backend | None,
+             hooks: RunHooks | None) -> list[dict]:
     """Run every grid point of ``space`` as the study `design_study` names (resumable); return its rows."""
     study = design_study(prefix, space)
-    run_search(space, protocol, None, out, backend=options.backend, study=study, address=options.address,
-               cpus_per_trial=options.cpus_per_trial, num_cpus=options.num_cpus, command=options.command,
-               on_trial=options.on_trial, on_start=options.on_start, promotion=None)
+    run_search(space, protocol, out, backend=backend, study=study, hooks=hooks, promotion=None)
     return [r for r in read_rows(out) if r.get("study") == study]
 
 

@@ -22,10 +22,10 @@ from typing import Any
 import pandas as pd
 
 from cmt_scale.proxy import ProxyProtocol, Recipe, get_family
-from cmt_scale.search import with_family_recipes
+from cmt_scale.search import Backend, RunHooks, with_family_recipes
 from search_spaces import space_from_dict
 
-from ._grid import RunOptions, run_grid, write_table
+from ._grid import run_grid, write_table
 
 __all__ = ["DEFAULT_LRS", "DEFAULT_WEIGHT_DECAYS", "RecipeSweepResult", "pick_recipes", "sweep_recipes"]
 
@@ -88,7 +88,8 @@ def sweep_recipes(
     lrs: Sequence[float] = DEFAULT_LRS,
     weight_decays: Sequence[float] = DEFAULT_WEIGHT_DECAYS,
     seeds: Sequence[int] = (0,),
-    options: RunOptions = RunOptions(),
+    backend: Backend | None = None,
+    hooks: RunHooks | None = None,
 ) -> RecipeSweepResult:
     """Sweep each family's recipe under ``protocol`` (its budget); write ``out/recipes.yaml`` (every
     registered family with a recipe: the swept ones chosen here, the rest as ``protocol`` had them) and
@@ -111,7 +112,7 @@ def sweep_recipes(
     rows = []
     for family in families:
         space = _grid_space(family, lrs, weight_decays, seeds)
-        rows += run_grid(space, protocol, out, f"recipes-{family}", options)
+        rows += run_grid(space, protocol, out, f"recipes-{family}", backend, hooks)
     chosen, table = pick_recipes(rows)
     current = {family: Recipe.from_dict(spec) for family, spec in json.loads(protocol.recipes or "{}").items()}
     recipes = {**current, **chosen}
