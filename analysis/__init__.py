@@ -6,7 +6,14 @@ over its seeds, on one training rung, and every hypervolume carries a seed-boots
 """
 
 from ._compare import compare_families
-from ._fronts import default_reference_point, hypervolume, interpolate_cost, interpolate_metric, pareto_front
+from ._fronts import (
+    default_reference_point,
+    hypervolume,
+    interpolate_cost,
+    interpolate_metric,
+    pareto_front,
+    pareto_mask,
+)
 from ._load import PUBLISHED_CSV, PUBLISHED_RUNG, RUNGS, STANDARD_COLUMNS, load_published, load_results
 from ._noise import Bootstrap, hypervolume_intervals, noise_statement, within_noise
 from ._plots import FamilyCurve, FrontPlotInfo, front_plot_info, plot_fronts
@@ -19,8 +26,8 @@ __all__ = [
     "Bootstrap", "FamilyCurve", "FrontPlotInfo", "HeadlineRow", "PUBLISHED_CSV", "PUBLISHED_RUNG", "RUNGS", "Report",
     "STANDARD_COLUMNS", "aggregate_seeds", "budget_statement", "compare_families", "default_reference_point",
     "front_plot_info", "headline_comparison", "hypervolume", "hypervolume_intervals", "interpolate_cost",
-    "interpolate_metric", "load_published", "load_results", "noise_statement", "pareto_front", "plot_fronts",
-    "within_noise", "write_report",
+    "interpolate_metric", "load_published", "load_results", "noise_statement", "pareto_front", "pareto_mask",
+    "plot_fronts", "within_noise", "write_report",
     "RankAgreement", "bootstrap_interval", "kendall_tau", "rank_agreement", "spearman_rho", "top_k_overlap",
     "markdown_table", "plot_coefficient_fit", "plot_rank_agreement", "plot_scaling_strategies",
 ]

@@ -32,8 +32,10 @@ def _usable(df: pd.DataFrame, cost: str, metric: str) -> pd.DataFrame:
     return df[ok]
 
 
-def _front_mask(costs: np.ndarray, metrics: np.ndarray) -> np.ndarray:
-    """True for points no other point dominates (<= cost and >= metric, one strictly); exact ties all stay."""
+def pareto_mask(costs: Sequence[float] | np.ndarray, metrics: Sequence[float] | np.ndarray) -> np.ndarray:
+    """True for points no other point dominates (<= cost and >= metric, one strictly); exact ties all stay.
+    The one definition of "on the front": the search's summary and progress lines use it too."""
+    costs, metrics = np.asarray(costs, dtype=float), np.asarray(metrics, dtype=float)
     keep = np.ones(len(costs), dtype=bool)
     for i in range(len(costs)):
         better_or_equal = (costs <= costs[i]) & (metrics >= metrics[i])
@@ -49,7 +51,7 @@ def pareto_front(df: pd.DataFrame, cost: str = "macs", metric: str = "top1", by:
     groups = [rows] if by is None else [g for _, g in rows.groupby(by, sort=True)]
     fronts = []
     for group in groups:
-        mask = _front_mask(group[cost].to_numpy(float), group[metric].to_numpy(float))
+        mask = pareto_mask(group[cost].to_numpy(float), group[metric].to_numpy(float))
         fronts.append(group[mask])
     if not fronts:
         return rows.iloc[0:0]
@@ -72,7 +74,8 @@ def hypervolume(front: pd.DataFrame | Sequence[tuple[float, float]], reference_p
               else np.asarray(front, dtype=float).reshape(-1, 2))
     cost_ref, metric_ref = reference_point
     if not cost_ref > 0 or not metric_max > metric_ref:
-        raise ValueError(f"reference_point={reference_point!r} is not allowed; allowed: cost > 0, metric < {metric_max}")
+        raise ValueError(f"reference_point={reference_point!r} is not allowed; allowed: cost > 0, "
+                         f"metric < {metric_max}")
     inside = points[(points[:, 0] < cost_ref) & (points[:, 1] > metric_ref)]
     if len(inside) == 0:
         return 0.0

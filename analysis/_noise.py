@@ -16,6 +16,8 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
+from scaling import check_int
+
 from ._fronts import _usable, default_reference_point, hypervolume
 from ._seeds import aggregate_seeds
 
@@ -35,8 +37,7 @@ class Bootstrap:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.resamples, bool) or not isinstance(self.resamples, int) or self.resamples < 1:
-            raise ValueError(f"resamples={self.resamples!r} is not allowed; allowed: an integer >= 1")
+        check_int("resamples", self.resamples)
         if not 0 < self.level < 1:
             raise ValueError(f"level={self.level!r} is not allowed; allowed: a number in (0, 1)")
 

@@ -72,7 +72,8 @@ def budget_statement(df: pd.DataFrame) -> str:
         if len(by_epochs) == 1:
             parts.append(f"{family} {by_epochs.index[0]:g}")
         else:
-            parts.append(f"{family}: " + ", ".join(f"{'/'.join(names)} {epochs:g}" for epochs, names in by_epochs.items()))
+            parts.append(f"{family}: " + ", ".join(f"{'/'.join(names)} {epochs:g}"
+                                                   for epochs, names in by_epochs.items()))
     if df["epochs"].nunique() == 1:
         return f"Every published model was trained {df['epochs'].iloc[0]:g} epochs: {'; '.join(parts)}."
     return (f"The published front mixes training budgets (epochs): {'; '.join(parts)}. "

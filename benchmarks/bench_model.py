@@ -103,7 +103,8 @@ def bench_bf16_agreement(threads: int) -> None:
             bf16 = fast(x[split:]).argmax(-1)
     target = y[split:]
     print(f"\nbf16 agreement (CMT-Ti-shaped, 64 px, trained 4 epochs on digits, {len(target)} held-out images):")
-    print(f"  top-1 fp32 {100 * (fp32 == target).float().mean():.2f}%  bf16 {100 * (bf16 == target).float().mean():.2f}%"
+    print(f"  top-1 fp32 {100 * (fp32 == target).float().mean():.2f}%"
+          f"  bf16 {100 * (bf16 == target).float().mean():.2f}%"
           f"  same prediction {100 * (fp32 == bf16).float().mean():.2f}%")
 
 

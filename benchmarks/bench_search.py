@@ -55,7 +55,8 @@ def main() -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(f"\ntiny search: cmt_compound on digits, {args.trials} trials, 1 epoch, one trial at a time")
-    print(f"{'backend':8s} {'wall s':>8s} {'trials own s':>13s} {'overhead s':>11s} {'per trial s':>12s} {'vs Optuna':>10s}")
+    print(f"{'backend':8s} {'wall s':>8s} {'trials own s':>13s} {'overhead s':>11s} {'per trial s':>12s} "
+          f"{'vs Optuna':>10s}")
     base = (results["optuna"][0] - results["optuna"][1]) / results["optuna"][2]
     for backend, (wall, own, n) in results.items():
         per_trial = (wall - own) / n

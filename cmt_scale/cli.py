@@ -11,6 +11,7 @@ under ``--debug`` (or ``CMT_SCALE_DEBUG=1``); 130 interrupted (finished trials a
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import traceback
@@ -49,7 +50,8 @@ examples:
 def build_parser() -> Parser:
     """The root parser (the solver's flags) with one sub-parser per command."""
     solve = SolveCommand()
-    parser = Parser(prog="cmt-scale", negative_ok=solve.negative_ok, formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = Parser(prog="cmt-scale", negative_ok=solve.negative_ok,
+                    formatter_class=argparse.RawDescriptionHelpFormatter,
                     description="Print the member of the CMT family (Guo et al., CVPR 2022) that costs a target, "
                                 "ready to build.", epilog=MAIN_EXAMPLES)
     solve.add_arguments(parser)
@@ -66,8 +68,25 @@ def build_parser() -> Parser:
     return parser
 
 
+_LIBRARY_LOGGERS = ("scaling", "cmt_scale", "analysis", "search_spaces")
+_HANDLER = logging.StreamHandler(sys.stderr)
+_HANDLER.setFormatter(logging.Formatter("cmt-scale: %(message)s"))
+
+
+def _configure_logging(debug: bool) -> None:
+    """The library only logs (``logging.getLogger(__name__)``); the command line shows its INFO lines (a
+    first compile, a re-queued trial) on stderr, and DEBUG with ``--debug``."""
+    for name in _LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        if _HANDLER not in logger.handlers:
+            logger.addHandler(_HANDLER)
+        logger.setLevel(logging.DEBUG if debug else logging.INFO)
+        logger.propagate = False
+
+
 def _debug_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--debug", action="store_true", help="on an error, print the traceback (also CMT_SCALE_DEBUG=1)")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, print the traceback (also CMT_SCALE_DEBUG=1)")
 
 
 def _one_line(err: BaseException) -> str:
@@ -91,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv or os.environ.get("CMT_SCALE_DEBUG", "") not in ("", "0")
     # Piped output gets a wide console so tables are not truncated to 80 columns.
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
+    _configure_logging(debug)
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = argv

@@ -30,7 +30,7 @@ from ._presets import PAPER_TABLE, PRESETS, PaperFigures, get_preset
 from ._reproduction import ReproductionRow, reproduce_presets
 from ._solver import Solution, solve
 from ._timm_hook import register_with_timm
-from ._units import format_count, parse_count, parse_latency_ms
+from ._units import check_int, format_count, is_int, parse_count, parse_latency_ms
 
 # Public names that need torch (and timm), by the module that defines them: loaded on first access.
 _LAZY = {
@@ -63,7 +63,9 @@ __all__ = [
     "Solution",
     "estimate_cost",
     "family",
+    "check_int",
     "format_count",
+    "is_int",
     "get_preset",
     "nominal_cost_ratio",
     "parse_count",

@@ -50,7 +50,8 @@ CONSTRAINT_TARGET = 2.5
 
 @dataclass(frozen=True)
 class CompoundCoefficients:
-    """Per-unit-phi multipliers of depth (alpha), width (beta) and resolution (gamma)."""
+    """Per-unit-phi multipliers of depth (alpha), width (beta) and resolution (gamma). The defaults are the
+    paper's (section 3.4), the one place they are written: everything else uses `PAPER_COEFFICIENTS`."""
 
     alpha: float = 1.2
     beta: float = 1.3
@@ -159,9 +160,9 @@ def _resolve_base(base: CMTConfig | str) -> CMTConfig:
 def scale(
     base: CMTConfig | str = "cmt_s",
     phi: float = 0.0,
-    alpha: float = 1.2,
-    beta: float = 1.3,
-    gamma: float = 1.15,
+    alpha: float = PAPER_COEFFICIENTS.alpha,
+    beta: float = PAPER_COEFFICIENTS.beta,
+    gamma: float = PAPER_COEFFICIENTS.gamma,
     stage_ratio: str | Sequence[int] | None = None,
     resolution: int | None = None,
 ) -> CMTConfig:
@@ -215,9 +216,9 @@ class FamilyMember:
 def family(
     phis: Sequence[float],
     base: CMTConfig | str = "cmt_s",
-    alpha: float = 1.2,
-    beta: float = 1.3,
-    gamma: float = 1.15,
+    alpha: float = PAPER_COEFFICIENTS.alpha,
+    beta: float = PAPER_COEFFICIENTS.beta,
+    gamma: float = PAPER_COEFFICIENTS.gamma,
     stage_ratio: str | Sequence[int] | None = None,
     resolution: int | None = None,
 ) -> list[FamilyMember]:

@@ -32,6 +32,9 @@ using Vec = at::vec::Vectorized<float>;
 using BF16 = at::BFloat16;
 constexpr int64_t kV = Vec::size();
 constexpr int64_t kFlushRows = 64;  // float partial sums are flushed to double every this many rows
+// Activation codes of act_bn_*: the one definition; scaling/_fused.py reads them from these two lines.
+constexpr int64_t kActNone = 0;
+constexpr int64_t kActGelu = 1;
 
 // ------------------------------------------------------------------------------- typed loads/stores
 // Up to kV values at p as a float vector (missing lanes zero), and back. bf16 converts in registers.
@@ -642,7 +645,8 @@ std::vector<at::Tensor> act_bn_forward(const at::Tensor& a, const at::Tensor& we
   check_rows(a, 2, "act_bn_forward");
   const int64_t M = a.size(0), C = a.size(1);
   TORCH_CHECK(M > 1, "act_bn_forward: batch statistics need more than one value per channel");
-  const bool gelu = act == 1;
+  TORCH_CHECK(act == kActNone || act == kActGelu, "unknown activation code ", act);
+  const bool gelu = act == kActGelu;
   const at::Tensor w = as_float_vector(weight, C, "act_bn_forward weight");
   const at::Tensor b = as_float_vector(bias, C, "act_bn_forward bias");
   float* rm = nullptr;
@@ -674,7 +678,8 @@ std::vector<at::Tensor> act_bn_backward(const at::Tensor& grad, const at::Tensor
                                         int64_t act) {
   check_rows(y, 2, "act_bn_backward");
   const int64_t M = y.size(0), C = y.size(1);
-  const bool gelu = act == 1;
+  TORCH_CHECK(act == kActNone || act == kActGelu, "unknown activation code ", act);
+  const bool gelu = act == kActGelu;
   const at::Tensor g = like(grad, y);
   const at::Tensor w = as_float_vector(weight, C, "act_bn_backward weight");
   at::Tensor da = at::empty_like(y);

@@ -14,7 +14,8 @@ The model calls `act_batch_norm`, `layer_norm`, `depthwise_conv3x3`, `depthwise_
 the fast path only for a CPU module in training mode, outside tracing, scripting and ``torch.compile``,
 and otherwise runs (or lets the caller run) exactly the modules' own forward (the plain path: it is also
 the reference the tests compare the kernels with). Parameters, buffers and module names are untouched,
-so checkpoints, fvcore counts and `fuse_for_inference` see the same model. The kernels' gradients are first-order only (a double backward raises).
+so checkpoints, fvcore counts and `fuse_for_inference` see the same model. The kernels' gradients are
+first-order only (a double backward raises).
 ``CMT_SCALE_FUSED_KERNELS=0`` or `set_fused_kernels(False)` turns them off; if they cannot be built (no
 C++ compiler), one warning says so and training takes the plain path.
 """
@@ -24,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import sys
 import warnings
 from pathlib import Path
 
@@ -44,9 +44,20 @@ __all__ = [
     "set_fused_kernels",
 ]
 
+log = logging.getLogger(__name__)
 _SOURCE = Path(__file__).with_name("_cpu_kernels.cpp")
 _ENV_SWITCH = "CMT_SCALE_FUSED_KERNELS"
-_ACT_CODES = {"none": 0, "gelu": 1}
+
+
+def _activation_codes(source: Path) -> dict[str, int]:
+    """The kernels' activation codes, read from their definition in the C++ source (one source of truth)."""
+    import re
+
+    found = re.findall(r"constexpr int64_t kAct(\w+) = (\d+);", source.read_text(encoding="utf-8"))
+    return {name.lower(): int(code) for name, code in found}
+
+
+_ACT_CODES = _activation_codes(_SOURCE)
 
 _state: dict[str, bool | None] = {"enabled": None, "loaded": None}
 
@@ -74,17 +85,21 @@ def _capability_flags() -> tuple[str, list[str]]:
     return "default", ["-DCPU_CAPABILITY=DEFAULT", "-DCPU_CAPABILITY_DEFAULT"]
 
 
-def _announce_first_compile(name: str, tag: str) -> None:
-    """One line on stderr before the one-off compile, so a slow first step is explained (best effort:
-    the cache location is torch's business)."""
-    try:
-        from torch.utils.cpp_extension import _get_build_directory
+def _build_directory(name: str) -> Path:
+    """Where the kernels are built and cached: ``$TORCH_EXTENSIONS_DIR/<name>`` when set (torch's own switch),
+    else ``~/.cache/cmt_scale/<name>``. Ours, passed to torch's ``load(build_directory=...)``, so that whether
+    a compile is due can be told without torch's private helpers."""
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or str(Path.home() / ".cache" / "cmt_scale")
+    folder = Path(root) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
-        if (Path(_get_build_directory(name, verbose=False)) / f"{name}.so").exists():
-            return
-    except Exception:
-        pass
-    print(f"cmt-scale: compiling the fused CPU kernels ({tag}) once, about 30 s", file=sys.stderr, flush=True)
+
+class _DropMessages(logging.Filter):
+    """Drops one logger's records while torch compiles ("No CUDA runtime is found" on a CPU machine)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
 
 
 def _load() -> bool:
@@ -96,18 +111,23 @@ def _load() -> bool:
     cflags = ["-O3", "-fopenmp", *flags]
     digest = hashlib.sha256(_SOURCE.read_bytes() + " ".join(cflags).encode() + torch.__version__.encode())
     name = f"cmt_scale_kernels_{tag}_{digest.hexdigest()[:12]}"
+    torch_log, quiet = logging.getLogger("torch.utils.cpp_extension"), _DropMessages()
     try:
-        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime" noise
         from torch.utils.cpp_extension import load
 
-        _announce_first_compile(name, tag)
+        build = _build_directory(name)
+        if not (build / f"{name}.so").exists():  # a slow first step, explained
+            log.info("compiling the fused CPU kernels (%s) once, about 30 s", tag)
+        torch_log.addFilter(quiet)  # only for this call: the user's own logging of torch is left alone
         load(name=name, sources=[str(_SOURCE)], extra_cflags=cflags, extra_ldflags=["-fopenmp"],
-             is_python_module=False, verbose=False)
+             build_directory=str(build), is_python_module=False, verbose=False)
     except Exception as err:  # no compiler, no ninja, a read-only cache: train on the plain path
         reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         warnings.warn(f"cmt-scale: fused CPU kernels unavailable ({reason[:200]}); training uses the plain "
                       f"PyTorch path (set {_ENV_SWITCH}=0 to skip the attempt)", RuntimeWarning, stacklevel=3)
         return False
+    finally:
+        torch_log.removeFilter(quiet)
     _state["loaded"] = True
     return True
 

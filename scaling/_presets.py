@@ -62,7 +62,8 @@ PAPER_TABLE: Mapping[str, PaperFigures] = MappingProxyType(
 
 
 def get_preset(name: str) -> CMTConfig:
-    """The preset called ``name`` (``cmt_ti``, ``cmt_xs``, ``cmt_s``, ``cmt_b``; ``-`` for ``_`` and case are forgiven)."""
+    """The preset called ``name`` (``cmt_ti``, ``cmt_xs``, ``cmt_s``, ``cmt_b``; ``-`` for ``_`` and case are
+    forgiven)."""
     key = str(name).strip().lower().replace("-", "_")
     if key not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; allowed: {', '.join(PRESETS)}")

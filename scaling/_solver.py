@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ._compound import (
+    PAPER_COEFFICIENTS,
     PHI_LIMIT,
     WIDTH_DIVISOR,
     CompoundCoefficients,
@@ -29,7 +30,7 @@ from ._compound import (
 from ._config import CMTConfig
 from ._cost import estimate_cost
 from ._presets import get_preset
-from ._units import format_count, parse_count, parse_latency_ms
+from ._units import check_int, format_count, parse_count, parse_latency_ms
 
 __all__ = ["PHI_RANGE", "Solution", "solve"]
 
@@ -147,9 +148,9 @@ def solve(
     target_latency_ms: float | str | None = None,
     base: CMTConfig | str = "cmt_s",
     resolution: int | None = None,
-    alpha: float = 1.2,
-    beta: float = 1.3,
-    gamma: float = 1.15,
+    alpha: float = PAPER_COEFFICIENTS.alpha,
+    beta: float = PAPER_COEFFICIENTS.beta,
+    gamma: float = PAPER_COEFFICIENTS.gamma,
     stage_ratio: str | Sequence[int] | None = None,
     device: str = "cpu",
     batch_size: int = 1,
@@ -266,10 +267,8 @@ def _measured_latency_ms(cfg: CMTConfig, device: str, batch_size: int, threads: 
 def _solve_latency(members, target, base_cfg, coeffs, device, batch_size, threads) -> Solution:
     if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
         raise ValueError(f"device={device!r} is not allowed; allowed: 'cpu' or 'cuda'")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} is not allowed; allowed: an integer >= 1")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"threads={threads!r} is not allowed; allowed: an integer >= 1")
+    check_int("batch_size", batch_size)
+    check_int("threads", threads, none_ok=True)
     # Order the distinct members by MACs (latency's best cheap proxy), then bisect with real timings.
     distinct: dict[CMTConfig, float] = {}
     for phi, cfg in members.items():
@@ -284,7 +283,7 @@ def _solve_latency(members, target, base_cfg, coeffs, device, batch_size, thread
 
     # Gallop up from the cheapest member until one is at least as slow as the target, then bisect: the
     # expensive end of the family is only timed when the target needs it.
-    if latency(ordered[0]) > target * 1.02:
+    if latency(ordered[0]) > target * (1 + _TOLERANCE):
         raise ValueError(
             f"target_latency={target:g}ms is out of reach on {device} at batch {batch_size}; allowed: at least "
             f"{latency(ordered[0]):.1f} ms (the cheapest member)"
@@ -294,7 +293,7 @@ def _solve_latency(members, target, base_cfg, coeffs, device, batch_size, thread
         lo, jump = hi, jump * 2
         hi = min(len(ordered) - 1, hi + jump) if hi < len(ordered) - 1 else len(ordered)
     if hi >= len(ordered):
-        if latency(ordered[-1]) < target / 1.02:
+        if latency(ordered[-1]) < target / (1 + _TOLERANCE):
             raise ValueError(
                 f"target_latency={target:g}ms is out of reach on {device} at batch {batch_size}; allowed: "
                 f"{latency(ordered[0]):.1f} to {latency(ordered[-1]):.1f} ms"

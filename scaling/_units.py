@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 
-__all__ = ["parse_count", "parse_latency_ms", "format_count"]
+__all__ = ["check_int", "format_count", "is_int", "parse_count", "parse_latency_ms"]
 
 _SUFFIX = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 _COUNT = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmgt]?)\s*(flops?|macs?|params?|p)?\s*$", re.I)
@@ -57,3 +57,18 @@ def format_count(value: float, digits: int = 2) -> str:
         if abs(value) >= scale:
             return f"{value / scale:.{digits}f}{suffix}"
     return f"{value:.0f}"
+
+
+def is_int(value: object) -> bool:
+    """An integer and not a bool (``True`` is an ``int`` to Python, never a count to a user)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_int(name: str, value: object, low: int = 1, high: int | None = None, none_ok: bool = False) -> None:
+    """Refuse ``value`` unless it is an integer in ``[low, high]`` (or None when ``none_ok``), with the one-line
+    message every input check here gives: the name, the value, and what is allowed."""
+    if value is None and none_ok:
+        return
+    if not is_int(value) or value < low or (high is not None and value > high):
+        allowed = f"an integer in [{low}, {high}]" if high is not None else f"an integer >= {low}"
+        raise ValueError(f"{name}={value!r} is not allowed; allowed: {allowed}" + (" or None" if none_ok else ""))

@@ -73,7 +73,8 @@ class Param:
             return tune.qrandint(int(self.low), int(self.high), step) if step > 1 else tune.randint(
                 int(self.low), int(self.high) + 1)
         if self.log:
-            return tune.qloguniform(self.low, self.high, self.step) if self.step else tune.loguniform(self.low, self.high)
+            return (tune.qloguniform(self.low, self.high, self.step) if self.step
+                    else tune.loguniform(self.low, self.high))
         return tune.quniform(self.low, self.high, self.step) if self.step else tune.uniform(self.low, self.high)
 
 
@@ -151,7 +152,8 @@ def _number(source: str, key: str, value: Any) -> float:
 def _param(source: str, name: str, spec: Any) -> Param:
     key = f"params.{name}"
     if not isinstance(spec, Mapping):
-        raise _fail(source, key, spec, "a mapping like {type: float, low: 0, high: 1} or {type: categorical, choices: [...]}")
+        raise _fail(source, key, spec,
+                    "a mapping like {type: float, low: 0, high: 1} or {type: categorical, choices: [...]}")
     kind = spec.get("type")
     if kind not in _PARAM_TYPES:
         raise _fail(source, f"{key}.type", kind, ", ".join(_PARAM_TYPES))
@@ -205,7 +207,8 @@ def _budget(source: str, spec: Any) -> Budget:
 def space_from_dict(data: Any, source: str = "<dict>") -> SearchSpace:
     """Validate a parsed space (see the module docstring) and return it."""
     if not isinstance(data, Mapping):
-        raise ValueError(f"{source}: a search space must be a mapping with family and params, got {type(data).__name__}")
+        raise ValueError(f"{source}: a search space must be a mapping with family and params, "
+                         f"got {type(data).__name__}")
     unknown = set(data) - _TOP_KEYS
     if unknown:
         key = sorted(unknown)[0]
@@ -242,7 +245,8 @@ def space_from_dict(data: Any, source: str = "<dict>") -> SearchSpace:
     if sampler == "grid":
         numeric = next((p for p in space.params if p.type != "categorical"), None)
         if numeric is not None:
-            raise _fail(source, f"params.{numeric.name}.type", numeric.type, "categorical (sampler: grid lists choices)")
+            raise _fail(source, f"params.{numeric.name}.type", numeric.type,
+                        "categorical (sampler: grid lists choices)")
     _check_family_keys(space)
     return space
 

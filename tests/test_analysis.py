@@ -227,7 +227,8 @@ def test_one_protocol_is_checked_within_the_selected_rung(tmp_path) -> None:
 def test_seed_replicates_collapse_to_hand_computed_means_and_stds() -> None:
     rows = pd.DataFrame({
         "family": "cmt", "name": ["a", "a", "a", "b", "a", "c", "c"], "config": ["A", "A", "A", "B", "A2", "C", "C"],
-        "macs": [1e8, 1e8, 1e8, 2e8, 1e8, 3e8, 3e8], "params": 1.0, "top1": [70.0, 72.0, 77.0, 80.0, 60.0, 65.0, np.nan],
+        "macs": [1e8, 1e8, 1e8, 2e8, 1e8, 3e8, 3e8], "params": 1.0,
+        "top1": [70.0, 72.0, 77.0, 80.0, 60.0, 65.0, np.nan],
         "state": ["complete"] * 6 + ["failed"], "seed": [0, 1, 2, 0, 0, 0, 1], "source": "run", "rung": "reference"})
     points = aggregate_seeds(rows).set_index("config")
     # A: 70, 72, 77 -> mean 73, deviations -3, -1, 4 -> sample variance 26 / 2 = 13

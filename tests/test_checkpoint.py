@@ -65,7 +65,8 @@ def test_a_checkpoint_that_needs_code_to_load_is_refused(tmp_path) -> None:
     marker = tmp_path / "executed"
     path = tmp_path / "evil.pth"
     torch.save({"model": {}, "payload": _Payload(marker)}, path)
-    with pytest.raises(ValueError, match=r"refusing to load .*evil\.pth.: unpickling it would need \S+, which is not allow-listed"):
+    with pytest.raises(ValueError, match=r"refusing to load .*evil\.pth.: unpickling it would need \S+, "
+                                         r"which is not allow-listed"):
         read_checkpoint(path)
     with pytest.raises(Exception):
         timm.create_model("cmt_ti", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))

@@ -107,14 +107,16 @@ def test_family_table_and_csv(tmp_path) -> None:
 
 def test_profile_and_presets() -> None:
     result = run("profile", "cmt_ti")
-    assert result.returncode == 0 and "stage2" in result.stdout and "unsupported ops (not counted): none" in result.stdout
+    assert (result.returncode == 0 and "stage2" in result.stdout
+            and "unsupported ops (not counted): none" in result.stdout)
     presets = run("presets")
     assert presets.returncode == 0 and "25.14M" in presets.stdout and "26.26M" in presets.stdout
 
 
 def test_help_has_examples() -> None:
     result = run("--help")
-    assert result.returncode == 0 and "cmt-scale --target-flops 4G" in result.stdout and "multiply-adds" in result.stdout
+    assert (result.returncode == 0 and "cmt-scale --target-flops 4G" in result.stdout
+            and "multiply-adds" in result.stdout)
 
 
 def _raise_internal(self, args, console) -> int:

@@ -41,7 +41,8 @@ def _with(**changes):
 @pytest.mark.parametrize(
     "changes, message",
     [
-        (dict(embed_dims=(64, 128, 102, 512)), "embed_dims[2]=102 is not divisible by num_heads[2]=4; allowed: a multiple of 4"),
+        (dict(embed_dims=(64, 128, 102, 512)),
+         "embed_dims[2]=102 is not divisible by num_heads[2]=4; allowed: a multiple of 4"),
         (dict(img_size=100), "img_size=100 is not allowed; allowed: a positive multiple of 2**(stages+1) = 32"),
         (dict(img_size=0), "img_size=0"),
         (dict(sr_ratios=(8, 4, 3, 1)), "sr_ratios[2]=3 does not divide stage 2's token grid 14x14"),

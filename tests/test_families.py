@@ -71,7 +71,8 @@ def test_the_low_resolution_rule_halves_every_family_s_first_downsampling(family
     assert adapted == (native[0] * 2, native[1] * 2)
     # from 64 px on the rule changes nothing
     protocol = DEFAULT_PROTOCOL.replace(resolution=64)
-    same = [get_family(family).member(SMALL[family], protocol.replace(low_res=rule), 10) for rule in ("adapt", "native")]
+    same = [get_family(family).member(SMALL[family], protocol.replace(low_res=rule), 10)
+            for rule in ("adapt", "native")]
     assert same[0].macs == same[1].macs
 
 

@@ -219,14 +219,16 @@ def test_bf16_kernels_stay_within_bf16_rounding_of_fp32() -> None:
 
     reduce = nn.Conv2d(165, 165, 4, 4, groups=165)
     out, dx = _run(lambda t: fused.depthwise_patch_conv(t, reduce), True, x, grad[:, ::4, ::4])
-    out16, dx16 = _run(lambda t: fused.depthwise_patch_conv(t, reduce), True, x.bfloat16(), grad[:, ::4, ::4].bfloat16())
+    out16, dx16 = _run(lambda t: fused.depthwise_patch_conv(t, reduce), True, x.bfloat16(),
+                       grad[:, ::4, ::4].bfloat16())
     assert out16.dtype == dx16.dtype == torch.bfloat16
     _close(out16, out, 3e-2)
     _close(dx16, dx, 3e-2)
 
     rows = x.reshape(4, 64, 165)
     bias = torch.randn(5, 64, 64)
-    out, dx = _run(lambda t: fused._LightweightAttention.apply(t, t, t, bias, 5, 33**-0.5), True, rows, grad.view_as(rows))
+    out, dx = _run(lambda t: fused._LightweightAttention.apply(t, t, t, bias, 5, 33**-0.5), True, rows,
+                   grad.view_as(rows))
     out16, dx16 = _run(lambda t: fused._LightweightAttention.apply(t, t, t, bias, 5, 33**-0.5), True, rows.bfloat16(),
                        grad.view_as(rows).bfloat16())
     assert out16.dtype == dx16.dtype == torch.bfloat16

@@ -76,7 +76,8 @@ def test_optuna_search_end_to_end(tmp_path) -> None:
 def test_budget_mode_single_objective_with_pruner(tmp_path) -> None:
     import optuna
 
-    summary = run_search("cmt_compound", TINY.replace(epochs=2), trials=3, out=tmp_path / "budget", mode="budget", promotion=None)
+    summary = run_search("cmt_compound", TINY.replace(epochs=2), trials=3, out=tmp_path / "budget", mode="budget",
+                         promotion=None)
     assert len(summary.rows) == 3 and {r["state"] for r in summary.rows} <= {"complete", "pruned"}
     study = optuna.load_study(study_name="budget", storage=f"sqlite:///{tmp_path / 'budget' / 'study.db'}")
     assert len(study.directions) == 1
@@ -340,12 +341,13 @@ def test_a_resumed_search_counts_on_from_its_finished_trials(tmp_path, capsys) -
 
 @pytest.mark.slow
 def test_ray_search_end_to_end_local(tmp_path) -> None:
-    summary = run_search("cmt_compound", TINY, trials=3, out=tmp_path / "ray", backend=RayBackend(num_cpus=2, cpus_per_trial=1),
-                         promotion=None)
+    summary = run_search("cmt_compound", TINY, trials=3, out=tmp_path / "ray",
+                         backend=RayBackend(num_cpus=2, cpus_per_trial=1), promotion=None)
     frame = _check_table(tmp_path / "ray")
     assert len(frame) == 3 and set(frame["backend"]) == {"ray"}
     assert summary.front
-    again = run_search("cmt_compound", TINY, trials=3, out=tmp_path / "ray", backend=RayBackend(num_cpus=2), promotion=None)
+    again = run_search("cmt_compound", TINY, trials=3, out=tmp_path / "ray", backend=RayBackend(num_cpus=2),
+                       promotion=None)
     assert len(again.rows) == 3  # Tuner.restore: the finished experiment is not run again
 
 

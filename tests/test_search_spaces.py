@@ -43,7 +43,8 @@ def _space(**changes):
 @pytest.mark.parametrize(
     "data, message",
     [
-        (_space(family="resnet"), "family='resnet' is not allowed; allowed: cmt_compound, cmt_free, deit, efficientnet"),
+        (_space(family="resnet"),
+         "family='resnet' is not allowed; allowed: cmt_compound, cmt_free, deit, efficientnet"),
         (_space(base="cmt_l"), "base='cmt_l': unknown preset"),
         (_space(params={"phi": {"type": "float", "low": 1, "high": -1}}), "params.phi.high=-1 is not allowed"),
         (_space(params={"phi": {"type": "normal"}}), "params.phi.type='normal' is not allowed; allowed: float, int"),
@@ -96,9 +97,11 @@ def test_a_grid_space_lists_every_combination_once_for_both_backends() -> None:
      "params.model.type='float' is not allowed; allowed: categorical"),
     ({"family": "deit", "sampler": "random", "params": {"model": {"type": "categorical", "choices": ["deit_tiny"]}}},
      "sampler='random' is not allowed; allowed: tpe, grid"),
-    ({"family": "cmt_compound", "base": "cmt_ti", "params": {"point": {"type": "categorical", "choices": ["phi=1 x=2"]}}},
+    ({"family": "cmt_compound", "base": "cmt_ti",
+      "params": {"point": {"type": "categorical", "choices": ["phi=1 x=2"]}}},
      "point='phi=1 x=2' is not allowed"),
-    ({"family": "cmt_compound", "base": "cmt_ti", "params": {"point": {"type": "categorical", "choices": ["alpha=1.3"]}}},
+    ({"family": "cmt_compound", "base": "cmt_ti",
+      "params": {"point": {"type": "categorical", "choices": ["alpha=1.3"]}}},
      "params.point='alpha=1.3' is not allowed; allowed: a point with phi="),
 ])
 def test_bad_grid_spaces_give_one_line(data, message) -> None:

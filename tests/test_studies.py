@@ -213,7 +213,8 @@ def test_a_grid_point_whose_trial_was_interrupted_is_trained_on_resume(tmp_path)
 def test_fidelity_on_ray_runs_several_studies_in_one_folder(tmp_path) -> None:
     result = proxy_fidelity(TINY, TINY.replace(epochs=2), tmp_path / "fid", phis=(-2.0, -1.5), families=("deit",),
                             resamples=50, backend=RayBackend(num_cpus=2))
-    assert len(result.table) == 2 + len(get_family("deit").members) and {r["backend"] for r in read_rows(tmp_path / "fid" / "reference")} == {"ray"}
+    assert (len(result.table) == 2 + len(get_family("deit").members)
+            and {r["backend"] for r in read_rows(tmp_path / "fid" / "reference")} == {"ray"})
 
 
 @pytest.mark.slow

@@ -201,11 +201,12 @@ class Progress:
         self.seen.extend(finished)
 
     def trial(self, row: dict[str, Any]) -> None:
-        from cmt_scale.search import STATES, measured_rows, pareto_mask
+        from analysis import pareto_mask
+        from cmt_scale.search import STATES, measured_rows
 
         self.seen.append(row)
         done = measured_rows(self.seen)
-        front = sum(pareto_mask([(float(r["macs"]), float(r["top1_final"])) for r in done]))
+        front = int(pareto_mask([r["macs"] for r in done], [r["top1_final"] for r in done]).sum())
         counts = {s: sum(r["state"] == s for r in self.seen) for s in STATES}
         top1 = f"{row['top1_final']:.2f}%" if row["top1_final"] is not None else "-"
         macs = format_count(row["macs"]) if row["macs"] else "-"

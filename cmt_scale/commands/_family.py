@@ -39,8 +39,10 @@ def _coefficient_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", default="cmt_s", help="phi = 0 member: cmt_ti, cmt_xs, cmt_s, cmt_b or a JSON config "
                         "(default: cmt_s, as in the paper)")
     paper = PAPER_COEFFICIENTS
-    parser.add_argument("--alpha", type=float, default=paper.alpha, help=f"depth multiplier per unit phi (paper: {paper.alpha:g})")
-    parser.add_argument("--beta", type=float, default=paper.beta, help=f"width multiplier per unit phi (paper: {paper.beta:g})")
+    parser.add_argument("--alpha", type=float, default=paper.alpha,
+                        help=f"depth multiplier per unit phi (paper: {paper.alpha:g})")
+    parser.add_argument("--beta", type=float, default=paper.beta,
+                        help=f"width multiplier per unit phi (paper: {paper.beta:g})")
     parser.add_argument("--gamma", type=float, default=paper.gamma,
                         help=f"resolution multiplier per unit phi (paper: {paper.gamma:g})")
     parser.add_argument("--stage-ratio", help="split depth across stages in this ratio, e.g. 3:3:16:3")
@@ -70,7 +72,8 @@ _MAX_PHIS = 10_000
 
 def _parse_phis(spec: str) -> list[float]:
     """``START:STOP:STEP`` (STOP included when the steps land on it) or ``0,0.5,1``; finite, at most 10,000."""
-    message = f"--phi={spec!r} is not allowed; allowed: START:STOP:STEP with STEP > 0 (at most {_MAX_PHIS:,} values), " \
+    message = f"--phi={spec!r} is not allowed; allowed: START:STOP:STEP with STEP > 0 " \
+              f"(at most {_MAX_PHIS:,} values), " \
               "or a list like 0,0.5,1"
     try:
         if ":" in spec:
@@ -159,7 +162,8 @@ class SolveCommand(Command):
         target.add_argument("--target-latency",
                             help="measured forward time of one batch: 20ms, 0.02s (a plain number is ms)")
         _coefficient_args(parser)
-        parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="for --target-latency (default cpu)")
+        parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                            help="for --target-latency (default cpu)")
         parser.add_argument("--batch-size", type=int, default=1, help="for --target-latency (default 1)")
         parser.add_argument("--threads", type=int, help="torch threads for --target-latency (default: torch's)")
         parser.add_argument("--verify", action="store_true", help="also build the member and count it with fvcore")
@@ -227,7 +231,8 @@ class FamilyCommand(Command):
                 return 0
             with open(args.csv, "w", newline="", encoding="utf-8") as handle:
                 handle.write(buffer.getvalue())
-        table = Table(title=f"compound family of {args.base} (alpha={args.alpha}, beta={args.beta}, gamma={args.gamma})",
+        table = Table(title=f"compound family of {args.base} "
+                            f"(alpha={args.alpha}, beta={args.beta}, gamma={args.gamma})",
                       title_justify="left")
         for col in ("phi", "res", "stem", "dims", "depths", "params", "MACs", "cost vs base", "rule promises"):
             table.add_column(col, justify="right")
@@ -296,7 +301,8 @@ class PresetsCommand(Command):
         for name, cfg in PRESETS.items():
             cost, paper = estimate_cost(cfg), PAPER_TABLE[name]
             rows = _arch_rows(cfg)
-            table.add_row(name, rows["resolution"], rows["stem"], rows["dims"], rows["depths"], format_count(cost.params),
-                          f"{paper.params_m:.2f}M", format_count(cost.macs), f"{paper.flops_g:.1f}G", f"{paper.top1:.1f}")
+            table.add_row(name, rows["resolution"], rows["stem"], rows["dims"], rows["depths"],
+                          format_count(cost.params), f"{paper.params_m:.2f}M", format_count(cost.macs),
+                          f"{paper.flops_g:.1f}G", f"{paper.top1:.1f}")
         console.print(table)
         return 0

@@ -51,7 +51,8 @@ class SearchCommand(Command):
                             "cmt_free, deit, efficientnet")
         parser.add_argument("--trials", type=int, help="finished trials wanted (default 20; a grid space: its size)")
         parser.add_argument("--mode", choices=("pareto", "budget"), default="pareto",
-                            help="pareto: maximise top-1 and minimise MACs; budget: top-1 under the budget, with pruning")
+                            help="pareto: maximise top-1 and minimise MACs; budget: top-1 under the budget, "
+                                 "with pruning")
         parser.add_argument("--study", help="study name (default: the run folder's name)")
         parser.add_argument("--out", help="run folder (default runs/<space name>)")
         add_backend_args(parser)
@@ -118,8 +119,8 @@ class ReportCommand(Command):
         parser.add_argument("--budgets", default="", help="MACs budgets for top-1 columns, e.g. 1G,4G")
         parser.add_argument("--levels", default="", help="top-1 levels for MACs-needed columns, e.g. 80,82")
         parser.add_argument("--reference", help="family the MACs ratios are relative to (e.g. cmt)")
-        parser.add_argument("--rung", choices=("cheap", "reference"), help="training rung to report (default: the longest "
-                            "the runs have; a report never mixes rungs)")
+        parser.add_argument("--rung", choices=("cheap", "reference"), help="training rung to report "
+                            "(default: the longest the runs have; a report never mixes rungs)")
         parser.add_argument("--title", default="", help="figure title")
 
     def run(self, args: argparse.Namespace, console: Console) -> int:
@@ -146,7 +147,8 @@ class ReportCommand(Command):
         for family_name, row in table.iterrows():
             cells = []
             for column, value in row.items():
-                text = "-" if value != value else (format_count(value) if str(column).startswith("macs_for") else f"{value:.3g}")
+                text = "-" if value != value else (format_count(value) if str(column).startswith("macs_for")
+                                                   else f"{value:.3g}")
                 cells.append(text)
             out.add_row(str(family_name), *cells)
         console.print(out)

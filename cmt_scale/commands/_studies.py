@@ -61,9 +61,11 @@ class FitCommand(Command):
     negative_ok = _NEGATIVE_OK
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--budget-phi", type=float, default=1.0, help="the phi every candidate is scaled to (default 1)")
+        parser.add_argument("--budget-phi", type=float, default=1.0,
+                            help="the phi every candidate is scaled to (default 1)")
         parser.add_argument("--step", type=float, default=0.1, help="grid step of alpha and beta (default 0.1)")
-        parser.add_argument("--target", type=float, default=2.5, help="alpha*beta^1.5*gamma^2 (default 2.5, the paper's)")
+        parser.add_argument("--target", type=float, default=2.5,
+                            help="alpha*beta^1.5*gamma^2 (default 2.5, the paper's)")
         parser.add_argument("--out", default="runs/fit", help="run folder (default runs/fit)")
         _base_args(parser)
         add_backend_args(parser)
@@ -80,15 +82,18 @@ class FitCommand(Command):
                                   **_study_args(args, console, header))
         ranked = result.table.sort_values(["top1", "macs"], ascending=[False, True]).head(10)
         _print_frame(console, "Coefficients by validation top-1 (best 10; paper marked *)", ranked, {
-            "alpha": lambda r: f"{r['alpha']:g}", "beta": lambda r: f"{r['beta']:g}", "gamma": lambda r: f"{r['gamma']:g}",
+            "alpha": lambda r: f"{r['alpha']:g}", "beta": lambda r: f"{r['beta']:g}",
+            "gamma": lambda r: f"{r['gamma']:g}",
             "a*b^1.5*g^2": lambda r: f"{r['cost_growth']:.3f}", "res": lambda r: str(r["img_size"]),
             "depths": lambda r: r["depths"], "MACs": lambda r: format_count(r["macs"]),
             "top-1 %": lambda r: _pct(r["top1"]) + ("*" if r["is_paper"] else ""),
         })
         best, paper = result.best, result.paper
         if best:
-            console.print(f"best ({best['alpha']:g}, {best['beta']:g}, {best['gamma']:g}): top-1 {_pct(best['top1'])}% at "
-                          f"{format_count(best['macs'])} MACs | paper ({paper['alpha']:g}, {paper['beta']:g}, {paper['gamma']:g}): top-1 {_pct(paper['top1'])}% at "
+            console.print(f"best ({best['alpha']:g}, {best['beta']:g}, {best['gamma']:g}): "
+                          f"top-1 {_pct(best['top1'])}% at {format_count(best['macs'])} MACs | "
+                          f"paper ({paper['alpha']:g}, {paper['beta']:g}, {paper['gamma']:g}): "
+                          f"top-1 {_pct(paper['top1'])}% at "
                           f"{format_count(paper['macs'])} MACs | {len(result.table) - 1} grid triples and the paper's, "
                           f"{result.table['trained_as'].nunique()} architectures trained")
         _print_outputs(console, result.run_dir, "fit")
@@ -107,7 +112,8 @@ class AblateCommand(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--multiples", default="2,4", help="MACs budgets as multiples of the base (default 2,4)")
         parser.add_argument("--seeds", default="0,1", help="comma list of seeds each member trains with (default 0,1)")
-        parser.add_argument("--stage-ratio", default="2:2:6:2", help="the stage-ratio strategy's split (default 2:2:6:2)")
+        parser.add_argument("--stage-ratio", default="2:2:6:2",
+                            help="the stage-ratio strategy's split (default 2:2:6:2)")
         parser.add_argument("--out", default="runs/ablation", help="run folder (default runs/ablation)")
         _base_args(parser)
         add_backend_args(parser)
@@ -150,9 +156,10 @@ class FidelityCommand(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--phis", default="-2,-1.5,-1,-0.5,0,0.5", help="compound members of --base (comma list)")
         parser.add_argument("--base", default="cmt_ti", help="preset the compound members scale from (default cmt_ti)")
-        parser.add_argument("--families", default="deit,efficientnet", help="baseline families (comma list; '' for none)")
-        parser.add_argument("--reference-train-size", type=int, help="reference training images (default: the reference "
-                   "rung's)")
+        parser.add_argument("--families", default="deit,efficientnet",
+                            help="baseline families (comma list; '' for none)")
+        parser.add_argument("--reference-train-size", type=int,
+                            help="reference training images (default: the reference rung's)")
         parser.add_argument("--reference-epochs", type=int, help="reference epochs (default: the reference rung's)")
         parser.add_argument("--reference-resolution", type=int, help="reference input size (default: the cheap one)")
         parser.add_argument("--top-k", type=int, help="k of the top-k overlap (default: a quarter of the models)")
@@ -188,8 +195,9 @@ class FidelityCommand(Command):
                 continue
             level = f"{100 * agreement.level:.0f}%"
             console.print(f"{label}: Spearman rho {agreement.spearman:.3f} ({level} bootstrap "
-                          f"{agreement.spearman_interval[0]:.2f}..{agreement.spearman_interval[1]:.2f}) | Kendall tau-b "
-                          f"{agreement.kendall:.3f} ({agreement.kendall_interval[0]:.2f}..{agreement.kendall_interval[1]:.2f}) "
+                          f"{agreement.spearman_interval[0]:.2f}..{agreement.spearman_interval[1]:.2f}) "
+                          f"| Kendall tau-b {agreement.kendall:.3f} "
+                          f"({agreement.kendall_interval[0]:.2f}..{agreement.kendall_interval[1]:.2f}) "
                           f"| top-{agreement.top_k} overlap {agreement.top_k_overlap:.2f} | {agreement.models} models")
         _print_outputs(console, result.run_dir, "fidelity")
         return 0
@@ -206,8 +214,10 @@ class SweepCommand(Command):
     negative_ok = _NEGATIVE_OK
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--families", default="cmt_compound,deit,efficientnet", help="families to sweep (comma list)")
-        parser.add_argument("--lrs", default="1e-3,2e-3,5e-3", help="learning rates (comma list, default 1e-3,2e-3,5e-3)")
+        parser.add_argument("--families", default="cmt_compound,deit,efficientnet",
+                            help="families to sweep (comma list)")
+        parser.add_argument("--lrs", default="1e-3,2e-3,5e-3",
+                            help="learning rates (comma list, default 1e-3,2e-3,5e-3)")
         parser.add_argument("--weight-decays", default="0.05", help="weight decays (comma list, default 0.05)")
         parser.add_argument("--seeds", default="0", help="seeds each setting trains with (comma list, default 0)")
         parser.add_argument("--out", default="runs/recipes", help="run folder (default runs/recipes)")

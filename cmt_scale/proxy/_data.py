@@ -153,7 +153,8 @@ def _image_folder(path: str, load_size: int) -> ProxyData:
 
     root = Path(path)
     if not root.is_dir():
-        raise DatasetNotFound(f"data set 'imagefolder:{path}' not found: {str(root)!r} is not a folder of class folders")
+        raise DatasetNotFound(f"data set 'imagefolder:{path}' not found: "
+                              f"{str(root)!r} is not a folder of class folders")
     resize = transforms.Compose([transforms.Resize(load_size), transforms.CenterCrop(load_size),
                                  transforms.PILToTensor()])
 
@@ -180,9 +181,13 @@ _CACHE: dict[tuple, ProxyData] = {}
 def load_dataset(name: str, root: str | None = None, download: bool = False, load_size: int = 64) -> ProxyData:
     """The data set called ``name`` (see the module docstring), cached in memory per process.
 
+    ``load_size`` matters only to an image folder (decoded at that size); the other data sets come at their
+    own size whatever it is, so they are cached once. One copy per data set is kept: a new size replaces the
+    folder's old one rather than piling up.
+
     Raises `DatasetNotFound` (a `FileNotFoundError`) naming the data set, where it looked, and how to get it.
     """
-    key = (name, root, load_size)
+    key = (name, root, load_size if name.startswith("imagefolder:") else None)
     if key in _CACHE:
         return _CACHE[key]
     loaders: dict[str, Callable[[], ProxyData]] = {
@@ -197,5 +202,7 @@ def load_dataset(name: str, root: str | None = None, download: bool = False, loa
         data = loaders[name]()
     else:
         raise ValueError(f"unknown data set {name!r}; allowed: {', '.join(DATASET_NAMES)}")
+    for stale in [k for k in _CACHE if k[:2] == key[:2]]:
+        del _CACHE[stale]
     _CACHE[key] = data
     return data

@@ -38,7 +38,8 @@ class Recipe:
         }
         for name, (ok, allowed) in checks.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+            if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                    or not ok(value)):
                 raise ValueError(f"recipe {name}={value!r} is not allowed; allowed: {allowed}")
 
     def to_dict(self) -> dict[str, float]:

@@ -66,17 +66,17 @@ def resolve_device(protocol: ProxyProtocol) -> torch.device:
     return torch.device(protocol.device)
 
 
-_PREPARED: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+_PREPARED: dict[tuple[str, str], tuple[int, ProxyData, torch.Tensor, torch.Tensor]] = {}
 
 
 def _resized(data: ProxyData, split: str, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The split's images resized once to the protocol resolution (uint8, cached): no resize per batch."""
-    key = (id(data), split, resolution)
-    if key not in _PREPARED:
-        # one resolution per data set and split: studies that scale resolution would otherwise keep a
-        # resized copy of the whole split per member (60k images at 192 px is 6.6 GB)
-        for stale in [k for k in _PREPARED if k[:2] == key[:2]]:
-            del _PREPARED[stale]
+    """The split's images resized once to the protocol resolution (uint8, cached): no resize per batch.
+
+    One resolution is kept per data set (by name) and split: studies that scale resolution would otherwise
+    keep a resized copy of the whole split per member (60k images at 192 px is 6.6 GB)."""
+    key = (data.name, split)
+    cached = _PREPARED.get(key)
+    if cached is None or cached[0] != resolution or cached[1] is not data:
         images = data.train_images if split == "train" else data.test_images
         labels = data.train_labels if split == "train" else data.test_labels
         if images.shape[-1] != resolution or images.shape[-2] != resolution:
@@ -86,8 +86,8 @@ def _resized(data: ProxyData, split: str, resolution: int) -> tuple[torch.Tensor
                 for i in range(0, len(images), 4096)
             ]
             images = torch.cat(chunks)
-        _PREPARED[key] = (images, labels)
-    return _PREPARED[key]
+        _PREPARED[key] = cached = (resolution, data, images, labels)
+    return cached[2], cached[3]
 
 
 class _Batches:
@@ -124,7 +124,8 @@ def _split(data: ProxyData, protocol: ProxyProtocol) -> tuple[torch.Tensor, torc
     """Train and validation indices into the training split, from the protocol's seed."""
     total = len(data.train_labels)
     if protocol.val_size >= total:
-        raise ValueError(f"val_size={protocol.val_size} is not allowed; allowed: fewer than the {total} training images")
+        raise ValueError(f"val_size={protocol.val_size} is not allowed; "
+                         f"allowed: fewer than the {total} training images")
     order = torch.randperm(total, generator=torch.Generator().manual_seed(protocol.seed))
     val, rest = order[: protocol.val_size], order[protocol.val_size :]
     train = rest if protocol.train_size is None else rest[: protocol.train_size]
@@ -287,7 +288,8 @@ def _run(model_or_config, protocol: ProxyProtocol, report, progress: bool, resul
         result.train_img_per_s = seen / train_time
         result.data_time_share = data_time / train_time
         if bar is not None:
-            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}", top1=f"{top1:.1f}", img_s=f"{seen / train_time:.0f}")
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}", top1=f"{top1:.1f}",
+                            img_s=f"{seen / train_time:.0f}")
         if report is not None:
             report(epoch, top1)
     if bar is not None:

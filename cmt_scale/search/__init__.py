@@ -34,15 +34,15 @@ from ._results import (
     TrialState,
     make_row,
     measured_rows,
-    pareto_mask,
     read_rows,
     seed_means,
     write_results,
 )
 from ._trial import check_resolution, compound_member, trial_protocol, trial_recipe
 
-__all__ = ["DEFAULT_PROMOTION", "DEFAULT_SEARCH_PROTOCOL", "DEFAULT_TRIALS", "RESULT_COLUMNS", "STATES", "Backend", "OptunaBackend", "Promotion",
+__all__ = ["DEFAULT_PROMOTION", "DEFAULT_SEARCH_PROTOCOL", "DEFAULT_TRIALS", "RESULT_COLUMNS", "STATES", "Backend",
+           "OptunaBackend", "Promotion",
            "RayBackend", "ResultRow", "RunHooks", "RungJob", "RungStart", "SearchMode", "SearchSummary", "TrialState",
            "backend_names", "check_protocol_fits", "check_resolution", "compound_member", "make_row", "measured_rows",
-           "non_dominated_layers", "pareto_mask", "promoted_rows", "read_rows", "reference_space", "run_baselines",
+           "non_dominated_layers", "promoted_rows", "read_rows", "reference_space", "run_baselines",
            "run_search", "seed_means", "trial_protocol", "trial_recipe", "with_family_recipes", "write_results"]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from cmt_scale.proxy import ProxyProtocol
+from scaling import check_int
 from search_spaces import SearchSpace
 
 __all__ = ["Backend", "OptunaBackend", "RayBackend", "RungJob", "SearchMode", "backend_names"]
@@ -42,11 +43,6 @@ class RungJob:
     mode: SearchMode
     rung: str = "cheap"
     on_trial: Callable[[dict[str, Any]], None] | None = None
-
-
-def _check_count(name: str, value: int | None) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"{name}={value!r} is not allowed; allowed: an integer >= 1")
 
 
 class Backend(ABC):
@@ -91,8 +87,8 @@ class RayBackend(Backend):
     name: ClassVar[str] = "ray"
 
     def __post_init__(self) -> None:
-        _check_count("cpus_per_trial", self.cpus_per_trial)
-        _check_count("num_cpus", self.num_cpus)
+        check_int("cpus_per_trial", self.cpus_per_trial)
+        check_int("num_cpus", self.num_cpus, none_ok=True)
 
     def run(self, job: RungJob) -> None:
         from ._ray import run_ray_search

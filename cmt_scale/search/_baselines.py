@@ -68,7 +68,8 @@ def run_baselines(
     if reference is not None:
         rungs["reference"] = {"protocol": reference.to_dict(), "protocol_hash": reference.protocol_hash,
                               "seeds": list(promotion.seeds), "margin": promotion.margin}
-    _write_run_json(run_dir, hooks.command, protocol, {"families": list(families), "backend": "baselines", "rungs": rungs})
+    _write_run_json(run_dir, hooks.command, protocol,
+                    {"families": list(families), "backend": "baselines", "rungs": rungs})
     start = time.perf_counter()
     train = functools.partial(_train_baselines, run_dir, data.num_classes, hooks.on_trial)
     with interrupt_guard() as interrupted:

@@ -18,15 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from analysis import pareto_mask
 from cmt_scale.proxy import ProxyProtocol, load_dataset, resolve_device
+from scaling import check_int
 from search_spaces import SearchSpace, load_space, space_from_dict
 
 from ._backends import Backend, OptunaBackend, RayBackend, RungJob, SearchMode
 from ._promotion import DEFAULT_PROMOTION, Promotion, promoted_rows, reference_space
-from ._results import measured_rows, pareto_mask, read_rows, seed_means
+from ._results import measured_rows, read_rows, seed_means
 from ._trial import check_resolution
 
-__all__ = ["DEFAULT_TRIALS", "RunHooks", "RungStart", "SearchSummary", "check_protocol_fits", "run_search", "with_family_recipes"]
+__all__ = ["DEFAULT_TRIALS", "RunHooks", "RungStart", "SearchSummary", "check_protocol_fits", "run_search",
+           "with_family_recipes"]
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,7 @@ class SearchSummary:
         front = []
         for family in sorted({r["family"] for r in points}):  # a baselines run holds several families
             mine = [r for r in points if r["family"] == family]
-            keep = pareto_mask([(float(r["macs"]), float(r["top1_final"])) for r in mine])
+            keep = pareto_mask([r["macs"] for r in mine], [r["top1_final"] for r in mine])
             front += sorted((r for r, k in zip(mine, keep) if k), key=lambda r: r["macs"])
         return front
 
@@ -95,7 +98,8 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _write_run_json(run_dir: Path, command: Sequence[str] | None, protocol: ProxyProtocol, extra: dict[str, Any]) -> None:
+def _write_run_json(run_dir: Path, command: Sequence[str] | None, protocol: ProxyProtocol,
+                    extra: dict[str, Any]) -> None:
     path = run_dir / "run.json"
     record = {
         "command": list(command) if command is not None else sys.argv,
@@ -132,7 +136,8 @@ def _check_protocol_matches(run_dir: Path, protocol: ProxyProtocol, reference: P
         recorded = json.loads(path.read_text(encoding="utf-8"))
         old = recorded.get("protocol_hash")
         if old and old != protocol.protocol_hash:
-            raise ValueError(f"run folder {str(run_dir)!r} holds a run with protocol {old}, not {protocol.protocol_hash}; "
+            raise ValueError(f"run folder {str(run_dir)!r} holds a run with protocol {old}, "
+                             f"not {protocol.protocol_hash}; "
                              "allowed: the same protocol to resume, or another --out")
         old_reference = (recorded.get("rungs") or {}).get("reference", {}).get("protocol_hash")
         if reference is not None and old_reference and old_reference != reference.protocol_hash:
@@ -206,8 +211,7 @@ def run_search(
         space = load_space(space)
     if trials is None:
         trials = len(space.grid) if space.sampler == "grid" else DEFAULT_TRIALS
-    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
-        raise ValueError(f"trials={trials!r} is not allowed; allowed: an integer >= 1")
+    check_int("trials", trials)
     if space.sampler == "grid" and trials != len(space.grid):
         raise ValueError(f"trials={trials} is not allowed for a grid space; allowed: its {len(space.grid)} grid points")
     protocol = with_family_recipes(protocol)

@@ -14,13 +14,14 @@ Two modes:
 Resuming: the study lives in ``study.db`` (``optuna-dashboard sqlite:///runs/NAME/study.db`` opens it as
 is) and is loaded with ``load_if_exists``. Each trial records its process and host; on start, a trial
 left RUNNING by a process of this host that no longer exists is failed and re-queued with the same
-parameters, and the heartbeat does the same for other hosts
-after its grace period (``RetryHeartbeatStaleTrialCallback``). The search then runs until the requested number of trials has *finished*:
+parameters, and the heartbeat does the same for other hosts after its grace period
+(``RetryHeartbeatStaleTrialCallback``). The search then runs until the requested number of trials has *finished*:
 trials that were killed are neither lost nor counted twice.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import warnings
@@ -37,6 +38,7 @@ from ._trial import run_trial
 
 __all__ = ["run_optuna_search"]
 
+log = logging.getLogger(__name__)
 HEARTBEAT_S = 5
 GRACE_S = 30
 
@@ -161,7 +163,9 @@ def run_optuna_search(job: RungJob, storage_url: str | None = None, seed: int = 
         study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True, sampler=sampler,
                                     direction="maximize", pruner=optuna.pruners.SuccessiveHalvingPruner())
         study.set_metric_names(["top1"])
-    _requeue_dead_trials(study)
+    requeued = _requeue_dead_trials(study)
+    if requeued:
+        log.info("re-queued %d trial(s) that a killed process of this host left running", requeued)
     remaining = (_enqueue_missing_grid_points(study, space, run_dir) if space.sampler == "grid"
                  else job.trials - _finished(study, run_dir))
     if remaining <= 0:

@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from cmt_scale.proxy import DEFAULT_PROTOCOL, ProxyProtocol
+from scaling import check_int
 from search_spaces import SearchSpace, space_from_dict
 
 from ._results import measured_rows, seed_means
 
-__all__ = ["DEFAULT_PROMOTION", "DEFAULT_SEARCH_PROTOCOL", "Promotion", "non_dominated_layers", "promoted_rows", "reference_space"]
+__all__ = ["DEFAULT_PROMOTION", "DEFAULT_SEARCH_PROTOCOL", "Promotion", "non_dominated_layers", "promoted_rows",
+           "reference_space"]
 
 _MARGINS = ("layer", "none")
 
@@ -51,8 +53,7 @@ class Promotion:
                                             or self.train_size < 1):
             raise ValueError(f"reference train_size={self.train_size!r} is not allowed; allowed: an integer >= 1 "
                              "or None (all)")
-        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ValueError(f"reference epochs={self.epochs!r} is not allowed; allowed: an integer >= 1")
+        check_int("reference epochs", self.epochs)
         seeds = tuple(self.seeds)
         if len(seeds) < 2 or len(set(seeds)) != len(seeds) or not all(
                 isinstance(s, int) and not isinstance(s, bool) for s in seeds):

@@ -18,8 +18,8 @@ from typing import Any, TypedDict
 
 from cmt_scale.proxy import TrialState
 
-__all__ = ["RESULT_COLUMNS", "STATES", "ResultRow", "TrialState", "make_row", "measured_rows", "pareto_mask", "read_rows", "seed_means",
-           "write_results", "write_row"]
+__all__ = ["RESULT_COLUMNS", "STATES", "ResultRow", "TrialState", "make_row", "measured_rows", "read_rows",
+           "seed_means", "write_results", "write_row"]
 
 STATES = tuple(state.value for state in TrialState)
 
@@ -164,14 +164,3 @@ def seed_means(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         out.append({**group[0], "top1_final": statistics.fmean(values), "seeds": len(values),
                     "top1_std": statistics.stdev(values) if len(values) > 1 else float("nan")})
     return out
-
-
-def pareto_mask(points: list[tuple[float, float]]) -> list[bool]:
-    """Non-dominated points for (cost to minimise, metric to maximise); ties are all kept."""
-    keep = []
-    for i, (cost, metric) in enumerate(points):
-        dominated = any(
-            (c <= cost and m >= metric) and (c < cost or m > metric) for j, (c, m) in enumerate(points) if j != i
-        )
-        keep.append(not dominated)
-    return keep

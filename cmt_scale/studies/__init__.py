@@ -13,5 +13,5 @@ from ._recipes import DEFAULT_LRS, DEFAULT_WEIGHT_DECAYS, RecipeSweepResult, pic
 
 __all__ = ["DEFAULT_PHIS", "DEFAULT_REFERENCE", "STRATEGIES", "TARGET", "TOLERANCE", "AblationResult",
            "FidelityResult", "FitResult", "ablate_scaling", "coefficient_grid", "fit_coefficients",
-           "match_budget", "proxy_fidelity", "DEFAULT_LRS", "DEFAULT_WEIGHT_DECAYS", "RecipeSweepResult", "pick_recipes",
-           "sweep_recipes"]
+           "match_budget", "proxy_fidelity", "DEFAULT_LRS", "DEFAULT_WEIGHT_DECAYS", "RecipeSweepResult",
+           "pick_recipes", "sweep_recipes"]

@@ -26,7 +26,7 @@ import pandas as pd
 
 from cmt_scale.proxy import ProxyProtocol
 from cmt_scale.search import Backend, RunHooks
-from scaling import PHI_LIMIT, estimate_cost, parse_stage_ratio, solve
+from scaling import PAPER_COEFFICIENTS, PHI_LIMIT, estimate_cost, parse_stage_ratio, solve
 from search_spaces import format_point
 
 from ._grid import Member, compound_grid_space, member, num_classes_of, rows_by_arch, run_grid, write_table
@@ -34,12 +34,13 @@ from ._grid import Member, compound_grid_space, member, num_classes_of, rows_by_
 __all__ = ["STRATEGIES", "AblationResult", "ablate_scaling", "match_budget"]
 
 # strategy -> the compound coefficients it scales with (the others held at 1)
+_PAPER = PAPER_COEFFICIENTS
 STRATEGIES: dict[str, dict[str, float]] = {
-    "depth": {"alpha": 1.2, "beta": 1.0, "gamma": 1.0},
-    "width": {"alpha": 1.0, "beta": 1.3, "gamma": 1.0},
-    "resolution": {"alpha": 1.0, "beta": 1.0, "gamma": 1.15},
-    "stage_ratio": {"alpha": 1.2, "beta": 1.0, "gamma": 1.0},
-    "compound": {"alpha": 1.2, "beta": 1.3, "gamma": 1.15},
+    "depth": {"alpha": _PAPER.alpha, "beta": 1.0, "gamma": 1.0},
+    "width": {"alpha": 1.0, "beta": _PAPER.beta, "gamma": 1.0},
+    "resolution": {"alpha": 1.0, "beta": 1.0, "gamma": _PAPER.gamma},
+    "stage_ratio": {"alpha": _PAPER.alpha, "beta": 1.0, "gamma": 1.0},
+    "compound": {"alpha": _PAPER.alpha, "beta": _PAPER.beta, "gamma": _PAPER.gamma},
 }
 MATCH_TOLERANCE = 0.05
 _PHI_STEP = 0.01

@@ -3,10 +3,11 @@
 The architectures are compound members of ``base`` (at the protocol resolution, as searches build them) and
 the baseline families' members. Each is trained under both protocols on the same data; the two validation
 top-1 rankings are compared with Spearman's rho and Kendall's tau-b (each with a bootstrap interval over
-architectures) and the overlap of their top-k, over all architectures and within each family (across families a proxy can
-look trustworthy only because it separates the families). By default the cheap protocol is the one searches use
-(`search.DEFAULT_SEARCH_PROTOCOL`, a search's cheap rung) and the reference is a search's reference rung
-(`search.DEFAULT_PROMOTION`, the baselines' protocol): the study measures how far the promotion rung changes the cheap rung's ranking.
+architectures) and the overlap of their top-k, over all architectures and within each family (across families
+a proxy can look trustworthy only because it separates the families). By default the cheap protocol is the one
+searches use (`search.DEFAULT_SEARCH_PROTOCOL`, a search's cheap rung) and the reference is a search's
+reference rung (`search.DEFAULT_PROMOTION`, the baselines' protocol): the study measures how far the promotion
+rung changes the cheap rung's ranking.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from cmt_scale.search import (
     check_protocol_fits,
     check_resolution,
 )
+from scaling import check_int
 from search_spaces import SearchSpace, format_point, space_from_dict
 
 from ._grid import compound_grid_space, run_grid, write_table
@@ -49,7 +51,8 @@ class FidelityResult:
 
 def _check_pair(cheap: ProxyProtocol, reference: ProxyProtocol) -> None:
     if (cheap.dataset, cheap.data_root) != (reference.dataset, reference.data_root):
-        raise ValueError(f"reference dataset={reference.dataset!r} is not allowed with cheap dataset={cheap.dataset!r}; "
+        raise ValueError(f"reference dataset={reference.dataset!r} is not allowed with "
+                         f"cheap dataset={cheap.dataset!r}; "
                          "allowed: the same data set for both protocols")
     if cheap.protocol_hash == reference.protocol_hash:
         raise ValueError(f"reference protocol {reference.protocol_hash} is not allowed; allowed: a protocol that "
@@ -95,10 +98,8 @@ def proxy_fidelity(
     models = len(phis) + sum(len(get_family(f).members) for f in families)
     if models < 3:
         raise ValueError("fewer than 3 architectures is not allowed; allowed: at least 3 to compare two rankings")
-    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= models):
-        raise ValueError(f"k={k!r} is not allowed; allowed: an integer in [1, {models}] (the architectures)")
-    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
-        raise ValueError(f"resamples={resamples!r} is not allowed; allowed: an integer >= 1")
+    check_int("k", k, high=models, none_ok=True)  # at most the architectures
+    check_int("resamples", resamples)
     grids = _grids(base, phis, families)
     for protocol in (cheap, reference):  # both before anything trains: the reference runs second, hours later
         for _, space in grids:
@@ -111,7 +112,8 @@ def proxy_fidelity(
     table = pd.DataFrame({
         "name": both["name"], "family": both["family"], "macs": both["macs_cheap"],
         "cheap_top1": both["top1_cheap"], "reference_top1": both["top1_reference"],
-        "cheap_rank": both["top1_cheap"].rank(ascending=False), "reference_rank": both["top1_reference"].rank(ascending=False),
+        "cheap_rank": both["top1_cheap"].rank(ascending=False),
+        "reference_rank": both["top1_reference"].rank(ascending=False),
     }).sort_values("reference_rank").reset_index(drop=True)
     agreement = (rank_agreement(table["cheap_top1"], table["reference_top1"], k=k, resamples=resamples)
                  if len(table) >= 3 else None)

@@ -122,7 +122,8 @@ def sweep_recipes(
     return RecipeSweepResult(table, recipes, path)
 
 
-def _write_recipes(path: Path, recipes: Mapping[str, Recipe], protocol: ProxyProtocol, chosen: Mapping[str, Recipe]) -> None:
+def _write_recipes(path: Path, recipes: Mapping[str, Recipe], protocol: ProxyProtocol,
+                   chosen: Mapping[str, Recipe]) -> None:
     import yaml
 
     header = (f"# Per-family training recipes chosen by `cmt-scale sweep-recipes` on {protocol.dataset} at "
