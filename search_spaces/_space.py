@@ -32,8 +32,7 @@ from typing import Any
 
 from scaling import get_preset, parse_count, parse_latency_ms
 
-__all__ = ["SAMPLERS", "Budget", "Param", "SearchSpace", "builtin_space_path", "format_point", "load_space",
-           "parse_point"]
+__all__ = ["SAMPLERS", "Budget", "Param", "SearchSpace", "builtin_space_path", "load_space", "space_from_dict"]
 
 _TOP_KEYS = {"family", "base", "params", "fixed", "budget", "description", "sampler"}
 SAMPLERS = ("tpe", "grid")
@@ -251,45 +250,6 @@ def space_from_dict(data: Any, source: str = "<dict>") -> SearchSpace:
     return space
 
 
-COMPOUND_POINT_KEYS = ("phi", "alpha", "beta", "gamma", "stage_ratio")
-
-
-def parse_point(text: str) -> dict[str, Any]:
-    """``"phi=1 alpha=1.2 stage_ratio=2:2:6:2"`` -> ``{"phi": 1.0, "alpha": 1.2, "stage_ratio": "2:2:6:2"}``.
-
-    ``config={...}`` (compact JSON, no spaces) names a member outright: the solver's answer where the rule's
-    rounding cannot reach a budget; ``phi`` beside it is then the rule member it started from.
-    """
-    import json
-
-    out: dict[str, Any] = {}
-    allowed = f"space-separated key=value with keys {', '.join(COMPOUND_POINT_KEYS)}, config"
-    for item in str(text).split():
-        key, sep, value = item.partition("=")
-        if not sep or key not in (*COMPOUND_POINT_KEYS, "config"):
-            raise ValueError(f"point={text!r} is not allowed; allowed: {allowed}")
-        try:
-            out[key] = value if key == "stage_ratio" else json.loads(value) if key == "config" else float(value)
-        except ValueError:
-            raise ValueError(f"point={text!r}: {key}={value!r} is not allowed; allowed: "
-                             f"{'a JSON object' if key == 'config' else 'a number'}") from None
-        if key == "config" and not isinstance(out[key], dict):
-            raise ValueError(f"point={text!r}: config={value!r} is not allowed; allowed: a JSON object")
-    return out
-
-
-def format_point(**values: Any) -> str:
-    """The inverse of `parse_point` (``None`` values left out): a grid entry readable in a study's table."""
-    import json
-
-    def text(value: Any) -> str:
-        if isinstance(value, dict):
-            return json.dumps(value, sort_keys=True, separators=(",", ":"))
-        return f"{value:g}" if isinstance(value, float) else str(value)
-
-    return " ".join(f"{k}={text(v)}" for k, v in values.items() if v is not None)
-
-
 def _check_family_keys(space: SearchSpace) -> None:
     """Every key is one the family's registry entry (or every family) takes, and the family's required ones
     are there."""
@@ -331,27 +291,3 @@ def load_space(path_or_name: str | Path) -> SearchSpace:
 
 def _builtin_names() -> list[str]:
     return sorted(p.stem for p in builtin_space_path("x").parent.glob("*.yaml") if p.stem != "recipes")
-
-
-def load_recipes(path: str | Path | None = None) -> dict[str, dict[str, float]]:
-    """The per-family training recipes of a YAML file (default: the shipped ``search_spaces/recipes.yaml``,
-    chosen by `cmt-scale sweep-recipes`), as ``{family: {lr: ..., ...}}``; validated by `proxy.Recipe`."""
-    import yaml
-
-    from cmt_scale.proxy import Recipe, family_names
-
-    path = Path(path) if path is not None else builtin_space_path("recipes")
-    if not path.is_file():
-        raise ValueError(f"recipes file {str(path)!r} does not exist; allowed: a YAML file of family: recipe")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{path}: a recipes file is a mapping of family -> recipe, got {type(data).__name__}")
-    out = {}
-    for family, spec in data.items():
-        if family not in family_names():
-            raise _fail(str(path), str(family), spec, f"a family: {', '.join(family_names())}")
-        out[str(family)] = Recipe.from_dict(spec, f"{path}: {family}").to_dict()
-    return out

@@ -18,6 +18,7 @@ from official_reference import official_forward, random_official_state_dict
 
 from scaling import PRESETS, build_cmt, checkpoint_filter_fn
 from scaling import _fused as fused
+from scaling import _kernel_build as kernel_build
 
 # Switched off on purpose (CMT_SCALE_FUSED_KERNELS=0) these tests have nothing to compare; otherwise a
 # machine that cannot build the kernels fails here rather than passing on the plain path alone.
@@ -181,7 +182,7 @@ def test_lightweight_attention_matches_softmax_attention(batch, queries, keys, h
 
 
 def test_the_attention_module_gives_the_same_step_with_the_kernels_on_and_off() -> None:
-    from scaling._model import LightweightAttention
+    from scaling._blocks import LightweightAttention
 
     torch.manual_seed(0)
     attn = LightweightAttention(46, 2, 4, qkv_bias=True).train()
@@ -365,8 +366,8 @@ def test_kernels_are_deterministic_for_a_fixed_thread_count() -> None:
 def test_a_failed_build_warns_once_and_training_takes_the_plain_path(tmp_path, monkeypatch) -> None:
     broken = tmp_path / "broken_kernels.cpp"
     broken.write_text("this is not C++\n")
-    monkeypatch.setattr(fused, "_SOURCE", broken)
-    monkeypatch.setitem(fused._state, "loaded", None)
+    monkeypatch.setattr(kernel_build, "_SOURCE", broken)
+    monkeypatch.setitem(kernel_build._state, "loaded", None)
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "build"))
     with pytest.warns(RuntimeWarning, match="fused CPU kernels unavailable"):
         assert not fused.fused_kernels_available()

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from scaling import PAPER_COEFFICIENTS, CMTConfig, estimate_cost, get_preset, resolution_step, scale
+from search_spaces import COMPOUND_POINT_KEYS
 
 from ._family import Family, Member, register_family
 from ._protocol import LOW_RES_BELOW, ProxyProtocol
@@ -20,7 +21,6 @@ from ._protocol import LOW_RES_BELOW, ProxyProtocol
 __all__ = ["CMTCompoundFamily", "CMTFreeFamily", "compound_member", "compound_values"]
 
 _ALPHA, _BETA, _GAMMA = PAPER_COEFFICIENTS.alpha, PAPER_COEFFICIENTS.beta, PAPER_COEFFICIENTS.gamma
-COMPOUND_POINT_KEYS = ("phi", "alpha", "beta", "gamma", "stage_ratio")
 
 
 def compound_values(values: Mapping[str, Any]) -> dict[str, Any]:

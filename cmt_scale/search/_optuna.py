@@ -45,11 +45,23 @@ GRACE_S = 30
 
 def _retry_callback():
     """Optuna's re-queue of a stale trial with its parameters: ``RetryHeartbeatStaleTrialCallback`` where Optuna
-    has it (4.9 on), ``RetryFailedTrialCallback`` (the same re-queue, the older name) before."""
+    has it (4.9 on), ``RetryFailedTrialCallback`` (the same re-queue, the older name; Optuna 4.0 is the floor
+    .ci/run tests) before."""
     from optuna import storages
 
     retry = getattr(storages, "RetryHeartbeatStaleTrialCallback", None) or storages.RetryFailedTrialCallback
     return retry(max_retry=3)
+
+
+def _stale_trial_keyword() -> str:
+    """The name under which `RDBStorage` takes the stale-trial callback: ``heartbeat_stale_trial_callback`` in
+    the Optuna versions that have it (4.9 on), ``failed_trial_callback`` before (read from its signature)."""
+    import inspect
+
+    from optuna.storages import RDBStorage
+
+    names = inspect.signature(RDBStorage.__init__).parameters
+    return "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in names else "failed_trial_callback"
 
 
 def _process_alive(pid: int) -> bool:
@@ -145,10 +157,12 @@ def run_optuna_search(job: RungJob, storage_url: str | None = None, seed: int = 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     space, protocol, run_dir, study_name, mode = job.space, job.protocol, job.run_dir, job.study, job.mode
     url = storage_url or f"sqlite:///{(run_dir / 'study.db').as_posix()}"
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
         storage = RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                             heartbeat_stale_trial_callback=_retry_callback())
-    except Exception as err:  # noqa: BLE001 - SQLAlchemy raises many kinds for a bad URL
+                             **{_stale_trial_keyword(): _retry_callback()})
+    except (SQLAlchemyError, ImportError, ValueError) as err:  # a bad URL or a missing database driver
         raise ValueError(f"--storage={url!r} cannot be opened ({type(err).__name__}); allowed: an Optuna RDB URL "
                          "such as sqlite:///runs/NAME/study.db or postgresql://...") from None
     if space.sampler == "grid":  # a study fixed in advance: every point is enqueued, the sampler never asked
