@@ -127,7 +127,7 @@ def add_promotion_args(parser: argparse.ArgumentParser, default_on: bool) -> Non
         group.add_argument("--promote", action="store_true", help="re-train each family's cheap-rung front plus "
                            "margin on the reference rung, as a search does")
     group.add_argument("--reference-epochs", type=int, default=DEFAULT_PROMOTION.epochs,
-                       help=f"reference rung epochs (default {DEFAULT_PROMOTION.epochs})")
+                       help="reference rung epochs (default: the cheap rung's)")
     group.add_argument("--reference-train-size", type=int, help="reference rung training images (default: all)")
     group.add_argument("--reference-seeds", default=",".join(map(str, DEFAULT_PROMOTION.seeds)),
                        help="reference rung seeds (default " + ",".join(map(str, DEFAULT_PROMOTION.seeds)) + ")")

@@ -31,20 +31,20 @@ _MARGINS = ("layer", "none")
 
 @dataclass(frozen=True)
 class Promotion:
-    """The reference rung: its budget (``train_size`` images, ``None`` for all, for ``epochs``), its seeds, and
-    the margin promoted beyond the cheap rung's front: ``"layer"`` (the next non-dominated layer), ``"none"``,
-    or a number of top-1 points (members within that much of the front at their cost, e.g. the cheap rung's
-    seed spread).
+    """The reference rung: its budget (``train_size`` images, ``None`` for all, for ``epochs``, ``None`` for
+    the cheap rung's), its seeds, and the margin promoted beyond the cheap rung's front: ``"layer"`` (the
+    next non-dominated layer), ``"none"``, or a number of top-1 points (members within that much of the front
+    at their cost, e.g. the cheap rung's seed spread).
 
-    The default, every training image (58,000 on Fashion-MNIST) for one epoch with seeds 0 and 1, is
-    `DEFAULT_PROTOCOL`, the rung the baselines train on: a search's reference points and the baselines' are
+    The default, every training image (58,000 on Fashion-MNIST) for the cheap rung's epochs (one) with seeds
+    0 and 1, is `DEFAULT_PROTOCOL`, the rung the baselines train on: a search's reference points and the baselines' are
     the same measurement. A search screens its candidates on `DEFAULT_SEARCH_PROTOCOL` (15,000 images), so
     that a default search (20 candidates, then the promoted ones with two seeds) fits 90 minutes on 2 CPU
     cores (measured: benchmarks/RESULTS.md); a recorded study can afford a longer rung (``epochs=5``) and run
     it in pieces, since it resumes."""
 
     train_size: int | None = None
-    epochs: int = 1
+    epochs: int | None = None
     seeds: tuple[int, ...] = (0, 1)
     margin: str | float = "layer"
 
@@ -53,7 +53,7 @@ class Promotion:
                                             or self.train_size < 1):
             raise ValueError(f"reference train_size={self.train_size!r} is not allowed; allowed: an integer >= 1 "
                              "or None (all)")
-        check_int("reference epochs", self.epochs)
+        check_int("reference epochs", self.epochs, none_ok=True)
         seeds = tuple(self.seeds)
         if len(seeds) < 2 or len(set(seeds)) != len(seeds) or not all(
                 isinstance(s, int) and not isinstance(s, bool) for s in seeds):
@@ -74,11 +74,11 @@ class Promotion:
     def protocol(self, cheap: ProxyProtocol) -> ProxyProtocol:
         """The reference rung's protocol: the cheap one with this rung's images and epochs (same recipes, rule
         and data: only the schedule grows)."""
-        return cheap.replace(train_size=self.train_size, epochs=self.epochs)
+        return cheap.replace(train_size=self.train_size, epochs=self.epochs or cheap.epochs)
 
     def images(self, cheap: ProxyProtocol, available: int) -> int:
         """Images one reference trial sees (``available``: training images less the validation split)."""
-        return min(self.train_size or available, available) * self.epochs
+        return min(self.train_size or available, available) * (self.epochs or cheap.epochs)
 
 
 DEFAULT_PROMOTION = Promotion()
