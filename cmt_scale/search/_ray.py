@@ -32,18 +32,18 @@ __all__ = ["run_ray_search"]
 def _trainable(config: dict[str, Any], space: SearchSpace, protocol: ProxyProtocol, num_classes: int,
                run_dir: str, study_name: str, rung: str = "cheap") -> None:
     import ray
-    from ray import tune
 
     threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
     protocol = protocol.replace(threads=threads)
-    trial_id = tune.get_context().get_trial_id()
+    session = _session()
+    trial_id = session.get_context().get_trial_id()
     macs_holder: dict[str, Any] = {}
 
     def report(epoch: int, top1: float) -> None:
         # The last epoch is reported after the row is written: ASHA stops a trial that reaches max_t at
         # its report, and a stopped function never runs another line.
         if epoch + 1 < protocol.epochs:
-            tune.report({"top1": top1, "macs": macs_holder.get("macs", 0), "epoch": epoch + 1})
+            session.report({"top1": top1, "macs": macs_holder.get("macs", 0), "epoch": epoch + 1})
 
     candidate = make_candidate(space, space.trial_values(config), protocol, num_classes)
     macs_holder["macs"] = candidate.macs or 0
@@ -53,8 +53,32 @@ def _trainable(config: dict[str, Any], space: SearchSpace, protocol: ProxyProtoc
     # Infeasible or failed trials tell the searcher they are a bad point (top-1 0). The row travels with the
     # result too, so a driver on another machine than the worker still records it.
     top1 = row["top1_final"] if row["state"] == TrialState.COMPLETE else 0.0
-    tune.report({"top1": top1, "macs": row["macs"] or 0, "epoch": protocol.epochs, "state": row["state"],
+    session.report({"top1": top1, "macs": row["macs"] or 0, "epoch": protocol.epochs, "state": row["state"],
                  "row": json.dumps(row)})
+
+
+def _session():
+    """Where a function trainable reports and finds its trial: ``ray.tune`` in the Ray versions that have
+    ``tune.report`` and ``tune.get_context``, ``ray.train`` (their older home) from the 2.40 floor on."""
+    from ray import tune
+
+    if hasattr(tune, "report") and hasattr(tune, "get_context"):
+        return tune
+    from ray import train
+
+    return train
+
+
+def _run_config():
+    """Tune's ``RunConfig``: ``ray.tune.RunConfig`` in the Ray versions that have it, ``ray.train.RunConfig``
+    (the same class, its older home) from the 2.40 floor on."""
+    from ray import tune
+
+    if hasattr(tune, "RunConfig"):
+        return tune.RunConfig
+    from ray import train
+
+    return train.RunConfig
 
 
 def _check_reachable(address: str) -> None:
@@ -120,7 +144,7 @@ def run_ray_search(job: RungJob, backend: RayBackend) -> None:
                 trainable,
                 param_space=space.to_ray(),
                 tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=samples),
-                run_config=tune.RunConfig(name=study_name, storage_path=str(storage), verbose=1),
+                run_config=_run_config()(name=study_name, storage_path=str(storage), verbose=1),
             )
         grid = tuner.fit()
         _rows_for_stopped_trials(grid, job)
