@@ -22,7 +22,7 @@ from scaling import _kernel_build as kernel_build
 
 # Switched off on purpose (CMT_SCALE_FUSED_KERNELS=0) these tests have nothing to compare; otherwise a
 # machine that cannot build the kernels fails here rather than passing on the plain path alone.
-pytestmark = pytest.mark.skipif(not fused._enabled(), reason="fused CPU kernels switched off by the environment")
+pytestmark = pytest.mark.skipif(not kernel_build._enabled(), reason="fused CPU kernels switched off by the environment")
 
 
 @pytest.fixture(autouse=True)

@@ -370,9 +370,12 @@ def test_ray_search_against_a_real_head_node(tmp_path) -> None:
     import tempfile
 
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    # the head node must run the Ray this interpreter imports (a venv's, not whatever `ray` is first on PATH)
+    beside = Path(sys.executable).parent / "ray"
+    ray_cli = str(beside) if beside.exists() else "ray"
     port = "6399"
     temp = Path(tempfile.mkdtemp(prefix="crt"))  # short: Ray's socket paths are limited to 107 bytes
-    start = subprocess.run(["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", port,
+    start = subprocess.run([ray_cli, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", port,
                             "--num-cpus", "2", "--include-dashboard", "false", "--temp-dir", str(temp)],
                            env=env, capture_output=True, text=True, timeout=120)
     assert start.returncode == 0, start.stderr
@@ -385,7 +388,7 @@ def test_ray_search_against_a_real_head_node(tmp_path) -> None:
         frame = _check_table(tmp_path / "cluster")
         assert len(frame) == 2 and set(frame["backend"]) == {"ray"}
     finally:
-        subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
+        subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
         shutil.rmtree(temp, ignore_errors=True)
 
 

@@ -169,19 +169,19 @@ class FidelityCommand(Command):
         add_protocol_args(parser)
 
     def run(self, args: argparse.Namespace, console: Console) -> int:
-        from cmt_scale.search import DEFAULT_PROMOTION, DEFAULT_SEARCH_PROTOCOL
+        from cmt_scale.search import DEFAULT_PROMOTION, DEFAULT_SEARCH_PROTOCOL, with_family_recipes
         from cmt_scale.studies import proxy_fidelity
 
-        cheap = protocol_from(args, DEFAULT_SEARCH_PROTOCOL)
+        cheap = with_family_recipes(protocol_from(args, DEFAULT_SEARCH_PROTOCOL))  # the hashes the rows will carry
         reference = DEFAULT_PROMOTION.protocol(cheap).replace(resolution=args.reference_resolution or cheap.resolution)
         if args.reference_train_size is not None:
             reference = reference.replace(train_size=args.reference_train_size)
         if args.reference_epochs is not None:
             reference = reference.replace(epochs=args.reference_epochs)
         families = [f.strip() for f in args.families.split(",") if f.strip()]
-        header = (f"proxy-fidelity on {cheap.dataset}: cheap {cheap.protocol_hash} ({cheap.train_size} images x "
-                  f"{cheap.epochs} epochs) vs reference {reference.protocol_hash} ({reference.train_size} x "
-                  f"{reference.epochs}) -> {args.out}")
+        header = (f"proxy-fidelity on {cheap.dataset}: cheap {cheap.protocol_hash} ({cheap.train_size or 'all'} "
+                  f"images x {cheap.epochs} epochs) vs reference {reference.protocol_hash} "
+                  f"({reference.train_size or 'all'} x {reference.epochs}) -> {args.out}")
         result = proxy_fidelity(cheap, reference, args.out, phis=numbers(args.phis, "--phis", float), base=args.base,
                                 families=families, k=args.top_k, resamples=args.resamples,
                                 **_study_args(args, console, header))
