@@ -118,38 +118,40 @@ def _recipes_json(choice: str) -> str:
 
 
 def add_promotion_args(parser: argparse.ArgumentParser, default_on: bool) -> None:
-    from cmt_scale.search import DEFAULT_PROMOTION
-
-    group = parser.add_argument_group("reference rung (promotion of the cheap rung's front)")
+    # No import of the search package here: every sub-parser is built for every command line, the main
+    # job's included, and `cmt_scale.search` brings torch. Unset flags take `DEFAULT_PROMOTION`'s values.
+    group = parser.add_argument_group("reference rung (promotion of the cheap rung's front; defaults: "
+                                      "search.DEFAULT_PROMOTION)")
     if default_on:
         group.add_argument("--no-promotion", action="store_true", help="report the cheap rung; no reference rung")
     else:
         group.add_argument("--promote", action="store_true", help="re-train each family's cheap-rung front plus "
                            "margin on the reference rung, as a search does")
-    group.add_argument("--reference-epochs", type=int, default=DEFAULT_PROMOTION.epochs,
-                       help="reference rung epochs (default: the cheap rung's)")
+    group.add_argument("--reference-epochs", type=int, help="reference rung epochs (default: the cheap rung's)")
     group.add_argument("--reference-train-size", type=int, help="reference rung training images (default: all)")
-    group.add_argument("--reference-seeds", default=",".join(map(str, DEFAULT_PROMOTION.seeds)),
-                       help="reference rung seeds (default " + ",".join(map(str, DEFAULT_PROMOTION.seeds)) + ")")
-    group.add_argument("--margin", default=str(DEFAULT_PROMOTION.margin), help="promoted beyond the front: layer (the "
-                       "next non-dominated layer, default), none, or a number of top-1 points")
+    group.add_argument("--reference-seeds", help="reference rung seeds, a comma list (default 0,1)")
+    group.add_argument("--margin", help="promoted beyond the front: layer (the next non-dominated layer, default), "
+                       "none, or a number of top-1 points")
 
 
 def promotion_from(args: argparse.Namespace):
-    """The `Promotion` the flags ask for, or ``None`` when there is to be no reference rung."""
-    from cmt_scale.search import Promotion
+    """The `Promotion` the flags ask for (`DEFAULT_PROMOTION` where unset), or ``None`` when there is to be no
+    reference rung."""
+    import dataclasses
+
+    from cmt_scale.search import DEFAULT_PROMOTION
 
     if getattr(args, "no_promotion", False) or not getattr(args, "promote", True):
         return None
-    return Promotion(train_size=args.reference_train_size, epochs=args.reference_epochs,
-                     seeds=tuple(numbers(args.reference_seeds, "--reference-seeds", int)), margin=args.margin)
+    given = {"train_size": args.reference_train_size, "epochs": args.reference_epochs, "margin": args.margin,
+             "seeds": None if args.reference_seeds is None else tuple(numbers(args.reference_seeds,
+                                                                               "--reference-seeds", int))}
+    return dataclasses.replace(DEFAULT_PROMOTION, **{k: v for k, v in given.items() if v is not None})
 
 
 def add_backend_args(parser: argparse.ArgumentParser) -> None:
-    from cmt_scale.search import backend_names
-
     group = parser.add_argument_group("where the trials run")
-    group.add_argument("--backend", choices=backend_names(), default="optuna",
+    group.add_argument("--backend", default="optuna",  # checked against search.backend_names() when used
                        help="optuna: in this process, study in OUT/study.db; ray: Ray Tune (local or --address)")
     group.add_argument("--storage", help="Optuna: storage URL (default sqlite:///OUT/study.db)")
     group.add_argument("--address", help="Ray: cluster to join: auto, host:port or ray://host:port")
@@ -161,8 +163,10 @@ def add_backend_args(parser: argparse.ArgumentParser) -> None:
 def backend_from(args: argparse.Namespace):
     """The backend object the flags ask for; a flag of the other backend is a usage error, not ignored (it
     would run somewhere the user did not ask)."""
-    from cmt_scale.search import OptunaBackend, RayBackend
+    from cmt_scale.search import OptunaBackend, RayBackend, backend_names
 
+    if args.backend not in backend_names():
+        raise UsageError(f"--backend={args.backend!r} is not allowed; allowed: {', '.join(backend_names())}")
     flags = {"optuna": {"storage": "--storage"},
              "ray": {"address": "--address", "cpus_per_trial": "--cpus-per-trial", "num_cpus": "--num-cpus"}}
     for owner, options in flags.items():

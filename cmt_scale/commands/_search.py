@@ -60,14 +60,14 @@ class SearchCommand(Command):
         add_promotion_args(parser, default_on=True)
 
     def run(self, args: argparse.Namespace, console: Console) -> int:
-        from cmt_scale.search import DEFAULT_SEARCH_PROTOCOL, DEFAULT_TRIALS, run_search, with_family_recipes
+        from cmt_scale.search import DEFAULT_SEARCH_PROTOCOL, planned_trials, run_search, with_family_recipes
         from search_spaces import load_space
 
         space = load_space(args.space)
         protocol = with_family_recipes(protocol_from(args, DEFAULT_SEARCH_PROTOCOL))
         backend = backend_from(args)
         out = args.out or f"runs/{Path(args.space).stem}"
-        trials = args.trials or (len(space.grid) if space.sampler == "grid" else DEFAULT_TRIALS)
+        trials = planned_trials(space, args.trials)
         progress = Progress(console, f"search {space.family} ({space.source}) on {protocol.dataset}, {trials} "
                             f"trials, backend {backend.name}, protocol {protocol.protocol_hash} -> {out}", trials)
         summary = run_search(space, protocol, out, args.trials, backend=backend, mode=args.mode, study=args.study,

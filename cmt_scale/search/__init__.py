@@ -16,6 +16,7 @@ from ._driver import (
     RunHooks,
     SearchSummary,
     check_protocol_fits,
+    planned_trials,
     run_search,
     with_family_recipes,
 )
@@ -44,5 +45,5 @@ __all__ = ["DEFAULT_PROMOTION", "DEFAULT_SEARCH_PROTOCOL", "DEFAULT_TRIALS", "RE
            "OptunaBackend", "Promotion",
            "RayBackend", "ResultRow", "RunHooks", "RungJob", "RungStart", "SearchMode", "SearchSummary", "TrialState",
            "backend_names", "check_protocol_fits", "check_resolution", "compound_member", "make_row", "measured_rows",
-           "non_dominated_layers", "promoted_rows", "read_rows", "reference_space", "run_baselines",
+           "non_dominated_layers", "planned_trials", "promoted_rows", "read_rows", "reference_space", "run_baselines",
            "run_search", "seed_means", "trial_protocol", "trial_recipe", "with_family_recipes", "write_results"]

@@ -56,7 +56,7 @@ class Backend(ABC):
 
     def record(self) -> dict[str, Any]:
         """What run.json records of this backend: its name and options."""
-        return {"backend": self.name, "backend_options": {k: v for k, v in vars(self).items()}}
+        return {"backend": self.name, "backend_options": dict(vars(self))}
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,8 @@ from ._promotion import DEFAULT_PROMOTION, Promotion, promoted_rows, reference_s
 from ._results import measured_rows, read_rows, seed_means
 from ._trial import check_resolution
 
-__all__ = ["DEFAULT_TRIALS", "RunHooks", "RungStart", "SearchSummary", "check_protocol_fits", "run_search",
-           "with_family_recipes"]
+__all__ = ["DEFAULT_TRIALS", "RunHooks", "RungStart", "SearchSummary", "check_protocol_fits", "planned_trials",
+           "run_search", "with_family_recipes"]
 
 
 @dataclass(frozen=True)
@@ -148,6 +148,14 @@ def _check_protocol_matches(run_dir: Path, protocol: ProxyProtocol, reference: P
 DEFAULT_TRIALS = 20  # a sampled space's finished trials when none are asked for
 
 
+def planned_trials(space: SearchSpace, trials: int | None) -> int:
+    """The trials a search of ``space`` runs: ``trials`` when given, else every grid point of a grid space
+    or `DEFAULT_TRIALS`."""
+    if trials is not None:
+        return trials
+    return len(space.grid) if space.sampler == "grid" else DEFAULT_TRIALS
+
+
 @dataclass(frozen=True)
 class RunHooks:
     """What a caller hears of a run and records about itself: ``on_start(finished_rows, rung)`` before each
@@ -209,8 +217,7 @@ def run_search(
         space = space_from_dict(space)
     elif not isinstance(space, SearchSpace):
         space = load_space(space)
-    if trials is None:
-        trials = len(space.grid) if space.sampler == "grid" else DEFAULT_TRIALS
+    trials = planned_trials(space, trials)
     check_int("trials", trials)
     if space.sampler == "grid" and trials != len(space.grid):
         raise ValueError(f"trials={trials} is not allowed for a grid space; allowed: its {len(space.grid)} grid points")
