@@ -164,3 +164,13 @@ def test_every_command_is_a_sub_command_with_its_own_help() -> None:
                                   *(["--space", "x"] if name == "search" else [])]).command.name == name
     assert parser.parse_args(["--target-flops", "4G"]).command.name == "solve"
     assert parser.parse_args(["family", "--phi", "-2:2:0.5"]).phi == "-2:2:0.5"  # a negative value, not an option
+
+
+def test_the_main_job_does_not_import_torch() -> None:
+    """Every sub-parser is built for every command line: none of them may pull in torch (or the search package
+    that brings it), or the main job's answer waits seconds for imports it never uses."""
+    code = ("import sys, io, contextlib\nfrom cmt_scale.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n    code = main(['--target-flops', '4G'])\n"
+            "print(code, sorted(m for m in ('torch', 'pandas', 'cmt_scale.search') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split("\n")[-2] == "0 []", result.stdout + result.stderr
