@@ -83,6 +83,34 @@ def test_the_reference_rung_retrains_exactly_the_promoted_members(tmp_path) -> N
         run_search(GRID, TINY, tmp_path / "run", promotion=Promotion(train_size=400, epochs=1))
 
 
+def test_a_longer_reference_rung_in_a_new_folder_reuses_the_cheap_rung(tmp_path) -> None:
+    old = tmp_path / "old"
+    run_search(GRID, TINY, old, promotion=REFERENCE)
+    before = _snapshot(old)
+    longer = Promotion(train_size=500, epochs=2, seeds=(0, 1), test=True)
+    with pytest.raises(ValueError, match=r"reuse=.*nowhere.*holds no trial rows"):
+        run_search(GRID, TINY, tmp_path / "new", promotion=longer, reuse=[tmp_path / "nowhere"])
+    assert not (tmp_path / "new").exists()  # bad input writes nothing
+
+    summary = run_search(GRID, TINY, tmp_path / "new", promotion=longer, reuse=[old])
+    assert _snapshot(old) == before  # the earlier run is read, never written
+    old_cheap = {r["config"]: r for r in read_rows(old) if r["rung"] == "cheap"}
+    rows = read_rows(tmp_path / "new")
+    cheap = [r for r in rows if r["rung"] == "cheap"]
+    assert {r["config"] for r in cheap} == set(old_cheap)
+    for row in cheap:  # reused, not retrained: the earlier run's result, named as such
+        assert row["top1_final"] == old_cheap[row["config"]]["top1_final"]
+        assert f"of study {old.name}: result reused" in row["error"]
+    reference = [r for r in rows if r["rung"] == "reference"]
+    expected = {r["config"] for r in promoted_rows(cheap, "layer")}
+    assert {(r["config"], r["seed"]) for r in reference} == {(c, s) for c in expected for s in (0, 1)}
+    assert all(r["epochs_run"] == 2 and r["error"] is None for r in reference)  # trained on the new rung
+    assert all(r["test_top1"] is not None and 0 <= r["test_top1"] <= 100 for r in reference)
+    assert all(r["test_top1"] is None for r in cheap)
+    assert summary.rung == "reference"
+    assert longer.protocol(TINY).eval_test and not REFERENCE.protocol(TINY).eval_test
+
+
 def _cli(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "cmt_scale.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)

@@ -190,8 +190,11 @@ def test_an_option_of_the_other_backend_cannot_be_expressed(backend, option) -> 
     (["--backend", "optuna", "--num-cpus", "2"], "--num-cpus=2 is not allowed with --backend optuna"),
     (["--backend", "ray", "--storage", "sqlite:///x.db"],
      "--storage='sqlite:///x.db' is not allowed with --backend ray; allowed: only with --backend optuna"),
+    (["--dataset", "digits", "--val-size", "200", "--train-size", "300", "--reuse",
+      "no/such/run"],
+     "reuse='no/such/run' is not allowed: it holds no trial rows; allowed: a run folder"),
 ])
-def test_a_flag_of_the_other_backend_is_refused_on_the_command_line(args, message, tmp_path, capsys) -> None:
+def test_a_flag_that_cannot_apply_is_refused_on_the_command_line(args, message, tmp_path, capsys) -> None:
     from cmt_scale.cli import main
 
     assert main(["search", "--space", "cmt_compound", "--out", str(tmp_path / "never"), *args]) == 2

@@ -132,6 +132,11 @@ def add_promotion_args(parser: argparse.ArgumentParser, default_on: bool) -> Non
     group.add_argument("--reference-seeds", help="reference rung seeds, a comma list (default 0,1)")
     group.add_argument("--margin", help="promoted beyond the front: layer (the next non-dominated layer, default), "
                        "none, or a number of top-1 points")
+    group.add_argument("--reference-test", action="store_true", help="also score the reference rung on the test "
+                       "split (reported, never used to select)")
+    group.add_argument("--reuse", action="append", default=[], metavar="RUN", help="an earlier run folder whose "
+                       "finished trials stand for identical ones here (same architecture, recipe, protocol and "
+                       "seed); repeatable. Extends a run with a longer reference rung in a new --out")
 
 
 def promotion_from(args: argparse.Namespace):
@@ -144,6 +149,7 @@ def promotion_from(args: argparse.Namespace):
     if getattr(args, "no_promotion", False) or not getattr(args, "promote", True):
         return None
     given = {"train_size": args.reference_train_size, "epochs": args.reference_epochs, "margin": args.margin,
+             "test": args.reference_test or None,
              "seeds": None if args.reference_seeds is None else tuple(numbers(args.reference_seeds,
                                                                                "--reference-seeds", int))}
     return dataclasses.replace(DEFAULT_PROMOTION, **{k: v for k, v in given.items() if v is not None})

@@ -71,7 +71,8 @@ class SearchCommand(Command):
         progress = Progress(console, f"search {space.family} ({space.source}) on {protocol.dataset}, {trials} "
                             f"trials, backend {backend.name}, protocol {protocol.protocol_hash} -> {out}", trials)
         summary = run_search(space, protocol, out, args.trials, backend=backend, mode=args.mode, study=args.study,
-                             promotion=promotion_from(args), hooks=progress.hooks(["cmt-scale", *args.argv]))
+                             promotion=promotion_from(args), hooks=progress.hooks(["cmt-scale", *args.argv]),
+                             reuse=args.reuse)
         _print_summary(console, summary)
         return 0
 
@@ -101,7 +102,7 @@ class BaselinesCommand(Command):
                                                                       "rung" if promotion else ""),
                             None if promotion else members * len(seeds))  # the promoted count is known only later
         summary = run_baselines(protocol, args.out, families, seeds=seeds, promotion=promotion,
-                                hooks=progress.hooks(["cmt-scale", *args.argv]))
+                                hooks=progress.hooks(["cmt-scale", *args.argv]), reuse=args.reuse)
         _print_summary(console, summary)
         return 0
 

@@ -36,6 +36,7 @@ from ._results import (
     make_row,
     measured_rows,
     read_rows,
+    reusable_rows,
     seed_means,
     write_results,
 )
@@ -45,5 +46,6 @@ __all__ = ["DEFAULT_PROMOTION", "DEFAULT_SEARCH_PROTOCOL", "DEFAULT_TRIALS", "RE
            "OptunaBackend", "Promotion",
            "RayBackend", "ResultRow", "RunHooks", "RungJob", "RungStart", "SearchMode", "SearchSummary", "TrialState",
            "backend_names", "check_protocol_fits", "check_resolution", "compound_member", "make_row", "measured_rows",
-           "non_dominated_layers", "planned_trials", "promoted_rows", "read_rows", "reference_space", "run_baselines",
-           "run_search", "seed_means", "trial_protocol", "trial_recipe", "with_family_recipes", "write_results"]
+           "non_dominated_layers", "planned_trials", "promoted_rows", "read_rows", "reference_space", "reusable_rows",
+           "run_baselines", "run_search", "seed_means", "trial_protocol", "trial_recipe", "with_family_recipes",
+           "write_results"]

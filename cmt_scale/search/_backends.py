@@ -6,7 +6,7 @@ by hand against a backend name."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -43,6 +43,7 @@ class RungJob:
     mode: SearchMode
     rung: str = "cheap"
     on_trial: Callable[[dict[str, Any]], None] | None = None
+    reused: tuple[Mapping[str, Any], ...] = ()  # earlier runs' rows: a matching trial reuses its result
 
 
 class Backend(ABC):

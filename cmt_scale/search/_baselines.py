@@ -23,7 +23,7 @@ from ._driver import (
 )
 from ._interrupt import interrupt_guard
 from ._promotion import Promotion, promoted_rows
-from ._results import read_rows, write_results, write_row
+from ._results import read_rows, reusable_rows, write_results, write_row
 from ._trial import check_resolution, run_trial
 
 __all__ = ["run_baselines"]
@@ -36,13 +36,15 @@ def run_baselines(
     seeds: Sequence[int] | None = None,
     promotion: Promotion | None = None,
     hooks: RunHooks | None = None,
+    reuse: Sequence[str | Path] = (),
 ) -> SearchSummary:
     """Train every member of the baseline ``families`` under ``protocol`` (the cheap rung), once per seed
     (default: the protocol's seed); rows in the search schema, each family with its recipe.
 
     With ``promotion``, each family's cheap-rung front plus margin is then re-trained on the reference rung
     with the promotion's seeds, exactly as a search promotes (`Promotion`). Resumable: trials that already
-    have a row in ``out`` are not trained again. ``hooks``: the command recorded and a per-trial callback.
+    have a row in ``out`` are not trained again, nor are those with a matching row in a ``reuse`` folder
+    (`run_search`). ``hooks``: the command recorded and a per-trial callback.
     """
     hooks = hooks or RunHooks()
     unknown = [f for f in families if f not in baseline_families()]
@@ -63,6 +65,7 @@ def run_baselines(
             check_protocol_fits(rung_protocol, data)
     run_dir = Path(out)
     _check_protocol_matches(run_dir, protocol, reference)
+    reused = reusable_rows(reuse)
     run_dir.mkdir(parents=True, exist_ok=True)
     rungs: dict[str, Any] = {"cheap": {"protocol_hash": protocol.protocol_hash, "seeds": list(seeds)}}
     if reference is not None:
@@ -71,7 +74,7 @@ def run_baselines(
     _write_run_json(run_dir, hooks.command, protocol,
                     {"families": list(families), "backend": "baselines", "rungs": rungs})
     start = time.perf_counter()
-    train = functools.partial(_train_baselines, run_dir, data.num_classes, hooks.on_trial)
+    train = functools.partial(_train_baselines, run_dir, data.num_classes, hooks.on_trial, reused)
     with interrupt_guard() as interrupted:
         for family, space in spaces.items():
             train(interrupted, space, protocol, "cheap",
@@ -87,7 +90,7 @@ def run_baselines(
     return SearchSummary(run_dir, read_rows(run_dir), time.perf_counter() - start)
 
 
-def _train_baselines(run_dir: Path, num_classes: int, on_trial, interrupted, space: SearchSpace,
+def _train_baselines(run_dir: Path, num_classes: int, on_trial, reused, interrupted, space: SearchSpace,
                      protocol: ProxyProtocol, rung: str, trials: Sequence[tuple[str, dict[str, Any]]]) -> None:
     """Train each (trial id, values) that has no row yet, in order, writing each row as it finishes."""
     done = {r["trial_id"] for r in read_rows(run_dir)}
@@ -97,7 +100,7 @@ def _train_baselines(run_dir: Path, num_classes: int, on_trial, interrupted, spa
         if interrupted.raised:  # a Ctrl-C that a finalizer swallowed still stops here
             raise KeyboardInterrupt
         row = run_trial(space, values, protocol, num_classes, trial_id=trial_id, backend="baselines",
-                        study=run_dir.name, rung=rung, done=read_rows(run_dir))
+                        study=run_dir.name, rung=rung, done=[*read_rows(run_dir), *reused])
         write_row(run_dir, row)
         write_results(run_dir)
         if on_trial is not None:

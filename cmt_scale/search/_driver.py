@@ -25,7 +25,7 @@ from search_spaces import SearchSpace, load_space, space_from_dict
 
 from ._backends import Backend, OptunaBackend, RayBackend, RungJob, SearchMode
 from ._promotion import DEFAULT_PROMOTION, Promotion, promoted_rows, reference_space
-from ._results import measured_rows, read_rows, seed_means
+from ._results import measured_rows, read_rows, reusable_rows, seed_means
 from ._trial import check_resolution
 
 __all__ = ["DEFAULT_TRIALS", "RunHooks", "RungStart", "SearchSummary", "check_protocol_fits", "planned_trials",
@@ -194,6 +194,7 @@ def run_search(
     study: str | None = None,
     promotion: Promotion | None = DEFAULT_PROMOTION,
     hooks: RunHooks | None = None,
+    reuse: Sequence[str | Path] = (),
 ) -> SearchSummary:
     """Search ``space`` for ``trials`` trials under ``protocol`` on ``backend`` (default `OptunaBackend`);
     results land in ``out`` (resumable).
@@ -206,6 +207,10 @@ def run_search(
 
     A ``sampler: grid`` space runs each of its grid points once (``trials=None`` means all of them); a sampled
     space runs `DEFAULT_TRIALS` when ``trials`` is None.
+
+    ``reuse`` names earlier run folders whose complete rows stand for trials of the same architecture,
+    recipe, protocol and seed (`reusable_rows`): extending a run with a longer reference rung in a new folder
+    (``--reuse runs/old --reference-epochs 5 --out runs/new``) re-trains only what the new rung adds.
 
     Example:
         >>> from cmt_scale.proxy import ProxyProtocol
@@ -232,6 +237,7 @@ def run_search(
     if reference is not None:
         check_protocol_fits(reference, data)
     _check_protocol_matches(run_dir, protocol, reference)
+    reused = reusable_rows(reuse)
     previous = run_dir / "run.json"
     recorded = json.loads(previous.read_text(encoding="utf-8")) if previous.is_file() else {}
     if (isinstance(backend, RayBackend) and space.sampler != "grid" and recorded.get("study") == study_name
@@ -250,7 +256,7 @@ def run_search(
             hooks.on_start([r for r in read_rows(run_dir) if r.get("study") == job.study], start)
         backend.run(job)
 
-    job = RungJob(space, protocol, data.num_classes, trials, run_dir, study_name, mode, "cheap", hooks.on_trial)
+    job = RungJob(space, protocol, data.num_classes, trials, run_dir, study_name, mode, "cheap", hooks.on_trial, reused)
     began = time.perf_counter()
     run_rung(job, RungStart("cheap", trials, rungs["cheap"]["images_per_trial"], protocol.protocol_hash, plan))
     if reference is not None:

@@ -199,7 +199,8 @@ def run_optuna_search(job: RungJob, storage_url: str | None = None, seed: int = 
                     raise TrialPruned()
 
         row = run_trial(space, values_all, protocol, job.num_classes, trial_id=str(trial.number), backend="optuna",
-                        study=study_name, report=report, done=read_rows(run_dir), rung=job.rung)
+                        study=study_name, report=report, done=[*read_rows(run_dir), *job.reused],
+                        rung=job.rung)
         write_row(run_dir, row)
         write_results(run_dir)
         trial.set_user_attr("state", row["state"])

@@ -34,7 +34,8 @@ class Promotion:
     """The reference rung: its budget (``train_size`` images, ``None`` for all, for ``epochs``, ``None`` for
     the cheap rung's), its seeds, and the margin promoted beyond the cheap rung's front: ``"layer"`` (the
     next non-dominated layer), ``"none"``, or a number of top-1 points (members within that much of the front
-    at their cost, e.g. the cheap rung's seed spread).
+    at their cost, e.g. the cheap rung's seed spread). ``test`` also scores the reference rung on the data
+    set's test split (reported beside the validation top-1, never used to select or rank).
 
     The default, every training image (58,000 on Fashion-MNIST) for the cheap rung's epochs (one) with seeds
     0 and 1, is `DEFAULT_PROTOCOL`, the rung the baselines train on: a search's reference points and the baselines' are
@@ -47,6 +48,7 @@ class Promotion:
     epochs: int | None = None
     seeds: tuple[int, ...] = (0, 1)
     margin: str | float = "layer"
+    test: bool = False
 
     def __post_init__(self) -> None:
         if self.train_size is not None and (isinstance(self.train_size, bool) or not isinstance(self.train_size, int)
@@ -70,11 +72,14 @@ class Promotion:
         if not isinstance(margin, str) and (isinstance(margin, bool) or not margin >= 0):
             raise ValueError(f"margin={self.margin!r} is not allowed; allowed: layer, none or a number >= 0")
         object.__setattr__(self, "margin", margin)
+        if not isinstance(self.test, bool):
+            raise ValueError(f"reference test={self.test!r} is not allowed; allowed: True or False")
 
     def protocol(self, cheap: ProxyProtocol) -> ProxyProtocol:
         """The reference rung's protocol: the cheap one with this rung's images and epochs (same recipes, rule
         and data: only the schedule grows)."""
-        return cheap.replace(train_size=self.train_size, epochs=self.epochs or cheap.epochs)
+        return cheap.replace(train_size=self.train_size, epochs=self.epochs or cheap.epochs,
+                             eval_test=self.test or cheap.eval_test)
 
     def images(self, cheap: ProxyProtocol, available: int) -> int:
         """Images one reference trial sees (``available``: training images less the validation split)."""

@@ -30,7 +30,7 @@ __all__ = ["run_ray_search"]
 
 
 def _trainable(config: dict[str, Any], space: SearchSpace, protocol: ProxyProtocol, num_classes: int,
-               run_dir: str, study_name: str, rung: str = "cheap") -> None:
+               run_dir: str, study_name: str, rung: str = "cheap", reused: tuple = ()) -> None:
     import ray
 
     threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
@@ -48,7 +48,7 @@ def _trainable(config: dict[str, Any], space: SearchSpace, protocol: ProxyProtoc
     candidate = make_candidate(space, space.trial_values(config), protocol, num_classes)
     macs_holder["macs"] = candidate.macs or 0
     row = run_trial(space, space.trial_values(config), protocol, num_classes, trial_id=trial_id, backend="ray",
-                    study=study_name, report=report, rung=rung)
+                    study=study_name, report=report, rung=rung, done=reused)
     write_row(run_dir, row)  # on the driver's disk when it shares the run folder
     # Infeasible or failed trials tell the searcher they are a bad point (top-1 0). The row travels with the
     # result too, so a driver on another machine than the worker still records it.
@@ -125,7 +125,8 @@ def run_ray_search(job: RungJob, backend: RayBackend) -> None:
     try:
         trainable = tune.with_resources(
             tune.with_parameters(_trainable, space=space, protocol=protocol, num_classes=num_classes,
-                                 run_dir=str(run_dir.resolve()), study_name=study_name, rung=job.rung),
+                                 run_dir=str(run_dir.resolve()), study_name=study_name, rung=job.rung,
+                                 reused=job.reused),
             {"cpu": backend.cpus_per_trial},
         )
         storage = (run_dir / "ray").resolve()

@@ -19,7 +19,7 @@ from typing import Any, TypedDict
 from cmt_scale.proxy import TrialState
 
 __all__ = ["RESULT_COLUMNS", "STATES", "ResultRow", "TrialState", "make_row", "measured_rows", "read_rows",
-           "seed_means", "write_results", "write_row"]
+           "reusable_rows", "seed_means", "write_results", "write_row"]
 
 STATES = tuple(state.value for state in TrialState)
 
@@ -119,6 +119,22 @@ def read_rows(run_dir: str | Path) -> list[dict[str, Any]]:
     folder = Path(run_dir) / "trials"
     rows = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
     return sorted(rows, key=lambda r: (str(r.get("backend")), _natural(str(r.get("trial_id")))))
+
+
+def reusable_rows(run_dirs: Iterable[str | Path]) -> tuple[dict[str, Any], ...]:
+    """The complete rows of earlier runs, for a new run to reuse instead of retraining: training is
+    deterministic for (architecture, recipe, protocol, seed), so such a row is that trial's result. This is
+    how a recorded run is extended with a longer reference rung in a new folder without training its cheap
+    rung again. A folder without trial rows is a one-line error, not an empty reuse."""
+    rows: list[dict[str, Any]] = []
+    for run_dir in run_dirs:
+        found = read_rows(run_dir)
+        if not found:
+            raise ValueError(f"reuse={str(run_dir)!r} is not allowed: it holds no trial rows; allowed: a run folder "
+                             "(one with trials/*.json)")
+        rows += [r for r in found if r.get("state") == TrialState.COMPLETE]
+    # A complete row with a message is itself a reuse: trained rows first, so a reuse names the original.
+    return tuple(sorted(rows, key=lambda r: bool(r.get("error"))))
 
 
 def _natural(text: str) -> tuple:

@@ -83,6 +83,12 @@ def _same_measurement(previous: Mapping[str, Any], config_json: str, recipe_json
             and previous.get("recipe") in (None, recipe_json))
 
 
+def _of_study(previous: Mapping[str, Any], study: str) -> str:
+    """Names the reused row's study when it is another one (an earlier run's, see `reusable_rows`)."""
+    other = previous.get("study")
+    return f" of study {other}" if other and other != study else ""
+
+
 def run_trial(
     space: SearchSpace,
     values: Mapping[str, Any],
@@ -118,8 +124,8 @@ def run_trial(
     for previous in ([] if over_budget else done):
         if _same_measurement(previous, config_json, recipe_json, protocol, trained.seed):
             return make_row(**{**{k: previous[k] for k in _REUSED}, **common, "state": "complete",
-                               "error": f"same architecture as trial {previous['trial_id']}: result reused, not "
-                               "retrained", "wall_s": time.perf_counter() - start})
+                               "error": f"same architecture as trial {previous['trial_id']}{_of_study(previous, study)}"
+                               ": result reused, not retrained", "wall_s": time.perf_counter() - start})
     common.update(macs=candidate.macs, params=candidate.params)
     latency_ms = None
     reasons = [candidate.reason] if candidate.reason else space.budget.violations(candidate.macs, candidate.params)
