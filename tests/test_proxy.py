@@ -157,11 +157,11 @@ def test_protocol_hash_and_round_trip() -> None:
 
 def test_a_data_set_is_held_once_whatever_sizes_are_asked_for() -> None:
     """Studies over resolution ask for many sizes: one decoded copy and one resized copy per split stay in memory."""
-    from cmt_scale.proxy import _train as train_module
+    from cmt_scale.proxy import _batches as train_module
 
     small, large = load_dataset("digits", load_size=32), load_dataset("digits", load_size=64)
     assert small is large  # digits come at 8 px whatever the load size: one copy
     for resolution in (16, 24, 32):
-        images, _ = train_module._resized(small, "train", resolution)
+        images, _ = train_module.resized(small, "train", resolution)
         assert tuple(images.shape[-2:]) == (resolution, resolution) and images.dtype == torch.uint8
     assert [key for key in train_module._PREPARED if key[0] == small.name] == [(small.name, "train")]

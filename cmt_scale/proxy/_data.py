@@ -9,8 +9,9 @@ augment): no per-sample PIL work in the training loop. Names:
   in ``$CMT_SCALE_DATA`` and Debian's ``dataset-fashion-mnist`` package (``/usr/share/datasets/fashion-mnist``).
   With ``download=True`` torchvision fetches it.
 - ``cifar10``, ``cifar100``: torchvision's loaders (they download when allowed and online).
-- ``imagefolder:PATH``: torchvision ``ImageFolder``; ``PATH/train`` and ``PATH/val`` (or ``test``) when
-  present, else one folder that the protocol splits. Images are decoded once at ``load_size``.
+- ``imagefolder:PATH``: class folders of images; ``PATH/train`` and ``PATH/val`` (or ``test``) when
+  present, else one folder split 80/20. Decoded once at ``load_size`` in parallel and cached on disk when
+  it fits the memory budget, streamed from disk otherwise (`_folder.py`).
 - ``digits``: scikit-learn's bundled 8x8 digits (1797 images; no download ever), for tests.
 """
 
@@ -25,7 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["DATASET_NAMES", "DatasetNotFound", "ProxyData", "load_dataset"]
+from ._folder import StreamedFolder
+
+__all__ = ["DATASET_NAMES", "DatasetNotFound", "ProxyData", "StreamedFolder", "default_data_memory_gb", "load_dataset"]
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 DATASET_NAMES = ("fashion-mnist", "cifar10", "cifar100", "digits", "imagefolder:PATH")
@@ -47,6 +50,7 @@ class ProxyData:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    skipped: tuple[str, ...] = ()  # unreadable files left out (image folders)
 
     @property
     def channels(self) -> int:
@@ -147,47 +151,56 @@ def _digits() -> ProxyData:
     return _make("digits", images[train], bunch.target[train], images[test], bunch.target[test], 10)
 
 
-def _image_folder(path: str, load_size: int) -> ProxyData:
-    from torchvision import transforms
-    from torchvision.datasets import ImageFolder
+def _image_folder(path: str, load_size: int, memory_gb: float | None, workers: int | None
+                  ) -> ProxyData | StreamedFolder:
+    """The folder in memory (decoded in parallel, cached on disk) when its decoded size fits ``memory_gb``
+    (default `default_data_memory_gb`), else streamed from disk (`_folder.py`)."""
+    from ._folder import decode_folder, decoded_bytes, folder_stats, index_folder
 
-    root = Path(path)
-    if not root.is_dir():
-        raise DatasetNotFound(f"data set 'imagefolder:{path}' not found: "
-                              f"{str(root)!r} is not a folder of class folders")
-    resize = transforms.Compose([transforms.Resize(load_size), transforms.CenterCrop(load_size),
-                                 transforms.PILToTensor()])
+    index = index_folder(path)
+    budget = default_data_memory_gb() if memory_gb is None else memory_gb
+    name = f"imagefolder:{path}"
+    if decoded_bytes(index, load_size) > budget * 2**30:
+        mean, std = folder_stats(index, load_size, workers)
+        return StreamedFolder(name, index, _labels([label for _, label in index.train]),
+                              _labels([label for _, label in index.test]), len(index.classes), mean, std,
+                              load_size)
+    decoded = decode_folder(index, load_size, workers)
+    return ProxyData(name, torch.from_numpy(decoded["train_images"]), torch.from_numpy(decoded["train_labels"]),
+                     torch.from_numpy(decoded["test_images"]), torch.from_numpy(decoded["test_labels"]),
+                     len(index.classes), decoded["mean"], decoded["std"], decoded["skipped"])
 
-    def decode(folder: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        ds = ImageFolder(str(folder), transform=resize)
-        xs = [ds[i][0] for i in range(len(ds))]
-        return torch.stack(xs).permute(0, 2, 3, 1).numpy(), np.array(ds.targets), ds.classes
 
-    test_dir = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
-    if (root / "train").is_dir() and test_dir is not None:
-        tx, ty, classes = decode(root / "train")
-        vx, vy, _ = decode(test_dir)
-    else:
-        x, y, classes = decode(root)
-        order = np.random.default_rng(0).permutation(len(x))
-        cut = int(0.8 * len(x))
-        tx, ty, vx, vy = x[order[:cut]], y[order[:cut]], x[order[cut:]], y[order[cut:]]
-    return _make(f"imagefolder:{path}", tx, ty, vx, vy, len(classes))
+def _labels(values) -> torch.Tensor:
+    return torch.tensor(np.asarray(values), dtype=torch.int64)
+
+
+def default_data_memory_gb() -> float:
+    """The default memory budget for a data set held in memory: a quarter of this machine's RAM (a search
+    also needs memory for models, workers and the page cache)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 4 / 2**30
+    except (ValueError, OSError, AttributeError):
+        return 4.0
 
 
 _CACHE: dict[tuple, ProxyData] = {}
 
 
-def load_dataset(name: str, root: str | None = None, download: bool = False, load_size: int = 64) -> ProxyData:
+def load_dataset(name: str, root: str | None = None, download: bool = False, load_size: int = 64,
+                 memory_gb: float | None = None, workers: int | None = None) -> ProxyData | StreamedFolder:
     """The data set called ``name`` (see the module docstring), cached in memory per process.
 
     ``load_size`` matters only to an image folder (decoded at that size); the other data sets come at their
     own size whatever it is, so they are cached once. One copy per data set is kept: a new size replaces the
-    folder's old one rather than piling up.
+    folder's old one rather than piling up. An image folder whose decoded size exceeds ``memory_gb``
+    (default: `default_data_memory_gb`) comes back as a `StreamedFolder`, read from disk while training;
+    ``workers`` decode it (default: one per core).
 
     Raises `DatasetNotFound` (a `FileNotFoundError`) naming the data set, where it looked, and how to get it.
     """
-    key = (name, root, load_size if name.startswith("imagefolder:") else None)
+    folder = name.startswith("imagefolder:")
+    key = (name, root, (load_size, memory_gb) if folder else None)
     if key in _CACHE:
         return _CACHE[key]
     loaders: dict[str, Callable[[], ProxyData]] = {
@@ -197,7 +210,7 @@ def load_dataset(name: str, root: str | None = None, download: bool = False, loa
         "digits": _digits,
     }
     if name.startswith("imagefolder:"):
-        data = _image_folder(name.split(":", 1)[1], load_size)
+        data = _image_folder(name.split(":", 1)[1], load_size, memory_gb, workers)
     elif name in loaders:
         data = loaders[name]()
     else:

@@ -14,10 +14,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-__all__ = ["DEFAULT_PROTOCOL", "LOW_RES_BELOW", "LOW_RES_RULES", "ProxyProtocol"]
+__all__ = ["DEFAULT_PROTOCOL", "LOW_RES_BELOW", "LOW_RES_RULES", "TENSOR_AUGMENTS", "ProxyProtocol"]
 
-_AUGMENTS = ("crop-flip", "crop", "none")
-_PRECISIONS = ("fp32", "bf16")
+# Batch-level augmentations made by tensor ops (any data path); the rest are timm's per-image ones.
+TENSOR_AUGMENTS = ("crop-flip", "crop", "none")
+# rrc-flip: timm's random-resized crop and flip; a timm auto-augment policy adds to it (e.g. rand-m9-mstd0.5).
+_TIMM_POLICY_PREFIXES = ("rand-", "augmix-", "original", "v0", "3a")
+_AUGMENTS_ALLOWED = "none, crop, crop-flip, rrc-flip or a timm auto-augment policy (rand-m9-mstd0.5, augmix-m5, ...)"
+_PRECISIONS = ("fp32", "bf16", "fp16")
+# Fields added after results were recorded: hashed only when set, so older protocols keep their hashes.
+_HASHED_WHEN_SET = {"mixup": 0.0, "cutmix": 0.0}
+# Fields that change speed or memory, not what is learned (the seed: another sample of the same recipe).
+_NOT_HASHED = ("threads", "device", "compile", "seed", "workers", "data_memory_gb")
 _DEVICES = ("auto", "cpu", "cuda")
 LOW_RES_RULES = ("adapt", "native")
 # Below this input size a native CMT or EfficientNet ends on a 1x1 map and a native DeiT on a 2x2 token grid.
@@ -63,6 +71,8 @@ class ProxyProtocol:
     min_lr_ratio: float = 0.01
     label_smoothing: float = 0.1
     augment: str = "none"
+    mixup: float = 0.0
+    cutmix: float = 0.0
     seed: int = 0
     threads: int | None = None
     device: str = "auto"
@@ -71,6 +81,8 @@ class ProxyProtocol:
     eval_test: bool = False
     recipes: str | None = None
     low_res: str = "native"
+    workers: int | None = None
+    data_memory_gb: float | None = None
 
     def __post_init__(self) -> None:
         def need(ok: bool, name: str, allowed: str) -> None:
@@ -92,7 +104,19 @@ class ProxyProtocol:
         need(0 <= self.warmup_epochs <= self.epochs, "warmup_epochs", f"a number in [0, epochs={self.epochs}]")
         need(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "a number in [0, 1]")
         need(0 <= self.label_smoothing < 1, "label_smoothing", "a number in [0, 1)")
-        need(self.augment in _AUGMENTS, "augment", ", ".join(_AUGMENTS))
+        need(isinstance(self.augment, str) and (self.augment in (*TENSOR_AUGMENTS, "rrc-flip")
+                                                or self.augment.startswith(_TIMM_POLICY_PREFIXES)),
+             "augment", _AUGMENTS_ALLOWED)
+        for name in ("mixup", "cutmix"):
+            value = getattr(self, name)
+            need(isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf, name,
+                 "a Beta-distribution alpha >= 0 (0: off)")
+        need(self.workers is None or (is_int(self.workers) and self.workers >= 0), "workers",
+             "an integer >= 0 (0: load in the training process) or None (one per core)")
+        need(self.data_memory_gb is None or (isinstance(self.data_memory_gb, (int, float))
+                                             and not isinstance(self.data_memory_gb, bool)
+                                             and 0 <= self.data_memory_gb < math.inf),
+             "data_memory_gb", "a number of GiB >= 0 (0: always stream an image folder) or None (a quarter of RAM)")
         need(is_int(self.seed), "seed", "an integer")
         need(self.threads is None or (is_int(self.threads) and self.threads >= 1), "threads", "an integer >= 1")
         need(self.device in _DEVICES, "device", ", ".join(_DEVICES))
@@ -128,10 +152,13 @@ class ProxyProtocol:
     def protocol_hash(self) -> str:
         """12 hex digits of the protocol's canonical JSON; equal hashes mean comparable results.
 
-        Threads, device and compilation change speed, not what is learned, and the seed only draws another
-        sample of the same recipe (results keep it in their own ``seed`` column), so they are left out.
+        Threads, device, compilation, data workers and the memory budget change speed, not what is learned,
+        and the seed only draws another sample of the same recipe (results keep it in their own ``seed``
+        column), so they are left out. Mixup and CutMix enter only when on, so protocols from before they
+        existed keep their hashes.
         """
-        data = {k: v for k, v in self.to_dict().items() if k not in ("threads", "device", "compile", "seed")}
+        data = {k: v for k, v in self.to_dict().items()
+                if k not in _NOT_HASHED and not (k in _HASHED_WHEN_SET and v == _HASHED_WHEN_SET[k])}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 

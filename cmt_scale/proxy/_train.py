@@ -9,10 +9,11 @@ never as an exception out of the search.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -22,11 +23,14 @@ import torch.nn.functional as F
 
 from scaling import CMTConfig
 
-from ._data import DatasetNotFound, ProxyData, load_dataset
+from ._batches import make_source, mixer
+from ._data import DatasetNotFound, ProxyData, StreamedFolder, load_dataset
 from ._protocol import ProxyProtocol
 from ._state import TrialState
 
 __all__ = ["TrialPruned", "TrialResult", "train_and_evaluate"]
+
+log = logging.getLogger("cmt_scale.proxy")
 
 
 class TrialPruned(Exception):
@@ -48,6 +52,7 @@ class TrialResult:
     epochs_run: int = 0
     train_img_per_s: float = float("nan")
     data_time_share: float = float("nan")
+    skipped_images: int = 0  # unreadable files left out of the data set
     wall_s: float = 0.0
     macs: int | None = None
     params: int | None = None
@@ -66,61 +71,7 @@ def resolve_device(protocol: ProxyProtocol) -> torch.device:
     return torch.device(protocol.device)
 
 
-_PREPARED: dict[tuple[str, str], tuple[int, ProxyData, torch.Tensor, torch.Tensor]] = {}
-
-
-def _resized(data: ProxyData, split: str, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The split's images resized once to the protocol resolution (uint8, cached): no resize per batch.
-
-    One resolution is kept per data set (by name) and split: studies that scale resolution would otherwise
-    keep a resized copy of the whole split per member (60k images at 192 px is 6.6 GB)."""
-    key = (data.name, split)
-    cached = _PREPARED.get(key)
-    if cached is None or cached[0] != resolution or cached[1] is not data:
-        images = data.train_images if split == "train" else data.test_images
-        labels = data.train_labels if split == "train" else data.test_labels
-        if images.shape[-1] != resolution or images.shape[-2] != resolution:
-            chunks = [
-                F.interpolate(images[i : i + 4096].float(), size=(resolution, resolution), mode="bilinear",
-                              align_corners=False, antialias=True).round_().clamp_(0, 255).to(torch.uint8)
-                for i in range(0, len(images), 4096)
-            ]
-            images = torch.cat(chunks)
-        _PREPARED[key] = cached = (resolution, data, images, labels)
-    return cached[2], cached[3]
-
-
-class _Batches:
-    """Turns uint8 images into normalised 3-channel float batches (with the protocol's augmentation)."""
-
-    def __init__(self, data: ProxyData, protocol: ProxyProtocol, in_chans: int, device: torch.device) -> None:
-        self.protocol, self.device, self.in_chans = protocol, device, in_chans
-        mean = torch.tensor(data.mean).view(1, -1, 1, 1)
-        std = torch.tensor(data.std).view(1, -1, 1, 1)
-        self.mean, self.std = mean.to(device), std.to(device)
-
-    def __call__(self, images: torch.Tensor, augment: bool, gen: torch.Generator | None) -> torch.Tensor:
-        x = images.to(self.device, non_blocking=True).float().div_(255)
-        x = (x - self.mean) / self.std
-        if augment and self.protocol.augment != "none":
-            x = self._augment(x, gen)
-        if x.shape[1] == 1 and self.in_chans == 3:
-            x = x.expand(-1, 3, -1, -1)
-        return x.contiguous(memory_format=torch.channels_last)
-
-    def _augment(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
-        n, _, h, w = x.shape
-        pad = max(1, h // 8)
-        padded = F.pad(x, (pad, pad, pad, pad))  # zero = the data set's mean after normalisation
-        offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=gen)
-        out = torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets.tolist())])
-        if self.protocol.augment == "crop-flip":
-            flip = torch.rand(n, generator=gen) < 0.5
-            out[flip] = out[flip].flip(-1)
-        return out
-
-
-def _split(data: ProxyData, protocol: ProxyProtocol) -> tuple[torch.Tensor, torch.Tensor]:
+def _split(data: ProxyData | StreamedFolder, protocol: ProxyProtocol) -> tuple[torch.Tensor, torch.Tensor]:
     """Train and validation indices into the training split, from the protocol's seed."""
     total = len(data.train_labels)
     if protocol.val_size >= total:
@@ -161,15 +112,30 @@ def _build(model_or_config: nn.Module | CMTConfig, protocol: ProxyProtocol, num_
 
 
 @torch.inference_mode()
-def _evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batches: _Batches,
-              batch_size: int, autocast: Callable[[], contextlib.AbstractContextManager]) -> float:
+def _evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+              autocast: Callable[[], contextlib.AbstractContextManager]) -> float:
     model.eval()
-    correct = 0
-    for i in range(0, len(labels), batch_size * 2):
+    correct = total = 0
+    for x, y in batches:
         with autocast():
-            logits = model(batches(images[i : i + batch_size * 2], False, None))
-        correct += int((logits.argmax(-1).cpu() == labels[i : i + batch_size * 2]).sum())
-    return 100.0 * correct / len(labels)
+            logits = model(x)
+        correct += int((logits.argmax(-1) == y).sum())
+        total += len(y)
+    return 100.0 * correct / max(1, total)
+
+
+def _precision(protocol: ProxyProtocol, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """The autocast dtype (``None``: fp32) and whether gradients need a scaler: bf16 where the device has
+    it, fp16 with a scaler on a GPU without bf16 (logged), fp16 only on a GPU."""
+    if protocol.precision == "fp32":
+        return None, False
+    if protocol.precision == "fp16" and device.type != "cuda":
+        raise ValueError(f"precision='fp16' is not allowed on {device.type}; allowed: fp32 or bf16 (fp16 needs a GPU)")
+    if protocol.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        log.warning("this GPU has no bf16: training in fp16 with a gradient scaler instead")
+        return torch.float16, True
+    dtype = torch.bfloat16 if protocol.precision == "bf16" else torch.float16
+    return dtype, dtype == torch.float16
 
 
 def train_and_evaluate(
@@ -225,7 +191,8 @@ def train_and_evaluate(
 
 def _run(model_or_config, protocol: ProxyProtocol, report, progress: bool, result: TrialResult,
          cost: tuple[int, int] | None) -> None:
-    data = load_dataset(protocol.dataset, protocol.data_root, protocol.download, load_size=protocol.resolution)
+    data = load_dataset(protocol.dataset, protocol.data_root, protocol.download, load_size=protocol.resolution,
+                        memory_gb=protocol.data_memory_gb, workers=protocol.workers)
     device = resolve_device(protocol)
     torch.manual_seed(protocol.seed)  # model initialisation
     model, macs, params, kind = _build(model_or_config, protocol, data.num_classes)
@@ -240,18 +207,32 @@ def _run(model_or_config, protocol: ProxyProtocol, report, progress: bool, resul
     in_chans = getattr(getattr(model, "cfg", None), "in_chans", 3)
     model = model.to(device).to(memory_format=torch.channels_last)
     train_idx, val_idx = _split(data, protocol)
-    train_images, train_labels = _resized(data, "train", protocol.resolution)
-    eval_images, eval_labels = train_images[val_idx], train_labels[val_idx]
-    batches = _Batches(data, protocol, in_chans, device)
-    steps = math.ceil(len(train_idx) / protocol.batch_size)
+    source = make_source(data, protocol, train_idx, val_idx, in_chans, device)
+    try:
+        _loop(model, protocol, report, progress, result, source, device, data.num_classes)
+    finally:
+        source.close()
+        result.skipped_images = source.skipped
+
+
+def _loop(model: nn.Module, protocol: ProxyProtocol, report, progress: bool, result: TrialResult, source,
+          device: torch.device, num_classes: int) -> None:
+    steps = source.steps_per_epoch()
     fused = device.type == "cpu" or device.type == "cuda"
     optimizer = torch.optim.AdamW(model.parameters(), lr=protocol.lr, weight_decay=protocol.weight_decay,
                                   fused=fused)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(protocol, steps))
-    use_bf16 = protocol.precision == "bf16"
+    dtype, needs_scaler = _precision(protocol, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=needs_scaler)
+    mix = mixer(protocol, num_classes)
 
     def autocast() -> contextlib.AbstractContextManager:
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+        return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+    def loss_of(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if y.ndim == 2:  # mixed soft targets (label smoothing included)
+            return torch.sum(-y * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+        return F.cross_entropy(logits, y, label_smoothing=protocol.label_smoothing)
 
     step_model = torch.compile(model) if protocol.compile else model
     gen = torch.Generator().manual_seed(protocol.seed + 1)
@@ -260,29 +241,35 @@ def _run(model_or_config, protocol: ProxyProtocol, report, progress: bool, resul
     bar = _progress_bar(protocol.epochs * steps, progress, result.name)
     for epoch in range(protocol.epochs):
         model.train()
-        order = train_idx[torch.randperm(len(train_idx), generator=gen)]
-        for i in range(0, len(order), protocol.batch_size):
+        batches = iter(source.train_batches(gen))
+        step = 0
+        while True:
             t0 = time.perf_counter()
-            idx = order[i : i + protocol.batch_size]
-            x = batches(train_images[idx], True, gen)
-            y = train_labels[idx].to(device)
+            batch = next(batches, None)
+            if batch is None:
+                break
+            x, y = batch
+            if mix is not None:
+                x, y = mix(x[: len(x) // 2 * 2], y[: len(y) // 2 * 2])  # timm's Mixup pairs a batch in halves
             t1 = time.perf_counter()
             with autocast():
-                loss = F.cross_entropy(step_model(x), y, label_smoothing=protocol.label_smoothing)
+                loss = loss_of(step_model(x), y)
             if not torch.isfinite(loss):
-                raise _Diverged(f"diverged: loss is {loss.item()} at epoch {epoch} step {i // protocol.batch_size}")
+                raise _Diverged(f"diverged: loss is {loss.item()} at epoch {epoch} step {step}")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             schedule.step()
             t2 = time.perf_counter()
             data_time += t1 - t0
             train_time += t2 - t0
-            seen += len(idx)
+            seen += len(x)
+            step += 1
             if bar is not None:
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}", img_s=f"{seen / train_time:.0f}")
                 bar.update(1)
-        top1 = _evaluate(model, eval_images, eval_labels, batches, protocol.batch_size, autocast)
+        top1 = _evaluate(model, source.eval_batches("val"), autocast)
         result.top1.append(top1)
         result.epochs_run = epoch + 1
         result.train_img_per_s = seen / train_time
@@ -295,8 +282,7 @@ def _run(model_or_config, protocol: ProxyProtocol, report, progress: bool, resul
     if bar is not None:
         bar.close()
     if protocol.eval_test:
-        test_images, test_labels = _resized(data, "test", protocol.resolution)
-        result.test_top1 = _evaluate(model, test_images, test_labels, batches, protocol.batch_size, autocast)
+        result.test_top1 = _evaluate(model, source.eval_batches("test"), autocast)
     result.state = TrialState.COMPLETE
 
 
