@@ -80,9 +80,17 @@ def add_protocol_args(parser: argparse.ArgumentParser, defaults: str = "proxy.DE
                              ("--val-size", int, "validation images held out from train"),
                              ("--resolution", int, "input size"), ("--batch-size", int, "batch size"),
                              ("--seed", int, "seed"), ("--threads", int, "torch threads per trial"),
-                             ("--lr", float, "peak learning rate")):
+                             ("--lr", float, "peak learning rate"),
+                             ("--mixup", float, "timm Mixup alpha (default 0: off)"),
+                             ("--cutmix", float, "timm CutMix alpha (default 0: off)"),
+                             ("--workers", int, "data loader processes (default: one per core, at most 8)"),
+                             ("--data-memory-gb", float, "an image folder larger than this (decoded) streams from "
+                              "disk (default: a quarter of RAM; 0: always stream)")):
         group.add_argument(flag, type=kind, help=text)
-    group.add_argument("--precision", choices=("fp32", "bf16"))
+    group.add_argument("--augment", help="none (default), crop, crop-flip (batch tensor ops), rrc-flip (timm's "
+                       "random-resized crop and flip) or a timm auto-augment policy, e.g. rand-m9-mstd0.5")
+    group.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="fp16: GPUs only, with a gradient "
+                       "scaler; bf16 falls back to it on a GPU without bf16")
     group.add_argument("--device", choices=("auto", "cpu", "cuda"))
     group.add_argument("--low-res", choices=("adapt", "native"), help="below 64 px: keep the published strides "
                        "(native, default) or halve each family's first downsampling (adapt)")
@@ -102,7 +110,8 @@ def protocol_from(args: argparse.Namespace, base=None):
             protocol = ProxyProtocol.from_dict(json.load(handle))
     changes = {name: getattr(args, name) for name in ("dataset", "data_root", "epochs", "train_size", "val_size",
                                                        "resolution", "batch_size", "seed", "threads", "lr",
-                                                       "precision", "device", "low_res")
+                                                       "precision", "device", "low_res", "mixup", "cutmix",
+                                                       "workers", "data_memory_gb", "augment")
                if getattr(args, name) is not None}
     if args.recipes is not None:
         changes["recipes"] = _recipes_json(args.recipes)
@@ -163,6 +172,7 @@ def add_backend_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--address", help="Ray: cluster to join: auto, host:port or ray://host:port")
     group.add_argument("--cpus-per-trial", type=int, help="Ray: CPUs (and torch threads) per trial (default 1)")
     group.add_argument("--num-cpus", type=int, help="Ray: CPUs of a local cluster (default: all)")
+    group.add_argument("--gpus-per-trial", type=float, help="Ray: GPUs per trial, fractions share a GPU (default 0)")
     group.add_argument("--search-seed", type=int, default=0, help="the sampler's seed")
 
 
@@ -174,7 +184,8 @@ def backend_from(args: argparse.Namespace):
     if args.backend not in backend_names():
         raise UsageError(f"--backend={args.backend!r} is not allowed; allowed: {', '.join(backend_names())}")
     flags = {"optuna": {"storage": "--storage"},
-             "ray": {"address": "--address", "cpus_per_trial": "--cpus-per-trial", "num_cpus": "--num-cpus"}}
+             "ray": {"address": "--address", "cpus_per_trial": "--cpus-per-trial", "num_cpus": "--num-cpus",
+                     "gpus_per_trial": "--gpus-per-trial"}}
     for owner, options in flags.items():
         for dest, flag in options.items():
             if owner != args.backend and getattr(args, dest) is not None:
@@ -183,7 +194,7 @@ def backend_from(args: argparse.Namespace):
     if args.backend == "optuna":
         return OptunaBackend(storage=args.storage, seed=args.search_seed)
     return RayBackend(address=args.address, cpus_per_trial=args.cpus_per_trial or 1, num_cpus=args.num_cpus,
-                      seed=args.search_seed)
+                      seed=args.search_seed, gpus_per_trial=args.gpus_per_trial or 0.0)
 
 
 class Progress:

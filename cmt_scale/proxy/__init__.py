@@ -5,7 +5,7 @@ and from searching (`cmt_scale.search`): a search hands it a config and a protoc
 It never imports Optuna or Ray.
 """
 
-from ._data import DATASET_NAMES, DatasetNotFound, ProxyData, load_dataset
+from ._data import DATASET_NAMES, DatasetNotFound, ProxyData, StreamedFolder, data_for, load_dataset
 from ._family import COMMON_KEYS, Family, Member, family_names, get_family, register_family
 from ._family_baselines import build_baseline, checked_deit_patch, deit_patch_size
 from ._family_cmt import compound_member, compound_values
@@ -39,7 +39,9 @@ __all__ = [
     "build_baseline",
     "checked_deit_patch",
     "deit_patch_size",
+    "data_for",
     "load_dataset",
+    "StreamedFolder",
     "resolve_device",
     "train_and_evaluate",
 ]

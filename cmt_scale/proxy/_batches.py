@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ._data import ProxyData, StreamedFolder
 from ._folder import decode_workers, open_image, seed_worker
-from ._protocol import TENSOR_AUGMENTS, ProxyProtocol
+from ._protocol import AUGMENTS_ALLOWED, TENSOR_AUGMENTS, ProxyProtocol
 
 __all__ = ["LoaderSource", "TensorSource", "make_source"]
 
@@ -181,6 +181,17 @@ def timm_transform(protocol: ProxyProtocol, mean: tuple[float, ...], std: tuple[
                                 interpolation="bilinear", mean=mean, std=std)
     return create_transform(protocol.resolution, is_training=False, crop_pct=1.0, interpolation="bilinear",
                             mean=mean, std=std)
+
+
+def check_augment(protocol: ProxyProtocol) -> None:
+    """A one-line ``ValueError`` for an augmentation name timm cannot build (a mistyped policy)."""
+    if protocol.augment in TENSOR_AUGMENTS:
+        return
+    try:
+        timm_transform(protocol, (0.5,) * 3, (0.5,) * 3, True)
+    except Exception as err:  # timm raises assorted errors for a malformed policy string
+        raise ValueError(f"augment={protocol.augment!r} is not allowed: timm cannot build it ({type(err).__name__}: "
+                         f"{err}); allowed: {AUGMENTS_ALLOWED}") from None
 
 
 class LoaderSource:

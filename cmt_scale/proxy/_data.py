@@ -22,13 +22,18 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ._folder import StreamedFolder
 
-__all__ = ["DATASET_NAMES", "DatasetNotFound", "ProxyData", "StreamedFolder", "default_data_memory_gb", "load_dataset"]
+if TYPE_CHECKING:
+    from ._protocol import ProxyProtocol
+
+__all__ = ["DATASET_NAMES", "DatasetNotFound", "ProxyData", "StreamedFolder", "data_for", "default_data_memory_gb",
+           "load_dataset"]
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 DATASET_NAMES = ("fashion-mnist", "cifar10", "cifar100", "digits", "imagefolder:PATH")
@@ -185,6 +190,12 @@ def default_data_memory_gb() -> float:
 
 
 _CACHE: dict[tuple, ProxyData] = {}
+
+
+def data_for(protocol: ProxyProtocol) -> ProxyData | StreamedFolder:
+    """The data set ``protocol`` trains on, held or streamed as its memory budget and workers say."""
+    return load_dataset(protocol.dataset, protocol.data_root, protocol.download, load_size=protocol.resolution,
+                        memory_gb=protocol.data_memory_gb, workers=protocol.workers)
 
 
 def load_dataset(name: str, root: str | None = None, download: bool = False, load_size: int = 64,

@@ -20,7 +20,7 @@ __all__ = ["DEFAULT_PROTOCOL", "LOW_RES_BELOW", "LOW_RES_RULES", "TENSOR_AUGMENT
 TENSOR_AUGMENTS = ("crop-flip", "crop", "none")
 # rrc-flip: timm's random-resized crop and flip; a timm auto-augment policy adds to it (e.g. rand-m9-mstd0.5).
 _TIMM_POLICY_PREFIXES = ("rand-", "augmix-", "original", "v0", "3a")
-_AUGMENTS_ALLOWED = "none, crop, crop-flip, rrc-flip or a timm auto-augment policy (rand-m9-mstd0.5, augmix-m5, ...)"
+AUGMENTS_ALLOWED = "none, crop, crop-flip, rrc-flip or a timm auto-augment policy (rand-m9-mstd0.5, augmix-m5, ...)"
 _PRECISIONS = ("fp32", "bf16", "fp16")
 # Fields added after results were recorded: hashed only when set, so older protocols keep their hashes.
 _HASHED_WHEN_SET = {"mixup": 0.0, "cutmix": 0.0}
@@ -106,7 +106,7 @@ class ProxyProtocol:
         need(0 <= self.label_smoothing < 1, "label_smoothing", "a number in [0, 1)")
         need(isinstance(self.augment, str) and (self.augment in (*TENSOR_AUGMENTS, "rrc-flip")
                                                 or self.augment.startswith(_TIMM_POLICY_PREFIXES)),
-             "augment", _AUGMENTS_ALLOWED)
+             "augment", AUGMENTS_ALLOWED)
         for name in ("mixup", "cutmix"):
             value = getattr(self, name)
             need(isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf, name,

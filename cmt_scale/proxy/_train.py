@@ -23,8 +23,8 @@ import torch.nn.functional as F
 
 from scaling import CMTConfig
 
-from ._batches import make_source, mixer
-from ._data import DatasetNotFound, ProxyData, StreamedFolder, load_dataset
+from ._batches import check_augment, make_source, mixer
+from ._data import DatasetNotFound, ProxyData, StreamedFolder, data_for
 from ._protocol import ProxyProtocol
 from ._state import TrialState
 
@@ -63,12 +63,18 @@ class TrialResult:
 
 
 def resolve_device(protocol: ProxyProtocol) -> torch.device:
-    """The device ``protocol`` trains on (``auto``: CUDA when present); a ``ValueError`` for a missing GPU."""
+    """The device ``protocol`` trains on (``auto``: CUDA when present); a ``ValueError`` for a missing GPU,
+    for a precision the device cannot train in, and for an augmentation timm cannot build: all caught before
+    a search writes anything."""
     if protocol.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if protocol.device == "cuda" and not torch.cuda.is_available():
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    elif protocol.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' is not available here; allowed: 'cpu' or 'auto'")
-    return torch.device(protocol.device)
+    else:
+        device = torch.device(protocol.device)
+    _precision(protocol, device)
+    check_augment(protocol)
+    return device
 
 
 def _split(data: ProxyData | StreamedFolder, protocol: ProxyProtocol) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,8 +197,7 @@ def train_and_evaluate(
 
 def _run(model_or_config, protocol: ProxyProtocol, report, progress: bool, result: TrialResult,
          cost: tuple[int, int] | None) -> None:
-    data = load_dataset(protocol.dataset, protocol.data_root, protocol.download, load_size=protocol.resolution,
-                        memory_gb=protocol.data_memory_gb, workers=protocol.workers)
+    data = data_for(protocol)
     device = resolve_device(protocol)
     torch.manual_seed(protocol.seed)  # model initialisation
     model, macs, params, kind = _build(model_or_config, protocol, data.num_classes)

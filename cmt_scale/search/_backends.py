@@ -78,18 +78,25 @@ class OptunaBackend(Backend):
 @dataclass(frozen=True)
 class RayBackend(Backend):
     """Ray Tune. ``address``: a cluster to join (``auto``, ``host:port``, ``ray://host:port``; default a local
-    Ray with ``num_cpus``, all by default); each trial gets ``cpus_per_trial`` CPUs and as many torch threads.
+    Ray with ``num_cpus``, all by default); each trial gets ``cpus_per_trial`` CPUs and as many torch threads,
+    and ``gpus_per_trial`` GPUs (a fraction shares one GPU between trials; Tune's ``with_resources``).
     ``seed``: the OptunaSearch searcher's seed."""
 
     address: str | None = None
     cpus_per_trial: int = 1
     num_cpus: int | None = None
     seed: int = 0
+    gpus_per_trial: float = 0.0
     name: ClassVar[str] = "ray"
 
     def __post_init__(self) -> None:
         check_int("cpus_per_trial", self.cpus_per_trial)
         check_int("num_cpus", self.num_cpus, none_ok=True)
+        gpus = self.gpus_per_trial
+        if isinstance(gpus, bool) or not isinstance(gpus, (int, float)) or not 0 <= gpus < float("inf") or (
+                gpus > 1 and gpus != int(gpus)):
+            raise ValueError(f"gpus_per_trial={gpus!r} is not allowed; allowed: 0, a fraction in (0, 1] or a whole "
+                             "number of GPUs")
 
     def run(self, job: RungJob) -> None:
         from ._ray import run_ray_search

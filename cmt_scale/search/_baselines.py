@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cmt_scale.proxy import ProxyProtocol, baseline_families, get_family, load_dataset
+from cmt_scale.proxy import ProxyProtocol, baseline_families, data_for, get_family
 from search_spaces import SearchSpace, load_space
 
 from ._driver import (
@@ -59,7 +59,7 @@ def run_baselines(
     spaces = {family: load_space(family) for family in families}
     for space in spaces.values():
         check_resolution(space, protocol.resolution, protocol)
-    data = load_dataset(protocol.dataset, protocol.data_root, protocol.download, load_size=protocol.resolution)
+    data = data_for(protocol)
     for rung_protocol in (protocol, reference):
         if rung_protocol is not None:
             check_protocol_fits(rung_protocol, data)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis import pareto_mask
-from cmt_scale.proxy import ProxyProtocol, load_dataset, resolve_device
+from cmt_scale.proxy import ProxyProtocol, data_for, resolve_device
 from scaling import check_int
 from search_spaces import SearchSpace, load_space, space_from_dict
 
@@ -119,7 +119,7 @@ def check_protocol_fits(protocol: ProxyProtocol, data=None) -> None:
     """Catch a protocol the data set or this machine cannot serve before anything is written to the run folder."""
     resolve_device(protocol)
     if data is None:
-        data = load_dataset(protocol.dataset, protocol.data_root, protocol.download, load_size=protocol.resolution)
+        data = data_for(protocol)
     available = len(data.train_labels)
     if protocol.val_size >= available:
         raise ValueError(f"val_size={protocol.val_size} is not allowed for {protocol.dataset}; allowed: fewer than its "
@@ -232,7 +232,7 @@ def run_search(
     check_resolution(space, protocol.resolution, protocol)
     run_dir = Path(out)
     study_name = study or run_dir.name
-    data = load_dataset(protocol.dataset, protocol.data_root, protocol.download, load_size=protocol.resolution)
+    data = data_for(protocol)
     check_protocol_fits(protocol, data)
     if reference is not None:
         check_protocol_fits(reference, data)

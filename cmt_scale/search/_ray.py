@@ -34,7 +34,8 @@ def _trainable(config: dict[str, Any], space: SearchSpace, protocol: ProxyProtoc
     import ray
 
     threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
-    protocol = protocol.replace(threads=threads)
+    # the trial's data workers come out of its CPUs too (one per CPU), not one per core of the node
+    protocol = protocol.replace(threads=threads, workers=protocol.workers if protocol.workers is not None else threads)
     session = _session()
     trial_id = session.get_context().get_trial_id()
     macs_holder: dict[str, Any] = {}
@@ -113,6 +114,18 @@ def _ray_init(address: str | None, num_cpus: int) -> Path | None:
     return temp
 
 
+def _check_gpus(per_trial: float) -> None:
+    """Tune waits forever for resources no node has: a GPU request the cluster cannot meet is an error now."""
+    import ray
+
+    if per_trial <= 0:
+        return
+    available = ray.cluster_resources().get("GPU", 0)
+    if available < per_trial:
+        raise ValueError(f"gpus_per_trial={per_trial:g} is not allowed on this Ray cluster: it has {available:g} "
+                         "GPUs; allowed: 0 (CPU trials), or a cluster whose nodes have GPUs")
+
+
 def run_ray_search(job: RungJob, backend: RayBackend) -> None:
     """Run ``job`` as a Ray Tune experiment under the run folder's ``ray/``, restoring it when it exists."""
     import ray
@@ -123,11 +136,12 @@ def run_ray_search(job: RungJob, backend: RayBackend) -> None:
     space, protocol, num_classes, run_dir, study_name = job.space, job.protocol, job.num_classes, job.run_dir, job.study
     session_dir = _ray_init(backend.address, backend.num_cpus or os.cpu_count() or 2)
     try:
+        _check_gpus(backend.gpus_per_trial)
         trainable = tune.with_resources(
             tune.with_parameters(_trainable, space=space, protocol=protocol, num_classes=num_classes,
                                  run_dir=str(run_dir.resolve()), study_name=study_name, rung=job.rung,
                                  reused=job.reused),
-            {"cpu": backend.cpus_per_trial},
+            {"cpu": backend.cpus_per_trial, "gpu": backend.gpus_per_trial},
         )
         storage = (run_dir / "ray").resolve()
         experiment = storage / study_name

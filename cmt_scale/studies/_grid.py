@@ -48,10 +48,9 @@ def arch_key(config: Mapping[str, Any]) -> str:
 
 def num_classes_of(protocol: ProxyProtocol) -> int:
     """The protocol's class count (the data set is loaded once per process and cached)."""
-    from cmt_scale.proxy import load_dataset
+    from cmt_scale.proxy import data_for
 
-    return load_dataset(protocol.dataset, protocol.data_root, protocol.download,
-                        load_size=protocol.resolution).num_classes
+    return data_for(protocol).num_classes
 
 
 def member(base: str, base_phi: float, resolution: int, scale_resolution: bool, num_classes: int,

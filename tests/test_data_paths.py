@@ -1,0 +1,186 @@
+"""Image folders: held in memory (decoded in parallel, cached on disk) or streamed from disk through timm's
+pipeline; both train alike; unreadable files, empty folders and mismatched class folders are handled."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import cmt_scale.proxy._data as data_module
+from cmt_scale.proxy import DEFAULT_PROTOCOL, ProxyData, ProxyProtocol, StreamedFolder, load_dataset, train_and_evaluate
+from scaling import CMTConfig
+
+SMALL_CMT = CMTConfig(img_size=32, stem_channels=8, embed_dims=(16, 32, 48, 64), depths=(1, 1, 1, 1),
+                      num_heads=(1, 2, 2, 4), mlp_ratios=(2,) * 4, sr_ratios=(8, 4, 2, 1), fc_dim=64)
+CLASSES = ("ant", "bee", "cow")
+
+
+def _write_folder(root: Path, per_class: dict[str, int], seed: int = 0) -> None:
+    """JPEGs and PNGs of several sizes, in colour: each class a different mean colour, so it is learnable."""
+    rng = np.random.default_rng(seed)
+    for split, count in per_class.items():
+        for label, name in enumerate(CLASSES):
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                h, w = rng.integers(18, 40, size=2)
+                base = np.zeros(3)
+                base[label] = 160
+                pixels = np.clip(base + rng.normal(0, 40, (h, w, 3)), 0, 255).astype(np.uint8)
+                suffix = ".png" if i % 3 == 0 else ".jpg"
+                Image.fromarray(pixels).save(root / split / name / f"{i}{suffix}")
+
+
+@pytest.fixture()
+def folder(tmp_path: Path, monkeypatch) -> Path:
+    monkeypatch.setenv("CMT_SCALE_CACHE", str(tmp_path / "cache"))
+    data_module._CACHE.clear()
+    _write_folder(tmp_path / "images", {"train": 40, "val": 10})
+    yield tmp_path / "images"
+    data_module._CACHE.clear()
+
+
+def _protocol(folder: Path, **changes) -> ProxyProtocol:
+    base = ProxyProtocol(dataset=f"imagefolder:{folder}", resolution=32, val_size=30, epochs=1, batch_size=16,
+                         threads=1, workers=1, eval_test=True, lr=3e-3)
+    return base.replace(**changes)
+
+
+def test_a_folder_over_the_memory_budget_streams_and_one_under_it_is_held(folder: Path) -> None:
+    decoded = (120 + 30) * 3 * 16 * 16  # images x RGB x 16 x 16 bytes, by hand
+    held = load_dataset(f"imagefolder:{folder}", load_size=16, memory_gb=decoded / 2**30)
+    assert isinstance(held, ProxyData) and tuple(held.train_images.shape) == (120, 3, 16, 16)
+    streamed = load_dataset(f"imagefolder:{folder}", load_size=16, memory_gb=(decoded - 1) / 2**30)
+    assert isinstance(streamed, StreamedFolder) and len(streamed.train_labels) == 120
+    assert streamed.num_classes == held.num_classes == 3
+    assert torch.equal(streamed.train_labels, held.train_labels)
+    # the same per-channel statistics on both paths (same sample), and they are the images' own
+    assert np.allclose(streamed.mean, held.mean) and np.allclose(streamed.std, held.std)
+    pixels = held.train_images.double() / 255
+    assert np.allclose(held.mean, pixels.mean((0, 2, 3)).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("augment", ["none", "crop-flip"])
+def test_streamed_and_in_memory_train_to_the_same_result(folder: Path, augment: str) -> None:
+    """Same protocol and seed: the same images in the same order with the same augmentation draws, whichever
+    path holds them, so the accuracies are equal (not merely within seed noise)."""
+    results = [train_and_evaluate(SMALL_CMT, _protocol(folder, augment=augment, data_memory_gb=budget),
+                                  progress=False) for budget in (None, 0)]
+    assert all(r.state == "complete" for r in results), [r.error for r in results]
+    assert results[0].top1 == pytest.approx(results[1].top1, abs=1e-9)
+    assert results[0].test_top1 == pytest.approx(results[1].test_top1, abs=1e-9)
+    assert results[0].test_top1 > 100 / 3 + 15  # and it learned: well above chance on 3 colour classes
+
+
+def test_parallel_decode_equals_serial_and_the_cache_serves_the_second_load(folder: Path, tmp_path: Path,
+                                                                           monkeypatch) -> None:
+    import cmt_scale.proxy._folder as folder_module
+
+    serial = load_dataset(f"imagefolder:{folder}", load_size=16, workers=0)
+    cached = list((tmp_path / "cache" / "data").glob("*-16px-v*"))
+    assert len(cached) == 1 and (cached[0] / "train.npy").is_file()
+    data_module._CACHE.clear()
+    with monkeypatch.context() as patch:
+        patch.setattr(folder_module, "_decode_into", lambda *a, **k: pytest.fail("decoded although cached"))
+        again = load_dataset(f"imagefolder:{folder}", load_size=16, workers=2)
+    assert torch.equal(serial.train_images, again.train_images) and torch.equal(serial.test_images, again.test_images)
+    shutil_free = tmp_path / "cache2"
+    monkeypatch.setenv("CMT_SCALE_CACHE", str(shutil_free))
+    data_module._CACHE.clear()
+    parallel = load_dataset(f"imagefolder:{folder}", load_size=16, workers=2)  # decoded afresh, two workers
+    assert torch.equal(serial.train_images, parallel.train_images)
+    # a changed file changes the folder's key: the stale copy is not served
+    first = sorted((folder / "train" / "ant").glob("*.jpg"))[0]
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(first)
+    os.utime(first, ns=(1, 1))
+    data_module._CACHE.clear()
+    load_dataset(f"imagefolder:{folder}", load_size=16)
+    assert len(list((shutil_free / "data").glob("*-16px-v*"))) == 2
+
+
+def test_an_unreadable_image_is_skipped_named_and_counted_on_both_paths(folder: Path, caplog) -> None:
+    bad = folder / "train" / "bee" / "broken.jpg"
+    bad.write_bytes(b"not a jpeg at all")
+    caplog.set_level(logging.WARNING, logger="cmt_scale.data")
+    held = load_dataset(f"imagefolder:{folder}", load_size=16)
+    assert held.skipped == (str(bad),) and len(held.train_labels) == 120
+    assert any(str(bad) in record.getMessage() for record in caplog.records)
+    caplog.clear()
+    result = train_and_evaluate(SMALL_CMT, _protocol(folder, data_memory_gb=0), progress=False)
+    assert result.state == "complete" and result.skipped_images == 1
+    assert any(str(bad) in record.getMessage() for record in caplog.records)
+
+
+def test_a_folder_without_images_or_with_mismatched_classes_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "empty" / "ant").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"imagefolder:.*empty holds no images; allowed: a folder of class folders"):
+        load_dataset(f"imagefolder:{tmp_path / 'empty'}")
+    _write_folder(tmp_path / "two", {"train": 2, "val": 2})
+    (tmp_path / "two" / "val" / "cow").rename(tmp_path / "two" / "val" / "cat")
+    with pytest.raises(ValueError, match=r"class folders of train and val differ \(only in train: \['cow'\]; only in "
+                                         r"val: \['cat'\]\)"):
+        load_dataset(f"imagefolder:{tmp_path / 'two'}")
+
+
+def test_the_cli_reports_a_bad_folder_in_one_line(tmp_path: Path, capsys) -> None:
+    from cmt_scale.cli import main
+
+    (tmp_path / "empty" / "ant").mkdir(parents=True)
+    assert main(["search", "--space", "cmt_compound", "--dataset", f"imagefolder:{tmp_path / 'empty'}",
+                 "--out", str(tmp_path / "never")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds no images" in err and len(err.splitlines()) == 1 and not (tmp_path / "never").exists()
+
+
+def test_timm_augmentations_and_mixup_train_and_enter_the_hash(folder: Path) -> None:
+    protocol = _protocol(folder, augment="rand-m9-mstd0.5", mixup=0.4, cutmix=0.4, data_memory_gb=0)
+    result = train_and_evaluate(SMALL_CMT, protocol, progress=False)
+    assert result.state == "complete", result.error
+    assert result.top1[0] > 100 / 3  # mixed soft targets still learn the colours
+    assert protocol.protocol_hash != protocol.replace(mixup=0.0).protocol_hash
+    assert protocol.protocol_hash != protocol.replace(augment="rrc-flip").protocol_hash
+    assert protocol.protocol_hash == protocol.replace(workers=3, data_memory_gb=None).protocol_hash  # speed only
+
+
+def test_protocols_recorded_before_mixup_existed_keep_their_hash() -> None:
+    recorded = json.loads(Path("docs/recorded/baselines/run.json").read_text())
+    protocol = ProxyProtocol.from_dict({k: v for k, v in recorded["protocol"].items()})
+    assert protocol.protocol_hash == recorded["protocol_hash"]
+    assert DEFAULT_PROTOCOL.replace(recipes=protocol.recipes).protocol_hash == recorded["protocol_hash"]
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(augment="sharpen"), "augment='sharpen' is not allowed; allowed: none, crop, crop-flip, rrc-flip or a timm"),
+    (dict(mixup=-1.0), "mixup=-1.0 is not allowed"), (dict(workers=-1), "workers=-1 is not allowed"),
+    (dict(data_memory_gb=-2), "data_memory_gb=-2 is not allowed"),
+])
+def test_new_protocol_fields_are_checked(change, message) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        DEFAULT_PROTOCOL.replace(**change)
+
+
+def test_fp16_is_refused_on_a_cpu() -> None:
+    from cmt_scale.proxy import resolve_device
+
+    with pytest.raises(ValueError, match="precision='fp16' is not allowed on cpu"):
+        resolve_device(DEFAULT_PROTOCOL.replace(precision="fp16", device="cpu"))
+
+
+def test_ray_refuses_gpus_per_trial_on_a_cluster_without_gpus(tmp_path: Path, monkeypatch) -> None:
+    """Tune would wait forever for a GPU no node has: the request fails at once with one line."""
+    from cmt_scale.search import RayBackend, run_search
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(ValueError, match=r"gpus_per_trial=0.5 is not allowed on this Ray cluster: it has 0 GPUs"):
+        run_search("cmt_compound", ProxyProtocol(dataset="digits", train_size=100, val_size=100, threads=1),
+                   tmp_path / "run", trials=1, backend=RayBackend(num_cpus=1, gpus_per_trial=0.5), promotion=None)
+    assert not list((tmp_path / "run").glob("trials/*.json"))
+    with pytest.raises(ValueError, match=r"gpus_per_trial=1.5 is not allowed; allowed: 0, a fraction"):
+        RayBackend(gpus_per_trial=1.5)
