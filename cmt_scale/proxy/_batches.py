@@ -22,8 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cmt_scale.imagedecode import load_rgb
+
 from ._data import ProxyData, StreamedFolder
-from ._folder import decode_workers, open_image, seed_worker
+from ._folder import decode_workers, seed_worker, worker_context
 from ._protocol import AUGMENTS_ALLOWED, TENSOR_AUGMENTS, ProxyProtocol
 
 __all__ = ["LoaderSource", "TensorSource", "make_source"]
@@ -139,7 +141,7 @@ class _Samples(torch.utils.data.Dataset):
         i = self.indices[k]
         if self.streamed:
             path, label = self.items[i]
-            image = open_image(path)
+            image = load_rgb(path)
             if isinstance(image, str):
                 return None, label, f"{path} ({image})"
             return self.transform(image), label, None
@@ -225,6 +227,7 @@ class LoaderSource:
             # model's dropout draws, and the two sources would no longer train alike
             generator=torch.Generator().manual_seed(self.protocol.seed + 2),
             persistent_workers=training and self.workers > 0, worker_init_fn=seed_worker,
+            multiprocessing_context=worker_context() if self.workers else None,
             prefetch_factor=4 if self.workers > 0 else None)
 
     def steps_per_epoch(self) -> int:

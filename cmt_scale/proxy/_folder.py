@@ -23,6 +23,8 @@ import json
 import logging
 import os
 import random
+import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +34,7 @@ import numpy as np
 import torch
 
 __all__ = ["IMAGE_EXTENSIONS", "FolderIndex", "StreamedFolder", "cache_dir", "decoded_bytes", "index_folder",
-           "open_image"]
+           "worker_context"]
 
 log = logging.getLogger("cmt_scale.data")
 
@@ -132,66 +134,85 @@ def cache_dir() -> Path:
     return Path(base) / "data"
 
 
-def open_image(path: str):
-    """The image at ``path`` as RGB PIL, or the reason it cannot be read (a truncated or foreign file)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
-        return f"{type(err).__name__}: {err}"
-
-
-class _Decode(torch.utils.data.Dataset):
-    """Each image resized (shorter side) and centre-cropped to ``size``, as CHW ``uint8``; an unreadable one
-    as ``None`` with its reason, so one bad file costs one image, not the run."""
-
-    def __init__(self, items: Sequence[tuple[str, int]], size: int) -> None:
-        from torchvision import transforms
-
-        self.items = items
-        self.resize = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size),
-                                          transforms.PILToTensor()])
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> tuple[int, Any]:
-        image = open_image(self.items[i][0])
-        return i, (image if isinstance(image, str) else self.resize(image))
-
-
-def _collate(batch: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
-    return batch
-
-
 def decode_workers(workers: int | None) -> int:
-    """Worker processes for decoding: ``workers`` or one per CPU core this process may use (at most 8)."""
+    """Workers for decoding or loading: ``workers`` or one per CPU core this process may use (at most 8)."""
     if workers is not None:
         return workers
     return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
+def worker_context() -> str | None:
+    """The start method of data workers: ``fork`` on Linux, whatever the process's default is (a process
+    started by ``spawn``, as a Ray or multiprocessing worker may be, would otherwise spawn its workers too,
+    each importing torch again: measured 10-15x slower on a 1000-image decode); the platform's default
+    elsewhere (fork is unsafe on macOS)."""
+    import multiprocessing
+    import sys
+
+    return "fork" if sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods() else None
+
+
 def _decode_into(out: np.ndarray, items: Sequence[tuple[str, int]], size: int, workers: int, what: str) -> list[int]:
-    """Decode ``items`` into ``out`` (N x 3 x size x size uint8, preallocated), in parallel; the indices of
-    unreadable images, each warned about by name."""
+    """Decode ``items`` into ``out`` (N x 3 x size x size uint8, preallocated) with ``workers`` worker
+    processes (`cmt_scale.imagedecode`; none: in this process); the indices of unreadable images, each
+    warned about by name. Workers write into ``out``'s file when it is a memory map, else into a temporary
+    one copied in afterwards."""
     from tqdm.auto import tqdm
 
-    loader = torch.utils.data.DataLoader(_Decode(items, size), batch_size=32, num_workers=workers,
-                                         collate_fn=_collate)
+    from cmt_scale.imagedecode import decode_rows
+
+    paths = [path for path, _ in items]
     bad: list[int] = []
-    with tqdm(total=len(items), desc=f"decoding {what}", unit="img", leave=False,
-              disable=len(items) < 512) as bar:
-        for batch in loader:
-            for i, image in batch:
-                if isinstance(image, str):
-                    log.warning("skipped unreadable image %s (%s)", items[i][0], image)
-                    bad.append(i)
-                else:
-                    out[i] = image.numpy()
-            bar.update(len(batch))
-    return bad
+    with tqdm(total=len(items), desc=f"decoding {what}", unit="img", leave=False, disable=len(items) < 512) as bar:
+        def report(message: dict[str, Any]) -> None:
+            if "bad" in message:
+                log.warning("skipped unreadable image %s (%s)", paths[message["bad"]], message["reason"])
+                bad.append(message["bad"])
+            else:
+                bar.update(message["done"])
+
+        if workers <= 0 or len(paths) < 256:
+            decode_rows(out, paths, size, 0, len(paths), report)
+        elif isinstance(out, np.memmap) and out.filename:
+            out.flush()
+            _decode_in_workers(Path(out.filename), paths, size, workers, report)
+        else:
+            with tempfile.TemporaryDirectory(prefix="cmt_scale_decode") as scratch:
+                target = Path(scratch) / "images.npy"
+                np.lib.format.open_memmap(target, mode="w+", dtype=np.uint8, shape=out.shape).flush()
+                _decode_in_workers(target, paths, size, workers, report)
+                out[:] = np.load(target, mmap_mode="r")
+    return sorted(bad)
+
+
+def _decode_in_workers(target: Path, paths: Sequence[str], size: int, workers: int, report) -> None:
+    """``workers`` processes of ``python -m cmt_scale.imagedecode``, each on a contiguous share of the rows,
+    their JSON lines read by one thread each; a worker that fails is an error naming its exit code."""
+    import subprocess
+    import threading
+
+    listing = target.with_suffix(".paths")
+    listing.write_text("\n".join(paths), encoding="utf-8")
+    bounds = np.linspace(0, len(paths), workers + 1).astype(int)
+    lock = threading.Lock()
+    procs = [subprocess.Popen([sys.executable, "-m", "cmt_scale.imagedecode", "--out", str(target), "--paths",
+                               str(listing), "--size", str(size), "--start", str(lo), "--stop", str(hi)],
+                              stdout=subprocess.PIPE, text=True)
+             for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
+
+    def pump(proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            with lock:
+                report(json.loads(line))
+
+    readers = [threading.Thread(target=pump, args=(proc,), daemon=True) for proc in procs]
+    for reader in readers:
+        reader.start()
+    for proc, reader in zip(procs, readers):
+        reader.join()
+        if proc.wait() != 0:
+            raise RuntimeError(f"an image decode worker failed (exit code {proc.returncode}); its error is above")
+    listing.unlink()
 
 
 def _compact(array: np.ndarray, labels: np.ndarray, bad: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -230,7 +251,7 @@ def channel_stats(images: np.ndarray | torch.Tensor, sample: int | None = None) 
 def decode_folder(index: FolderIndex, size: int, workers: int | None = None, cache: bool = True) -> dict[str, Any]:
     """The folder decoded at ``size``: ``train``/``test`` image arrays and labels, ``mean``/``std`` and the
     ``skipped`` files. From the disk cache when it holds this folder's contents at this size; otherwise
-    decoded with ``workers`` processes into it (or into memory with ``cache=False``)."""
+    decoded with ``workers`` threads into it (or into memory with ``cache=False``)."""
     workers = decode_workers(workers)
     folder = cache_dir() / f"{index.key}-{size}px-v{_CACHE_FORMAT}" if cache else None
     if folder is not None and (folder / "meta.json").is_file():
