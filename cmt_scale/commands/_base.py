@@ -92,6 +92,7 @@ def add_protocol_args(parser: argparse.ArgumentParser, defaults: str = "proxy.DE
     group.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="fp16: GPUs only, with a gradient "
                        "scaler; bf16 falls back to it on a GPU without bf16")
     group.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    group.add_argument("--compile", action="store_true", default=None, help="train through torch.compile")
     group.add_argument("--low-res", choices=("adapt", "native"), help="below 64 px: keep the published strides "
                        "(native, default) or halve each family's first downsampling (adapt)")
     group.add_argument("--recipes", metavar="FILE|shipped|shared", help="per-family training recipes: a YAML file "
@@ -111,7 +112,7 @@ def protocol_from(args: argparse.Namespace, base=None):
     changes = {name: getattr(args, name) for name in ("dataset", "data_root", "epochs", "train_size", "val_size",
                                                        "resolution", "batch_size", "seed", "threads", "lr",
                                                        "precision", "device", "low_res", "mixup", "cutmix",
-                                                       "workers", "data_memory_gb", "augment")
+                                                       "workers", "data_memory_gb", "augment", "compile")
                if getattr(args, name) is not None}
     if args.recipes is not None:
         changes["recipes"] = _recipes_json(args.recipes)

@@ -6,11 +6,12 @@ at 224 px it is 15 GB. So `load_image_folder` estimates the decoded size first a
 budget, returns a `StreamedFolder` (file paths and labels) that the trainer reads through a
 `torch.utils.data.DataLoader` with workers and timm's transforms (`_stream.py`).
 
-The in-memory path decodes with DataLoader workers straight into one preallocated ``uint8`` array, so
-its peak is about the decoded size (the earlier list-stack-copy-permute chain peaked at about 9x). When
-the cache is on (the default), that array is a ``.npy`` file under ``$CMT_SCALE_CACHE`` (default
-``~/.cache/cmt_scale/data``) named by a hash of the folder's file list, sizes and times and the decode
-size: the second search on the same folder memory-maps it and starts at once.
+The in-memory path decodes with worker processes (`cmt_scale.imagedecode`) straight into one
+preallocated ``uint8`` array, so its peak is about the decoded size (the earlier list-stack-copy-permute
+chain peaked at about 9x). When the cache is on (the default), that array is a ``.npy`` file under
+``$CMT_SCALE_CACHE`` (default ``~/.cache/cmt_scale/data``) named by a hash of the folder's file list,
+sizes and times and the decode size: the second search on the same folder memory-maps it and starts at
+once.
 
 Unreadable images are skipped with a warning naming each file, and counted (``skipped``); a folder
 without images, or train and validation folders with different classes, is one clear error.
