@@ -108,6 +108,15 @@ def test_an_unreadable_image_is_skipped_named_and_counted_on_both_paths(folder: 
     bad = folder / "train" / "bee" / "broken.jpg"
     bad.write_bytes(b"not a jpeg at all")
     caplog.set_level(logging.WARNING, logger="cmt_scale.data")
+    logger = logging.getLogger("cmt_scale.data")  # the CLI's handler may stop propagation to the root
+    logger.addHandler(caplog.handler)
+    try:
+        _check_unreadable_is_skipped(folder, bad, caplog)
+    finally:
+        logger.removeHandler(caplog.handler)
+
+
+def _check_unreadable_is_skipped(folder: Path, bad: Path, caplog) -> None:
     held = load_dataset(f"imagefolder:{folder}", load_size=16)
     assert held.skipped == (str(bad),) and len(held.train_labels) == 120
     assert any(str(bad) in record.getMessage() for record in caplog.records)
