@@ -164,4 +164,7 @@ def test_a_data_set_is_held_once_whatever_sizes_are_asked_for() -> None:
     for resolution in (16, 24, 32):
         images, _ = train_module.resized(small, "train", resolution)
         assert tuple(images.shape[-2:]) == (resolution, resolution) and images.dtype == torch.uint8
-    assert [key for key in train_module._PREPARED if key[0] == small.name] == [(small.name, "train")]
+    # one resized copy of the split, at the last size asked for (a test split another test scored may sit beside it)
+    assert [key for key in train_module._PREPARED if key[0] == small.name and key[1] == "train"] == [
+        (small.name, "train")]
+    assert train_module._PREPARED[(small.name, "train")][0] == 32
