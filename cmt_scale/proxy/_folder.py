@@ -238,11 +238,11 @@ def channel_stats(images: np.ndarray | torch.Tensor, sample: int | None = None) 
     total = np.zeros(channels)
     squares = np.zeros(channels)
     count = 0
-    for start in range(0, len(rows), 1024):
-        chunk = torch.as_tensor(np.asarray(images[rows[start: start + 1024]])).to(torch.float64).div_(255)
+    for start in range(0, len(rows), 64):  # small float chunks: a float copy of 2000 images would be 0.8 GB
+        chunk = torch.as_tensor(np.asarray(images[rows[start: start + 64]])).to(torch.float32).div_(255)
         flat = chunk.transpose(0, 1).reshape(channels, -1)
-        total += flat.sum(1).numpy()
-        squares += flat.square().sum(1).numpy()
+        total += flat.sum(1, dtype=torch.float64).numpy()
+        squares += flat.square().sum(1, dtype=torch.float64).numpy()
         count += flat.shape[1]
     mean = total / count
     std = np.sqrt(np.maximum(squares / count - mean**2, 0) * count / max(1, count - 1))
