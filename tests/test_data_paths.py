@@ -181,6 +181,7 @@ def test_fp16_is_refused_on_a_cpu() -> None:
         resolve_device(DEFAULT_PROTOCOL.replace(precision="fp16", device="cpu"))
 
 
+@pytest.mark.slow  # starts a local Ray (5-15 s)
 def test_ray_refuses_gpus_per_trial_on_a_cluster_without_gpus(tmp_path: Path, monkeypatch) -> None:
     """Tune would wait forever for a GPU no node has: the request fails at once with one line."""
     from cmt_scale.search import RayBackend, run_search

@@ -83,6 +83,7 @@ def test_the_reference_rung_retrains_exactly_the_promoted_members(tmp_path) -> N
         run_search(GRID, TINY, tmp_path / "run", promotion=Promotion(train_size=400, epochs=1))
 
 
+@pytest.mark.slow  # two searches (about a minute): kept out of the 10-minute default run
 def test_a_longer_reference_rung_in_a_new_folder_reuses_the_cheap_rung(tmp_path) -> None:
     old = tmp_path / "old"
     run_search(GRID, TINY, old, promotion=REFERENCE)
