@@ -227,13 +227,18 @@ def _compact(array: np.ndarray, labels: np.ndarray, bad: Sequence[int]) -> tuple
     return array[: len(keep)], labels[keep]
 
 
+def _sample_rows(n: int, sample: int | None) -> np.ndarray:
+    """The fixed sample of rows the statistics are taken over: the same on the in-memory and streamed paths."""
+    if sample is None or n <= sample:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(0).choice(n, sample, replace=False))
+
+
 def channel_stats(images: np.ndarray | torch.Tensor, sample: int | None = None) -> tuple[tuple[float, ...],
                                                                                         tuple[float, ...]]:
     """Per-channel mean and std in [0, 1] of N x C x H x W ``uint8`` images, over a fixed random ``sample``
     of them (all when ``None``), summed in chunks: never a float copy of the whole set."""
-    n = len(images)
-    rows = np.arange(n) if sample is None or n <= sample else np.sort(
-        np.random.default_rng(0).choice(n, sample, replace=False))
+    rows = _sample_rows(len(images), sample)
     channels = images.shape[1]
     total = np.zeros(channels)
     squares = np.zeros(channels)
@@ -308,9 +313,7 @@ def folder_stats(index: FolderIndex, size: int, workers: int | None = None) -> t
     if path.is_file():
         stats = json.loads(path.read_text(encoding="utf-8"))
         return tuple(stats["mean"]), tuple(stats["std"])
-    n = len(index.train)
-    rows = np.arange(n) if n <= _STATS_SAMPLE else np.sort(np.random.default_rng(0).choice(n, _STATS_SAMPLE,
-                                                                                           replace=False))
+    rows = _sample_rows(len(index.train), _STATS_SAMPLE)
     items = [index.train[i] for i in rows]
     sample = np.empty((len(items), 3, size, size), dtype=np.uint8)
     bad = _decode_into(sample, items, size, decode_workers(workers), f"{index.root.name} (statistics)")
