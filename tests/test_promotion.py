@@ -133,6 +133,7 @@ def _snapshot(out: Path) -> dict[str, str]:
     return {p.name: p.read_text() for p in (out / "trials").glob("*.json")}
 
 
+@pytest.mark.slow  # over 30 s on 2 cores: runs after the default suite
 def test_promotion_resumes_after_kill_9_at_either_rung_without_retraining(tmp_path) -> None:
     out = tmp_path / "killed"
     args = ["search", "--space", "cmt_compound", "--dataset", "digits", "--train-size", "300", "--val-size", "200",

@@ -128,6 +128,38 @@ def test_a_ctrl_c_swallowed_by_a_finalizer_still_stops_the_search() -> None:
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_a_ctrl_c_while_optuna_records_a_trial_stops_cleanly_with_the_row_saved(tmp_path, monkeypatch) -> None:
+    """The CI failure: SIGINT inside Optuna's tell left its ``_run_trial`` with an unbound local (internal error)."""
+    from optuna.storages import RDBStorage
+
+    record = RDBStorage.set_trial_state_values
+
+    def ctrl_c_then_record(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # delivered here, inside the storage call
+        return record(self, *args, **kwargs)
+
+    monkeypatch.setattr(RDBStorage, "set_trial_state_values", ctrl_c_then_record)
+    with pytest.raises(KeyboardInterrupt):
+        run_search("cmt_compound", TINY, trials=2, out=tmp_path / "told", promotion=None)
+    assert len(read_rows(tmp_path / "told")) == 1  # the trial that finished keeps its row; the second never started
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_deferred_ctrl_c_waits_outside_training_and_interrupts_inside_it() -> None:
+    from cmt_scale.search._interrupt import interrupt_guard
+
+    with interrupt_guard(deferred=True) as interrupted:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        assert interrupted.raised  # recorded, not raised
+        with pytest.raises(KeyboardInterrupt), interrupted.immediate():
+            pass  # a recorded Ctrl-C is raised on entry
+        interrupted.raised = False
+        with pytest.raises(KeyboardInterrupt), interrupted.immediate():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+
+
 def test_two_studies_share_a_run_folder_without_overwriting(tmp_path) -> None:
     run_search("cmt_compound", TINY, trials=1, out=tmp_path / "shared", study="A", promotion=None)
     run_search("cmt_compound", TINY, trials=1, out=tmp_path / "shared", study="B", promotion=None)

@@ -94,6 +94,7 @@ def test_fit_trains_each_architecture_once_and_keeps_the_constraint(tmp_path) ->
 
 
 # ---------------------------------------------------------------------------------------------- ablation
+@pytest.mark.slow  # over 30 s on 2 cores: runs after the default suite
 def test_ablation_matches_budgets_and_scales_one_axis_per_strategy(tmp_path) -> None:
     result = ablate_scaling(TINY, tmp_path / "abl", base_phi=-2, multiples=(2.0, 4.0), seeds=(0, 1))
     members = result.members.set_index(["strategy", "multiple"])
@@ -179,6 +180,7 @@ def test_bad_study_input_is_one_line_and_exit_code_2(argv, message, capsys, tmp_
     assert not (tmp_path / "never").exists()
 
 
+@pytest.mark.slow  # over 30 s on 2 cores: runs after the default suite
 def test_proxy_fidelity_command_prints_the_statistics(tmp_path, capsys) -> None:
     code = main(["proxy-fidelity", "--dataset", "digits", "--train-size", "200", "--val-size", "100", "--epochs", "1",
                  "--reference-epochs", "2", "--phis", "-2,-1.5,-1", "--families", "", "--threads", "2",
