@@ -26,8 +26,8 @@ PUBLISHED_RUNG = "published"
 _RUN_COLUMNS = ("trial_id", "family", "name", "config", "macs", "params", "top1_final", "top1_best", "state",
                 "protocol_hash", "dataset")
 _PUBLISHED_COLUMNS = ("family", "name", "params_m", "macs_g", "resolution", "top1", "source", "epochs")
-# Carried through from a run's table when it has them (older tables lack seed/recipe).
-_PASSED_THROUGH = ("seed", "config", "recipe")
+# Carried through from a run's table when it has them (older tables lack seed/recipe/test_top1).
+_PASSED_THROUGH = ("seed", "config", "recipe", "test_top1")
 
 
 def load_published(path: str | Path = PUBLISHED_CSV) -> pd.DataFrame:

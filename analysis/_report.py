@@ -99,10 +99,34 @@ def _rung_note(points: pd.DataFrame) -> tuple[str, str]:
                               f"({replicated} of {len(points)} points have 2 or more seeds).")
 
 
+def _has_test(frame: pd.DataFrame) -> bool:
+    return "test_top1" in frame.columns and bool(frame["test_top1"].notna().any())
+
+
 def _front_points_table(fronts: pd.DataFrame) -> pd.DataFrame:
-    """The front points as a reader wants them: mean and std over seeds, and how many seeds."""
-    return fronts[["family", "name", "macs", "params", "top1", "top1_std", "n_seeds"]].rename(
-        columns={"top1": "top1_mean"}).set_index("family")
+    """The front points as a reader wants them: mean and std over seeds, and how many seeds; the test split's
+    top-1 beside them when the rung was scored on it."""
+    columns = ["family", "name", "macs", "params", "top1", "top1_std", "n_seeds"]
+    if _has_test(fronts):
+        columns[-1:-1] = ["test_top1", "test_top1_std"]
+    return fronts[columns].rename(columns={"top1": "top1_mean", "test_top1": "test_top1_mean"}).set_index("family")
+
+
+def test_statement(points: pd.DataFrame) -> str | None:
+    """Each family's best member (chosen on validation top-1, as the front is) with its test top-1 and spread.
+
+    The test split never selects anything: it is read only for the member validation already chose.
+    """
+    if not _has_test(points):
+        return None
+    parts = []
+    for family, group in points.dropna(subset=["top1"]).groupby("family", sort=True):
+        best = group.loc[group["top1"].idxmax()]
+        spread = "" if pd.isna(best.get("test_top1_std")) else f" ± {best['test_top1_std']:.2f}"
+        test = "not scored" if pd.isna(best["test_top1"]) else f"{best['test_top1']:.2f}{spread}"
+        parts.append(f"{family} {best['name']} {test}")
+    return ("Test top-1 of each family's best member by validation (mean ± std over seeds; the test split "
+            "selects nothing): " + ", ".join(parts) + ".")
 
 
 def write_report(paths: Sequence[str | Path] | None, out: str | Path, published: bool = False,
@@ -124,6 +148,9 @@ def write_report(paths: Sequence[str | Path] | None, out: str | Path, published:
                              bootstrap=bootstrap)
     rungs, rung_line = _rung_note(points)
     notes = [rung_line, noise_statement(table, bootstrap.level)]
+    tested = test_statement(points)
+    if tested:
+        notes.append(tested)
     papers = df[df["rung"] == PUBLISHED_RUNG]
     if len(papers):
         notes.append(budget_statement(papers))

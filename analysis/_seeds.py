@@ -17,6 +17,8 @@ import pandas as pd
 __all__ = ["aggregate_seeds", "is_aggregated"]
 
 _KEYS = ("source", "family", "rung")
+# Averaged beside the metric when a table has them: reported with their spread, never used to select.
+_ALSO_AVERAGED = ("test_top1",)
 
 
 def is_aggregated(df: pd.DataFrame) -> bool:
@@ -37,8 +39,9 @@ def _point_ids(df: pd.DataFrame) -> pd.Series:
 def aggregate_seeds(df: pd.DataFrame, metric: str = "top1") -> pd.DataFrame:
     """One row per point: ``metric`` becomes the mean over the point's complete seeds, with ``<metric>_std``
     (sample std, ddof=1; NaN for one seed), ``<metric>_min``, ``<metric>_max``, ``<metric>_seeds`` (the
-    values, for the bootstrap) and ``n_seeds``. Other columns keep the point's first row (``seed`` is
-    dropped). A point with no complete seed keeps its first row's state and a NaN ``metric``.
+    values, for the bootstrap) and ``n_seeds``. A ``test_top1`` column (the test split, scored on a reference
+    rung) is averaged over the same seeds, with ``test_top1_std``. Other columns keep the point's first row
+    (``seed`` is dropped). A point with no complete seed keeps its first row's state and a NaN ``metric``.
 
     >>> rows = pd.DataFrame({"family": "cmt", "name": "a", "macs": 1e8, "top1": [70.0, 72.0],
     ...                      "state": "complete", "seed": [0, 1]})
@@ -61,6 +64,10 @@ def aggregate_seeds(df: pd.DataFrame, metric: str = "top1") -> pd.DataFrame:
         values = group.loc[good[group.index], metric].to_numpy(float)
         row = (group[good[group.index]] if len(values) else group).iloc[0].to_dict()
         row.update(_spread(values, metric))
+        for column in (c for c in _ALSO_AVERAGED if c in frame.columns and c != metric):
+            also = pd.to_numeric(group.loc[good[group.index], column], errors="coerce").dropna().to_numpy(float)
+            spread = _spread(also, column)
+            row.update({column: spread[column], f"{column}_std": spread[f"{column}_std"]})
         rows.append(row)
     columns = [c for c in df.columns if c != "seed"]
     out = pd.DataFrame(rows)

@@ -257,6 +257,25 @@ def test_a_report_tables_seed_means_and_stds(tmp_path) -> None:
     assert any("seed-bootstrap intervals" in note for note in report.notes)
 
 
+def test_test_top1_is_averaged_over_the_same_seeds_and_reported_for_the_validation_best(tmp_path) -> None:
+    """The test split is read for the member validation chose (b), never used to choose (a tests higher)."""
+    _trials(tmp_path / "search", _SEARCH)
+    table = pd.read_csv(tmp_path / "search" / "results.csv")
+    test = {("a", 0): 90.0, ("a", 1): 91.0, ("b", 0): 84.0, ("b", 1): 87.0}
+    table["test_top1"] = [test.get((n, s)) if r == "reference" else None
+                          for n, s, r in zip(table["name"], table["seed"], table["rung"])]
+    table.to_csv(tmp_path / "search" / "results.csv", index=False)
+    report = write_report([tmp_path / "search"], tmp_path / "report")
+    fronts = pd.read_csv(tmp_path / "report" / "fronts.csv").set_index("name")
+    assert fronts.loc["a", "test_top1"] == 90.5 and fronts.loc["b", "test_top1"] == 85.5
+    assert fronts.loc["b", "test_top1_std"] == pytest.approx(np.std([84.0, 87.0], ddof=1))
+    line = next(note for note in report.notes if note.startswith("Test top-1"))
+    assert "cmt_compound b 85.50 ± 2.12" in line and " a " not in line
+    assert "test_top1_mean" in (tmp_path / "report" / "comparison.md").read_text()
+    plain = write_report([tmp_path / "search"], tmp_path / "plain", rung="cheap")  # a rung never scored on test
+    assert not any(note.startswith("Test top-1") for note in plain.notes)
+
+
 # --- hypervolume intervals over seeds -------------------------------------------------------------------------
 
 
