@@ -1,13 +1,16 @@
 """Inference speed of CMT against timm's DeiT and EfficientNet, interleaved in one process.
 
-Prints img/s (median of repeats, per round) and each model's ratio to DeiT-S, for:
+Prints the CPU it ran on (ratios hold on that machine kind only), then for each batch size (default 1
+and 8; batch 1 is what ``--target-latency`` uses) img/s and ms per batch (median of repeats, per round)
+and each model's ratio to DeiT-S in the same precision, for:
+- CMT-S as users build it (``timm.create_model("cmt_s").eval()``, NCHW input), in fp32 and bf16;
 - CMT-Ti@160 and CMT-S@224 as built (eager, fp32), after `fuse_for_inference`, in bf16 autocast,
   and (``--compile``) under torch.compile;
 - timm deit_small_patch16_224, deit_tiny_patch16_224, efficientnet_b0@224, efficientnet_b3@300;
 - bf16 vs fp32 top-1 agreement on a CMT trained briefly on scikit-learn's digits (if installed);
 - `estimate_cost` vs `count_flops` time per call.
 
-Usage: python benchmarks/bench_model.py [--threads 2] [--batch-size 8] [--rounds 3] [--compile]
+Usage: python benchmarks/bench_model.py [--threads 2] [--batch-sizes 1,8] [--rounds 3] [--compile]
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import statistics
 import time
 
 import torch
+from _machine import machine_line
 
 
 def _models(compile_too: bool):
@@ -25,6 +29,7 @@ def _models(compile_too: bool):
     from scaling import PRESETS, build_cmt, fuse_for_inference
 
     cmt_ti, cmt_s = build_cmt(PRESETS["cmt_ti"]).eval(), build_cmt(PRESETS["cmt_s"]).eval()
+    as_users_build = timm.create_model("cmt_s").eval()  # NCHW weights and input, no extra call
     rows = [
         # name, model, img_size, channels_last, dtype
         ("deit_small_patch16_224", timm.create_model("deit_small_patch16_224").eval(), 224, False, None),
@@ -34,6 +39,8 @@ def _models(compile_too: bool):
         ("cmt_ti@160", cmt_ti, 160, True, None),
         ("cmt_ti@160 fused", fuse_for_inference(cmt_ti), 160, True, None),
         ("cmt_ti@160 fused bf16", fuse_for_inference(cmt_ti), 160, True, torch.bfloat16),
+        ("cmt_s timm.create_model", as_users_build, 224, False, None),
+        ("cmt_s timm.create_model bf16", as_users_build, 224, False, torch.bfloat16),
         ("cmt_s@224", cmt_s, 224, True, None),
         ("cmt_s@224 fused", fuse_for_inference(cmt_s), 224, True, None),
         ("cmt_s@224 fused bf16", fuse_for_inference(cmt_s), 224, True, torch.bfloat16),
@@ -44,25 +51,27 @@ def _models(compile_too: bool):
     return rows
 
 
-def bench_throughput(args: argparse.Namespace) -> None:
+def bench_throughput(args: argparse.Namespace, batch_size: int) -> None:
     from scaling import measure_throughput
 
     rows = _models(args.compile)
     results: dict[str, list[float]] = {name: [] for name, *_ in rows}
     for _ in range(args.rounds):  # round-robin: machine noise hits every model alike
         for name, model, size, channels_last, dtype in rows:
-            result = measure_throughput(model, args.batch_size, size, threads=args.threads,
+            result = measure_throughput(model, batch_size, size, threads=args.threads,
                                         channels_last=channels_last, dtype=dtype, warmup=2, repeats=args.repeats)
             results[name].append(result.img_per_s)
-    reference = statistics.median(results["deit_small_patch16_224"])
-    print(f"\nthroughput, batch {args.batch_size}, {args.threads} threads, median of {args.rounds} rounds")
-    print(f"{'model':28s} {'img/s':>8s} {'x DeiT-S':>9s}   rounds")
+    medians = {name: statistics.median(values) for name, values in results.items()}
+    fp32_ref, bf16_ref = medians["deit_small_patch16_224"], medians["deit_small bf16"]
+    print(f"\nbatch {batch_size}, {args.threads} threads, median of {args.rounds} rounds of {args.repeats} batches")
+    print(f"{'model':30s} {'img/s':>8s} {'ms/batch':>9s} {'x DeiT-S':>9s}   rounds (img/s)")
     for name, values in results.items():
-        med = statistics.median(values)
-        print(f"{name:28s} {med:8.1f} {med / reference:9.2f}   {' '.join(f'{v:.1f}' for v in values)}")
-    s_fp32 = statistics.median(results["cmt_s@224 fused"])
-    s_bf16 = statistics.median(results["cmt_s@224 fused bf16"])
-    print(f"\nCMT-S bf16 / fp32 (fused): {s_bf16 / s_fp32:.2f}x")
+        reference = bf16_ref if name.endswith("bf16") else fp32_ref  # each precision against DeiT-S in it
+        med = medians[name]
+        print(f"{name:30s} {med:8.1f} {1000 * batch_size / med:9.1f} {med / reference:9.2f}   "
+              f"{' '.join(f'{v:.1f}' for v in values)}")
+    print(f"CMT-S bf16 / fp32 (fused): {medians['cmt_s@224 fused bf16'] / medians['cmt_s@224 fused']:.2f}x; "
+          f"bf16 rows are relative to DeiT-S bf16 ({bf16_ref:.1f} img/s)")
 
 
 def bench_bf16_agreement(threads: int) -> None:
@@ -129,13 +138,15 @@ def bench_cost_models() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-sizes", default="1,8", help="comma list (1 is --target-latency's batch)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (about 1 min to compile)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    bench_throughput(args)
+    print(machine_line())
+    for batch_size in (int(b) for b in args.batch_sizes.split(",")):
+        bench_throughput(args, batch_size)
     bench_bf16_agreement(args.threads)
     bench_cost_models()
 

@@ -28,7 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_data import cpu_name, make_folder  # noqa: E402
+from _machine import cpu_name  # noqa: E402
+from bench_data import make_folder  # noqa: E402
 
 
 def _device_name(device: str) -> str:

@@ -14,19 +14,10 @@ Results: benchmarks/RESULTS.md ("Low-resolution rule").
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
-
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from _machine import cpu_name
 
 
 def main() -> None:
@@ -51,7 +42,7 @@ def main() -> None:
         base = base.replace(epochs=args.epochs)
     classes = load_dataset(base.dataset, base.data_root, base.download, load_size=base.resolution).num_classes
     seeds = [int(s) for s in args.seeds.split(",")]
-    print(f"CPU: {_cpu_name()} | torch {torch.__version__} | {args.threads} threads | {base.dataset} @"
+    print(f"CPU: {cpu_name()} | torch {torch.__version__} | {args.threads} threads | {base.dataset} @"
           f"{base.resolution}px, {base.train_size or 'all'} images x {base.epochs} epochs, seeds {seeds}")
     print("| family | member | rule | MACs | top-1 % (mean ± std) | seeds | wall s / run |")
     print("|---|---|---|---|---|---|---|")

@@ -1,0 +1,41 @@
+"""Which machine a benchmark ran on: its ratios only hold there (the project's CPUs differ by kind)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+__all__ = ["cpu_kind", "cpu_name", "machine_line"]
+
+
+def _cpuinfo_field(field: str) -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith(field):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or what the platform says elsewhere."""
+    return _cpuinfo_field("model name") or platform.processor() or "unknown CPU"
+
+
+def cpu_kind() -> str:
+    """The instruction sets that change which kernels oneDNN picks: AMX (bf16 matmuls), AVX-512, or neither."""
+    flags = set((_cpuinfo_field("flags") or "").split())
+    if "amx_tile" in flags:
+        return "AVX-512 + AMX"
+    return "AVX-512" if "avx512f" in flags else "AVX2 or less"
+
+
+def machine_line() -> str:
+    """One line for the top of a benchmark's output: CPU, its kind, cores, torch, date."""
+    import torch
+
+    return (f"CPU: {cpu_name()} ({cpu_kind()}), {os.cpu_count()} CPUs | torch {torch.__version__} | "
+            f"Python {platform.python_version()} | {time.strftime('%Y-%m-%d')}")
