@@ -16,14 +16,15 @@ Usage: python benchmarks/bench_model.py [--threads 2] [--batch-sizes 1,8] [--rou
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 
 import torch
-from _machine import machine_line
+from _machine import has_native_bf16, machine_line
 
 
-def _models(compile_too: bool):
+def _models(compile_too: bool, bf16: bool):
     import timm
 
     from scaling import PRESETS, build_cmt, fuse_for_inference
@@ -46,6 +47,8 @@ def _models(compile_too: bool):
         ("cmt_s@224 fused bf16", fuse_for_inference(cmt_s), 224, True, torch.bfloat16),
         ("deit_small bf16", timm.create_model("deit_small_patch16_224").eval(), 224, False, torch.bfloat16),
     ]
+    if not bf16:
+        rows = [row for row in rows if row[4] is None]
     if compile_too:
         rows.append(("cmt_s@224 fused compiled", fuse_for_inference(cmt_s, compile=True), 224, True, None))
     return rows
@@ -54,7 +57,7 @@ def _models(compile_too: bool):
 def bench_throughput(args: argparse.Namespace, batch_size: int) -> None:
     from scaling import measure_throughput
 
-    rows = _models(args.compile)
+    rows = _models(args.compile, args.bf16)
     results: dict[str, list[float]] = {name: [] for name, *_ in rows}
     for _ in range(args.rounds):  # round-robin: machine noise hits every model alike
         for name, model, size, channels_last, dtype in rows:
@@ -62,7 +65,7 @@ def bench_throughput(args: argparse.Namespace, batch_size: int) -> None:
                                         channels_last=channels_last, dtype=dtype, warmup=2, repeats=args.repeats)
             results[name].append(result.img_per_s)
     medians = {name: statistics.median(values) for name, values in results.items()}
-    fp32_ref, bf16_ref = medians["deit_small_patch16_224"], medians["deit_small bf16"]
+    fp32_ref, bf16_ref = medians["deit_small_patch16_224"], medians.get("deit_small bf16", math.nan)
     print(f"\nbatch {batch_size}, {args.threads} threads, median of {args.rounds} rounds of {args.repeats} batches")
     print(f"{'model':30s} {'img/s':>8s} {'ms/batch':>9s} {'x DeiT-S':>9s}   rounds (img/s)")
     for name, values in results.items():
@@ -70,8 +73,9 @@ def bench_throughput(args: argparse.Namespace, batch_size: int) -> None:
         med = medians[name]
         print(f"{name:30s} {med:8.1f} {1000 * batch_size / med:9.1f} {med / reference:9.2f}   "
               f"{' '.join(f'{v:.1f}' for v in values)}")
-    print(f"CMT-S bf16 / fp32 (fused): {medians['cmt_s@224 fused bf16'] / medians['cmt_s@224 fused']:.2f}x; "
-          f"bf16 rows are relative to DeiT-S bf16 ({bf16_ref:.1f} img/s)")
+    if args.bf16:
+        print(f"CMT-S bf16 / fp32 (fused): {medians['cmt_s@224 fused bf16'] / medians['cmt_s@224 fused']:.2f}x; "
+              f"bf16 rows are relative to DeiT-S bf16 ({bf16_ref:.1f} img/s)")
 
 
 def bench_bf16_agreement(threads: int) -> None:
@@ -138,6 +142,8 @@ def bench_cost_models() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--bf16", choices=("auto", "yes", "no"), default="auto",
+                        help="time bf16 autocast rows (auto: only on a CPU with AVX-512 BF16 or AMX)")
     parser.add_argument("--batch-sizes", default="1,8", help="comma list (1 is --target-latency's batch)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=5)
@@ -145,6 +151,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(machine_line())
+    args.bf16 = args.bf16 == "yes" or (args.bf16 == "auto" and has_native_bf16())
+    if not args.bf16:
+        print("bf16 rows skipped: this CPU has no native bf16 (emulated, slower than fp32); --bf16 yes times them")
     for batch_size in (int(b) for b in args.batch_sizes.split(",")):
         bench_throughput(args, batch_size)
     bench_bf16_agreement(args.threads)
