@@ -174,6 +174,27 @@ def test_new_protocol_fields_are_checked(change, message) -> None:
         DEFAULT_PROTOCOL.replace(**change)
 
 
+@pytest.mark.parametrize(("capability", "machine", "warned"), [("AVX2", "x86_64", True), ("AVX512", "x86_64", False),
+                                                             ("DEFAULT", "aarch64", False)])
+def test_bf16_on_a_cpu_that_emulates_it_warns_once(monkeypatch, caplog, capability, machine, warned) -> None:
+    """On x86 below AVX-512, bf16 autocast is emulated and slower than fp32: one warning, then training goes on."""
+    import platform
+
+    from cmt_scale.proxy import _train, resolve_device
+
+    _train._warn_if_bf16_is_emulated.cache_clear()
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(platform, "machine", lambda: machine)
+    with caplog.at_level("WARNING", logger=_train.log.name):
+        for _ in range(2):
+            assert resolve_device(DEFAULT_PROTOCOL.replace(precision="bf16", device="cpu")).type == "cpu"
+    lines = [r.getMessage() for r in caplog.records if "bf16 by emulation" in r.getMessage()]
+    assert len(lines) == (1 if warned else 0)
+    if warned:
+        assert f"torch reports {capability}" in lines[0] and "precision='fp32'" in lines[0]
+    _train._warn_if_bf16_is_emulated.cache_clear()
+
+
 def test_fp16_is_refused_on_a_cpu() -> None:
     from cmt_scale.proxy import resolve_device
 

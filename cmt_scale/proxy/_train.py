@@ -9,8 +9,10 @@ never as an exception out of the search.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
+import platform
 import time
 import traceback
 from collections.abc import Callable, Iterable
@@ -140,8 +142,20 @@ def _precision(protocol: ProxyProtocol, device: torch.device) -> tuple[torch.dty
     if protocol.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         log.warning("this GPU has no bf16: training in fp16 with a gradient scaler instead")
         return torch.float16, True
+    if protocol.precision == "bf16" and device.type == "cpu":
+        _warn_if_bf16_is_emulated(torch.backends.cpu.get_cpu_capability())
     dtype = torch.bfloat16 if protocol.precision == "bf16" else torch.float16
     return dtype, dtype == torch.float16
+
+
+@functools.cache
+def _warn_if_bf16_is_emulated(capability: str) -> None:
+    """Once per process: below AVX-512 no x86 CPU computes in bf16, so autocast emulates it, and a step is
+    slower than in fp32 (measured 6-10x on a Zen 3 EPYC, benchmarks/RESULTS.md). A warning, not an
+    error: the result is still valid, only slow."""
+    if capability in ("AVX2", "DEFAULT") and platform.machine().lower() in ("x86_64", "amd64"):
+        log.warning("this CPU computes bf16 by emulation (torch reports %s): precision='bf16' trains slower than "
+                    "fp32 here; allowed and faster: precision='fp32'", capability)
 
 
 def train_and_evaluate(
