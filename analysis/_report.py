@@ -112,7 +112,7 @@ def _front_points_table(fronts: pd.DataFrame) -> pd.DataFrame:
     return fronts[columns].rename(columns={"top1": "top1_mean", "test_top1": "test_top1_mean"}).set_index("family")
 
 
-def test_statement(points: pd.DataFrame) -> str | None:
+def held_out_statement(points: pd.DataFrame) -> str | None:
     """Each family's best member (chosen on validation top-1, as the front is) with its test top-1 and spread.
 
     The test split never selects anything: it is read only for the member validation already chose.
@@ -148,7 +148,7 @@ def write_report(paths: Sequence[str | Path] | None, out: str | Path, published:
                              bootstrap=bootstrap)
     rungs, rung_line = _rung_note(points)
     notes = [rung_line, noise_statement(table, bootstrap.level)]
-    tested = test_statement(points)
+    tested = held_out_statement(points)
     if tested:
         notes.append(tested)
     papers = df[df["rung"] == PUBLISHED_RUNG]
