@@ -185,9 +185,12 @@ def test_bf16_on_a_cpu_that_emulates_it_warns_once(monkeypatch, caplog, capabili
     _train._warn_if_bf16_is_emulated.cache_clear()
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     monkeypatch.setattr(platform, "machine", lambda: machine)
-    with caplog.at_level("WARNING", logger=_train.log.name):
+    _train.log.addHandler(caplog.handler)  # the CLI may have stopped the package's logger propagating to root
+    try:
         for _ in range(2):
             assert resolve_device(DEFAULT_PROTOCOL.replace(precision="bf16", device="cpu")).type == "cpu"
+    finally:
+        _train.log.removeHandler(caplog.handler)
     lines = [r.getMessage() for r in caplog.records if "bf16 by emulation" in r.getMessage()]
     assert len(lines) == (1 if warned else 0)
     if warned:
