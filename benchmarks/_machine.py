@@ -20,6 +20,10 @@ def _cpuinfo_field(field: str) -> str | None:
     return None
 
 
+def _cpu_flags() -> set[str]:
+    return set((_cpuinfo_field("flags") or "").split())
+
+
 def cpu_name() -> str:
     """The CPU's model name (``/proc/cpuinfo``), or what the platform says elsewhere."""
     return _cpuinfo_field("model name") or platform.processor() or "unknown CPU"
@@ -27,7 +31,7 @@ def cpu_name() -> str:
 
 def cpu_kind() -> str:
     """The instruction sets that change which kernels oneDNN picks: AMX (bf16 matmuls), AVX-512, or neither."""
-    flags = set((_cpuinfo_field("flags") or "").split())
+    flags = _cpu_flags()
     if "amx_tile" in flags:
         return "AVX-512 + AMX"
     return "AVX-512" if "avx512f" in flags else "AVX2 or less"
@@ -36,8 +40,7 @@ def cpu_kind() -> str:
 def has_native_bf16() -> bool:
     """True where the CPU computes in bf16 (AVX-512 BF16 or AMX); elsewhere bf16 autocast is emulated and
     slower than fp32 (measured 6-10x on a Zen 3 EPYC), so timing it only costs time."""
-    flags = set((_cpuinfo_field("flags") or "").split())
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def machine_line() -> str:

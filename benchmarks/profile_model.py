@@ -69,17 +69,6 @@ def _forward(model: nn.Module, batch: torch.Tensor, dtype: torch.dtype | None) -
         model(batch)
 
 
-def _time_per_batch(model: nn.Module, batch: torch.Tensor, dtype, repeats: int) -> float:
-    for _ in range(2):
-        _forward(model, batch, dtype)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        _forward(model, batch, dtype)
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
-
-
 def _op_shares(model: nn.Module, batch: torch.Tensor, dtype, repeats: int, top: int) -> list[tuple[str, float]]:
     from torch.profiler import ProfilerActivity, profile
 
@@ -110,7 +99,7 @@ def _part_shares(model: nn.Module, batch: torch.Tensor, dtype, repeats: int) -> 
 def main() -> None:
     import timm
 
-    from scaling import fuse_for_inference
+    from scaling import fuse_for_inference, measure_throughput
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
@@ -129,12 +118,12 @@ def main() -> None:
         dtype = dtypes[precision]
         for batch_size in (int(b) for b in args.batch_sizes.split(",")):
             batch = torch.randn(batch_size, 3, 224, 224)
-            times = {"DeiT-S": _time_per_batch(deit, batch, dtype, args.repeats),
-                     "CMT-S as built": _time_per_batch(cmt, batch, dtype, args.repeats),
-                     "CMT-S fused, channels-last": _time_per_batch(
-                         fused, batch.contiguous(memory_format=torch.channels_last), dtype, args.repeats)}
+            times = {label: measure_throughput(model, batch_size, 224, channels_last=channels_last, dtype=dtype,
+                                               warmup=2, repeats=args.repeats).ms_per_batch
+                     for label, model, channels_last in (("DeiT-S", deit, False), ("CMT-S as built", cmt, False),
+                                                         ("CMT-S fused, channels-last", fused, True))}
             print(f"\n== {precision}, batch {batch_size}: ms per batch "
-                  + ", ".join(f"{k} {1000 * v:.1f}" for k, v in times.items())
+                  + ", ".join(f"{k} {v:.1f}" for k, v in times.items())
                   + f" (CMT-S as built at {times['DeiT-S'] / times['CMT-S as built']:.2f}x DeiT-S's speed)")
             for label, model, x in (("CMT-S as built", cmt, batch), ("DeiT-S", deit, batch)):
                 print(f"-- {label}: top ops by self CPU time (% of the forward)")

@@ -187,8 +187,6 @@ def run_optuna_search(job: RungJob, storage_url: str | None = None, seed: int = 
         return
 
     def objective(trial):
-        if interrupted.raised:  # Ctrl-C while Optuna was between trials: start nothing new
-            raise KeyboardInterrupt
         trial.set_user_attr("pid", os.getpid())
         trial.set_user_attr("host", socket.gethostname())
         values = _suggest(trial, space)
@@ -200,7 +198,9 @@ def run_optuna_search(job: RungJob, storage_url: str | None = None, seed: int = 
                 if trial.should_prune():
                     raise TrialPruned()
 
-        with interrupted.immediate():  # training stops at once; Optuna's own bookkeeping never half-done
+        # A Ctrl-C recorded between trials is raised on entry (nothing new trains); one during training stops
+        # it at once; one in Optuna's own bookkeeping waits for the callback, so it is never left half-done.
+        with interrupted.immediate():
             row = run_trial(space, values_all, protocol, job.num_classes, trial_id=str(trial.number),
                             backend="optuna", study=study_name, report=report,
                             done=[*read_rows(run_dir), *job.reused], rung=job.rung)
@@ -219,8 +219,7 @@ def run_optuna_search(job: RungJob, storage_url: str | None = None, seed: int = 
         return (row["top1_final"], row["macs"]) if mode == SearchMode.PARETO else row["top1_final"]
 
     # A failed trial is recorded (its row says why) and the search goes on; whatever ends the loop (Ctrl-C
-    # included), the table is rebuilt from the rows that were written. A Ctrl-C outside training waits for
-    # the callback (after Optuna has recorded the trial) or the next objective's first line.
+    # included), the table is rebuilt from the rows that were written.
     with interrupt_guard(deferred=True) as interrupted:
         try:
             study.optimize(objective, n_trials=remaining, catch=(_TrialFailed,), gc_after_trial=False,
