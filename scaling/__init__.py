@@ -41,6 +41,7 @@ _LAZY = {
     "Throughput": "_throughput",
     "measure_throughput": "_throughput",
     "fuse_for_inference": "_inference",
+    "tune_cpu_allocator": "_allocator",
     "checkpoint_filter_fn": "_checkpoint",
     "load_official_checkpoint": "_checkpoint",
     "read_checkpoint": "_checkpoint",

@@ -17,6 +17,7 @@ from torch.utils.checkpoint import checkpoint
 from ._fused import (
     act_batch_norm,
     depthwise_conv3x3,
+    depthwise_conv3x3_act_bn,
     depthwise_patch_conv,
     layer_norm,
     lightweight_attention,
@@ -173,7 +174,7 @@ class InvertedResidualFFN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = act_batch_norm(self.fc1(x), self.act1, self.norm1)
-        x = act_batch_norm(depthwise_conv3x3(x, self.dwconv, residual=True), self.act2, self.norm2)
+        x = depthwise_conv3x3_act_bn(x, self.dwconv, self.act2, self.norm2)
         return act_batch_norm(self.fc2(x), None, self.norm3)
 
 

@@ -123,6 +123,43 @@ inline void gelu_with_grad(const Vec v, Vec& y, Vec& d) {
   d = at::vec::fmadd(v * Vec(0.39894228040143268f), e, cdf);
 }
 
+// GELU alone (inference): the same Abramowitz-Stegun erf as gelu_with_grad, without the derivative.
+inline Vec gelu_value(const Vec v) {
+  const Vec one(1.0f);
+  const Vec x = v.abs() * Vec(0.70710678118654752f);
+  const Vec e = (Vec(-0.5f) * v * v).exp_u20();
+  const Vec t = one / at::vec::fmadd(Vec(0.3275911f), x, one);
+  Vec r = at::vec::fmadd(Vec(1.061405429f), t, Vec(-1.453152027f));
+  r = at::vec::fmadd(r, t, Vec(1.421413741f));
+  r = at::vec::fmadd(r, t, Vec(-0.284496736f));
+  r = at::vec::fmadd(r, t, Vec(0.254829592f));
+  const Vec erf_abs = one - r * t * e;
+  const Vec erf = Vec::blendv(erf_abs, Vec(0.f) - erf_abs, v < Vec(0.f));
+  return v * (Vec(0.5f) * (one + erf));
+}
+
+// The inference epilogue shared by act_affine and the depthwise conv: act(v) * scale + shift per channel
+// (scale nullptr: no affine), i.e. an eval-mode BatchNorm after the activation, in registers.
+inline Vec act_affine_value(Vec v, bool gelu, const float* scale, const float* shift, int64_t c, int64_t n) {
+  if (gelu) v = gelu_value(v);
+  return scale ? at::vec::fmadd(v, load(scale + c, n), load(shift + c, n)) : v;
+}
+
+// --------------------------------------------------------------------- activation + affine (inference)
+// x (M, C) -> out = act(x) * scale + shift: eval-mode "GELU then BatchNorm" in one pass over memory
+// instead of two (and one output instead of two), for any channel count.
+template <typename T>
+void act_affine_kernel(const T* x, T* out, const float* scale, const float* shift, int64_t M, int64_t C, bool gelu) {
+  at::parallel_for(0, M, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      for (int64_t c = 0; c < C; c += kV) {
+        const int64_t n = std::min(kV, C - c);
+        store(act_affine_value(load(x + r * C + c, n), gelu, scale, shift, c, n), out + r * C + c, n);
+      }
+    }
+  });
+}
+
 // --------------------------------------------------------------------- activation + BatchNorm
 // a (M, C) -> y = act(a) (saved, with d = act'(a)), batch statistics of y per channel, and
 // out = (y - mean) * invstd * weight + bias. `act`: 0 none (y is a itself), 1 GELU.
@@ -341,7 +378,7 @@ struct RowWindow {
 // in registers.
 template <typename T>
 void conv_row(const T* const rows[3], const float* taps, const float* bias, bool residual, T* o, int64_t W,
-              int64_t C) {
+              int64_t C, bool gelu = false, const float* scale = nullptr, const float* shift = nullptr) {
   for (int64_t c = 0; c < C; c += kV) {
     const int64_t n = std::min(kV, C - c);
     Vec tap[9];
@@ -355,7 +392,7 @@ void conv_row(const T* const rows[3], const float* taps, const float* bias, bool
         acc = at::vec::fmadd(tap[3 * i + 1], win[i].centre, acc);
         acc = at::vec::fmadd(tap[3 * i + 2], win[i].right, acc);
       }
-      store(acc, o + w * C + c, n);
+      store(act_affine_value(acc, gelu, scale, shift, c, n), o + w * C + c, n);
       for (int64_t i = 0; i < 3; ++i) win[i].advance(w);
     }
   }
@@ -389,13 +426,13 @@ void tap_grad_row(const T* g, const T* const rows[3], float* partial, int64_t W,
 
 template <typename T>
 void dwconv3x3_forward_kernel(const T* x, const float* taps, const float* bias, bool residual, T* out, int64_t B,
-                              int64_t H, int64_t W, int64_t C) {
+                              int64_t H, int64_t W, int64_t C, bool gelu, const float* scale, const float* shift) {
   const int64_t row = W * C;
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     const T* rows[3];
     for (int64_t bh = begin; bh < end; ++bh) {
       neighbour_rows(x, bh / H, bh % H, H, row, rows);
-      conv_row(rows, taps, bias, residual, out + bh * row, W, C);
+      conv_row(rows, taps, bias, residual, out + bh * row, W, C, gelu, scale, shift);
     }
   });
 }
@@ -695,18 +732,41 @@ std::vector<at::Tensor> act_bn_backward(const at::Tensor& grad, const at::Tensor
   return {da, dweight, dbias};
 }
 
+at::Tensor act_affine(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift, int64_t act) {
+  check_rows(x, 2, "act_affine");
+  const int64_t M = x.size(0), C = x.size(1);
+  TORCH_CHECK(act == kActNone || act == kActGelu, "unknown activation code ", act);
+  const at::Tensor s = as_float_vector(scale, C, "act_affine scale");
+  const at::Tensor b = as_float_vector(shift, C, "act_affine shift");
+  at::Tensor out = at::empty_like(x);
+  dispatch_float_or_bf16(x, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    act_affine_kernel<scalar_t>(x.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), s.const_data_ptr<float>(),
+                                b.const_data_ptr<float>(), M, C, act == kActGelu);
+  });
+  return out;
+}
+
+// The 3x3 depthwise conv, optionally followed (inference) by act(.) * scale + shift in the same pass.
 at::Tensor dwconv3x3_forward(const at::Tensor& x, const at::Tensor& taps, const std::optional<at::Tensor>& bias,
-                             bool residual) {
+                             bool residual, int64_t act, const std::optional<at::Tensor>& scale,
+                             const std::optional<at::Tensor>& shift) {
   check_rows(x, 4, "dwconv3x3_forward");
   const int64_t B = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
+  TORCH_CHECK(act == kActNone || act == kActGelu, "unknown activation code ", act);
   const at::Tensor t = as_float_vector(taps, 9 * C, "dwconv3x3_forward taps");
   const at::Tensor b = optional_float_vector(bias, C, "dwconv3x3_forward bias");
+  const at::Tensor s = optional_float_vector(scale, C, "dwconv3x3_forward scale");
+  const at::Tensor sh = optional_float_vector(shift, C, "dwconv3x3_forward shift");
+  TORCH_CHECK(s.defined() == sh.defined(), "dwconv3x3_forward: scale and shift come together");
   at::Tensor out = at::empty_like(x);
   dispatch_float_or_bf16(x, [&](auto tag) {
     using scalar_t = decltype(tag);
     dwconv3x3_forward_kernel<scalar_t>(x.const_data_ptr<scalar_t>(), t.const_data_ptr<float>(),
                                        b.defined() ? b.const_data_ptr<float>() : nullptr, residual,
-                                       out.data_ptr<scalar_t>(), B, H, W, C);
+                                       out.data_ptr<scalar_t>(), B, H, W, C, act == kActGelu,
+                                       s.defined() ? s.const_data_ptr<float>() : nullptr,
+                                       sh.defined() ? sh.const_data_ptr<float>() : nullptr);
   });
   return out;
 }
@@ -859,7 +919,9 @@ TORCH_LIBRARY(cmt_scale, m) {
   m.def("act_bn_backward(Tensor grad, Tensor y, Tensor d, Tensor mean, Tensor invstd, Tensor weight, int act) -> Tensor[]");
   m.def("layer_norm_forward(Tensor x, Tensor weight, Tensor bias, float eps) -> Tensor[]");
   m.def("layer_norm_backward(Tensor grad, Tensor x, Tensor mean, Tensor rstd, Tensor weight) -> Tensor[]");
-  m.def("dwconv3x3_forward(Tensor x, Tensor taps, Tensor? bias, bool residual) -> Tensor");
+  m.def("act_affine(Tensor x, Tensor scale, Tensor shift, int act) -> Tensor");
+  m.def("dwconv3x3_forward(Tensor x, Tensor taps, Tensor? bias, bool residual, int act=0, Tensor? scale=None, "
+        "Tensor? shift=None) -> Tensor");
   m.def("dwconv3x3_backward(Tensor grad, Tensor x, Tensor taps, bool residual) -> Tensor[]");
   m.def("patch_conv_forward(Tensor x, Tensor taps, Tensor? bias, int k) -> Tensor");
   m.def("patch_conv_backward(Tensor grad, Tensor x, Tensor taps, int k) -> Tensor[]");
@@ -872,6 +934,7 @@ TORCH_LIBRARY_IMPL(cmt_scale, CPU, m) {
   m.impl("act_bn_backward", &act_bn_backward);
   m.impl("layer_norm_forward", &layer_norm_forward);
   m.impl("layer_norm_backward", &layer_norm_backward);
+  m.impl("act_affine", &act_affine);
   m.impl("dwconv3x3_forward", &dwconv3x3_forward);
   m.impl("dwconv3x3_backward", &dwconv3x3_backward);
   m.impl("patch_conv_forward", &patch_conv_forward);

@@ -32,6 +32,7 @@ from ._kernel_build import _ACT_CODES, fused_kernels_available, set_fused_kernel
 __all__ = [
     "act_batch_norm",
     "depthwise_conv3x3",
+    "depthwise_conv3x3_act_bn",
     "depthwise_patch_conv",
     "fused_kernels_available",
     "layer_norm",
@@ -40,16 +41,40 @@ __all__ = [
     "set_fused_kernels",
 ]
 
-def _takes_kernels(x: torch.Tensor, module: nn.Module) -> bool:
+def _kernels_apply_to(x: torch.Tensor) -> bool:
+    """A CPU float32/bf16 tensor in eager mode, with the kernels switched on and built."""
     return (
-        module.training
-        and x.device.type == "cpu"
+        x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.bfloat16)
         and not torch.jit.is_tracing()
         and not torch.jit.is_scripting()
         and not torch.compiler.is_compiling()
         and fused_kernels_available()
     )
+
+
+def _takes_kernels(x: torch.Tensor, module: nn.Module) -> bool:
+    """The training kernels: a module in training mode."""
+    return module.training and _kernels_apply_to(x)
+
+
+def _takes_inference_kernels(x: torch.Tensor, module: nn.Module) -> bool:
+    """The inference kernels (forward only, no autograd): an eval-mode module under ``torch.no_grad`` or
+    ``torch.inference_mode``, as timm's validation, `measure_throughput` and the trainer's evaluation run.
+    An eval-mode forward with gradients on (a saliency map, say) keeps the plain, differentiable path."""
+    return not module.training and not torch.is_grad_enabled() and _kernels_apply_to(x)
+
+
+def _eval_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """An eval-mode BatchNorm2d as per-channel ``scale * x + shift`` from its running statistics; None when
+    it has none (``track_running_stats=False`` normalises with the batch's own statistics even in eval)."""
+    if not isinstance(bn, nn.BatchNorm2d) or bn.running_mean is None or bn.running_var is None:
+        return None
+    scale = torch.rsqrt(bn.running_var.float() + bn.eps)
+    if bn.affine:
+        scale = scale * bn.weight.float()
+    shift = -bn.running_mean.float() * scale
+    return scale, (shift + bn.bias.float()) if bn.affine else shift
 
 
 # ------------------------------------------------------------------------------- BatchNorm + activation
@@ -103,6 +128,10 @@ def act_batch_norm(x: torch.Tensor, act: nn.Module | None, bn: nn.Module) -> tor
     (tested), in two passes over memory each way.
     """
     code = _act_code(act)
+    if code is not None and _takes_inference_kernels(x, bn):
+        fused = _act_affine_inference(x, code, bn)
+        if fused is not None:
+            return fused
     if code is None or not (isinstance(bn, nn.BatchNorm2d) and bn.affine and _takes_kernels(x, bn)):
         y = x if act is None else act(x)
         return bn(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
@@ -112,6 +141,22 @@ def act_batch_norm(x: torch.Tensor, act: nn.Module | None, bn: nn.Module) -> tor
     out = _BatchNormAct.apply(rows, bn.weight, bn.bias, bn.running_mean if tracked else None,
                               bn.running_var if tracked else None, factor, bn.eps, code)
     return out.view(x.shape)
+
+
+def _act_affine_inference(x: torch.Tensor, code: int, bn: nn.Module) -> torch.Tensor | None:
+    """``bn(act(x))`` in eval mode as one pass: the activation, then the BatchNorm's running-statistics affine
+    (or none, for an Identity left by `fuse_for_inference`); None when ``bn`` normalises by batch statistics."""
+    if isinstance(bn, nn.Identity):
+        if code == _ACT_CODES["none"]:
+            return x
+        ones = torch.ones(x.shape[-1])
+        scale_shift = (ones, torch.zeros_like(ones))
+    else:
+        scale_shift = _eval_affine(bn)
+        if scale_shift is None:
+            return None
+    rows = x.reshape(-1, x.shape[-1]).contiguous()
+    return torch.ops.cmt_scale.act_affine(rows, *scale_shift, code).view(x.shape)
 
 
 # ------------------------------------------------------------------------------------ LayerNorm
@@ -186,6 +231,19 @@ def _is_depthwise3x3(conv: nn.Module) -> bool:
         and conv.groups == conv.in_channels == conv.out_channels
         and conv.padding_mode == "zeros"
     )
+
+
+def depthwise_conv3x3_act_bn(x: torch.Tensor, conv: nn.Module, act: nn.Module | None, bn: nn.Module) -> torch.Tensor:
+    """``bn(act(x + conv(x)))`` on NHWC ``x``: the IRFFN's middle. In eval mode under ``no_grad`` one pass
+    (convolution, residual, GELU and the BatchNorm's affine in registers: one output map instead of three);
+    otherwise `depthwise_conv3x3` then `act_batch_norm`, each with its own training kernel or plain path."""
+    code = _act_code(act)
+    if code is not None and _is_depthwise3x3(conv) and _takes_inference_kernels(x, conv):
+        scale_shift = _eval_affine(bn) if not isinstance(bn, nn.Identity) else (None, None)
+        if scale_shift is not None:
+            taps = conv.weight.reshape(conv.weight.shape[0], 9).t()
+            return torch.ops.cmt_scale.dwconv3x3_forward(x.contiguous(), taps, conv.bias, True, code, *scale_shift)
+    return act_batch_norm(depthwise_conv3x3(x, conv, residual=True), act, bn)
 
 
 def depthwise_conv3x3(x: torch.Tensor, conv: nn.Module, residual: bool) -> torch.Tensor:

@@ -383,3 +383,115 @@ def test_a_double_backward_through_the_kernels_raises_instead_of_being_wrong() -
     (grad,) = torch.autograd.grad(fused.act_batch_norm(x, nn.GELU(), bn).square().sum(), x, create_graph=True)
     with pytest.raises(RuntimeError):
         grad.sum().backward()
+
+
+# ------------------------------------------------------------------------------ inference (eval, no_grad)
+def _eval_bn(channels: int, seed: int) -> nn.BatchNorm2d:
+    """An eval-mode BatchNorm with running statistics and an affine far from the identity."""
+    torch.manual_seed(seed)
+    bn = nn.BatchNorm2d(channels).eval()
+    bn.running_mean.normal_(0, 2)
+    bn.running_var.uniform_(0.2, 3)
+    nn.init.uniform_(bn.weight, 0.5, 1.5)
+    nn.init.normal_(bn.bias)
+    return bn
+
+
+def _both_paths(fn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """fn(x) under no_grad with the kernels on, then off (the plain modules)."""
+    with torch.no_grad():
+        fused.set_fused_kernels(True)
+        out = fn(x)
+        fused.set_fused_kernels(False)
+        ref = fn(x)
+    fused.set_fused_kernels(True)
+    return out, ref
+
+
+@pytest.mark.parametrize("channels,size", [(165, 16), (46, 8), (1324, 2), (7, 5), (256, 56)])
+@pytest.mark.parametrize("act", ["gelu", "none"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_eval_act_batch_norm_matches_the_modules(channels: int, size: int, act: str, dtype: torch.dtype) -> None:
+    bn = _eval_bn(channels, channels).to(dtype)
+    gelu = nn.GELU() if act == "gelu" else None
+    x = (torch.randn(2, size, size, channels) * 3).to(dtype)
+    out, ref = _both_paths(lambda t: fused.act_batch_norm(t, gelu, bn), x)
+    assert out.dtype == ref.dtype == dtype and out.shape == ref.shape
+    _close(out, ref, 1e-6 if dtype == torch.float32 else 1e-2)
+
+
+@pytest.mark.parametrize("channels,size", [(165, 16), (662, 4), (1324, 2), (5, 1), (3, 7)])
+@pytest.mark.parametrize("folded", [False, True])
+def test_eval_depthwise_conv_act_bn_matches_the_modules(channels: int, size: int, folded: bool) -> None:
+    """The IRFFN's middle, conv + residual + GELU + BN in one pass; ``folded``: the BN an Identity."""
+    torch.manual_seed(size)
+    conv = nn.Conv2d(channels, channels, 3, 1, 1, groups=channels).eval()
+    bn = nn.Identity() if folded else _eval_bn(channels, size)
+    x = torch.randn(3, size, size + 1, channels)  # non-square: swapped axes show
+    out, ref = _both_paths(lambda t: fused.depthwise_conv3x3_act_bn(t, conv, nn.GELU(), bn), x)
+    _close(out, ref, 1e-6)
+
+
+def test_eval_batch_norm_without_running_statistics_keeps_batch_statistics() -> None:
+    """``track_running_stats=False`` normalises by the batch even in eval: no running affine to apply."""
+    bn = nn.BatchNorm2d(9, track_running_stats=False).eval()
+    x = torch.randn(2, 4, 4, 9) * 2 + 1
+    out, ref = _both_paths(lambda t: fused.act_batch_norm(t, nn.GELU(), bn), x)
+    torch.testing.assert_close(out, ref)
+    conv = nn.Conv2d(9, 9, 3, 1, 1, groups=9).eval()
+    out, ref = _both_paths(lambda t: fused.depthwise_conv3x3_act_bn(t, conv, nn.GELU(), bn), x)
+    torch.testing.assert_close(out, ref)
+
+
+def _inference_kernel_calls(model: nn.Module, x: torch.Tensor, grad: bool = False) -> Counter:
+    """How many times each of our inference ops ran in one eval forward (the profiler's op events)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.set_grad_enabled(grad), profile(activities=[ProfilerActivity.CPU]) as prof:
+        model(x)
+    return Counter(event.name for event in prof.events() if event.name.startswith("cmt_scale::"))
+
+
+def test_a_timm_created_cmt_takes_the_inference_kernels_in_eval() -> None:
+    """Structural, from the config: ``timm.create_model(...).eval()`` under no_grad runs one fused
+    conv + residual + GELU + BN per block (the IRFFN's middle) and one activation + BN pass per stem layer,
+    per IRFFN expansion, per IRFFN projection and per K/V reduction; after `fuse_for_inference` the BNs that
+    fold are gone from those passes. With gradients on, the plain path (no kernel)."""
+    import timm
+
+    from scaling import fuse_for_inference
+
+    model = timm.create_model("cmt_ti", img_size=64, num_classes=10).eval()
+    cfg = model.cfg
+    blocks = sum(cfg.depths)
+    reduced = sum(depth for depth, ratio in zip(cfg.depths, cfg.sr_ratios) if ratio > 1)
+    x = torch.randn(1, 3, 64, 64)
+    calls = _inference_kernel_calls(model, x)
+    assert calls["cmt_scale::dwconv3x3_forward"] == blocks
+    assert calls["cmt_scale::act_affine"] == len(model.stem) + 2 * blocks + reduced
+    fast = fuse_for_inference(model)
+    calls = _inference_kernel_calls(fast, x)
+    assert calls["cmt_scale::dwconv3x3_forward"] == blocks
+    assert calls["cmt_scale::act_affine"] == len(model.stem) + blocks  # projections' and K/V BNs folded
+    assert not _inference_kernel_calls(model, x, grad=True)  # eval with gradients: differentiable plain path
+    training = _inference_kernel_calls(model.train(), x)  # training mode: the training kernels instead
+    assert training["cmt_scale::act_bn_forward"] > 0 and "cmt_scale::act_affine" not in training
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_eval_outputs_with_the_inference_kernels_equal_the_plain_path(seed: int) -> None:
+    """A random CMT with non-trivial BN statistics, as built and after `fuse_for_inference`: logits within
+    1e-4 of the plain modules' (the official code's eval path is compared in test_model)."""
+    from scaling import fuse_for_inference
+
+    rng = random.Random(200 + seed)
+    cfg = random_config(rng)
+    model = build_cmt(cfg)
+    for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+        bn.running_mean.normal_(0, 0.5)
+        bn.running_var.uniform_(0.5, 2)
+    model.eval()
+    x = torch.randn(2, cfg.in_chans, cfg.img_size, cfg.img_size)
+    for candidate in (model, fuse_for_inference(model)):
+        out, ref = _both_paths(candidate, x)
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
