@@ -10,7 +10,14 @@ and each model's ratio to DeiT-S in the same precision, for:
 - bf16 vs fp32 top-1 agreement on a CMT trained briefly on scikit-learn's digits (if installed);
 - `estimate_cost` vs `count_flops` time per call.
 
+The rows of CMT-S with "plain path" run with the fused kernels switched off (PyTorch's own GELU,
+BatchNorm and depthwise convolutions), to show what the inference kernels add. ``--allocator tuned`` calls
+`tune_cpu_allocator` first (as `fuse_for_inference` does) and so times every row, DeiT-S's included, in a
+process whose freed activation memory stays in the heap; the default leaves glibc's malloc as a user's
+process has it (the fused rows then skip the tuning).
+
 Usage: python benchmarks/bench_model.py [--threads 2] [--batch-sizes 1,8] [--rounds 3] [--compile]
+                                        [--allocator default|tuned]
 """
 
 from __future__ import annotations
@@ -24,11 +31,32 @@ import torch
 from _machine import has_native_bf16, machine_line
 
 
-def _models(compile_too: bool, bf16: bool):
+class _PlainPath(torch.nn.Module):
+    """Runs the wrapped model with the fused kernels switched off: PyTorch's own modules throughout."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from scaling import set_fused_kernels
+
+        set_fused_kernels(False)
+        try:
+            return self.model(x)
+        finally:
+            set_fused_kernels(True)
+
+
+def _models(compile_too: bool, bf16: bool, tuned: bool):
+    import functools
+
     import timm
 
-    from scaling import PRESETS, build_cmt, fuse_for_inference
+    from scaling import PRESETS, build_cmt
+    from scaling import fuse_for_inference as fuse
 
+    fuse_for_inference = functools.partial(fuse, tune_allocator=tuned)
     cmt_ti, cmt_s = build_cmt(PRESETS["cmt_ti"]).eval(), build_cmt(PRESETS["cmt_s"]).eval()
     as_users_build = timm.create_model("cmt_s").eval()  # NCHW weights and input, no extra call
     rows = [
@@ -41,9 +69,11 @@ def _models(compile_too: bool, bf16: bool):
         ("cmt_ti@160 fused", fuse_for_inference(cmt_ti), 160, True, None),
         ("cmt_ti@160 fused bf16", fuse_for_inference(cmt_ti), 160, True, torch.bfloat16),
         ("cmt_s timm.create_model", as_users_build, 224, False, None),
+        ("cmt_s timm.create_model plain path", _PlainPath(as_users_build), 224, False, None),
         ("cmt_s timm.create_model bf16", as_users_build, 224, False, torch.bfloat16),
         ("cmt_s@224", cmt_s, 224, True, None),
         ("cmt_s@224 fused", fuse_for_inference(cmt_s), 224, True, None),
+        ("cmt_s@224 fused plain path", _PlainPath(fuse_for_inference(cmt_s)), 224, True, None),
         ("cmt_s@224 fused bf16", fuse_for_inference(cmt_s), 224, True, torch.bfloat16),
         ("deit_small bf16", timm.create_model("deit_small_patch16_224").eval(), 224, False, torch.bfloat16),
     ]
@@ -57,7 +87,7 @@ def _models(compile_too: bool, bf16: bool):
 def bench_throughput(args: argparse.Namespace, batch_size: int) -> None:
     from scaling import measure_throughput
 
-    rows = _models(args.compile, args.bf16)
+    rows = _models(args.compile, args.bf16, args.allocator == "tuned")
     results: dict[str, list[float]] = {name: [] for name, *_ in rows}
     for _ in range(args.rounds):  # round-robin: machine noise hits every model alike
         for name, model, size, channels_last, dtype in rows:
@@ -148,9 +178,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (about 1 min to compile)")
+    parser.add_argument("--allocator", choices=("default", "tuned"), default="default",
+                        help="tuned: call scaling.tune_cpu_allocator() before anything is timed")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(machine_line())
+    if args.allocator == "tuned":
+        from scaling import tune_cpu_allocator
+
+        print(f"allocator: tune_cpu_allocator() -> {tune_cpu_allocator()} (every row, DeiT-S's included)")
+    else:
+        print("allocator: glibc malloc as the process starts (the fused rows skip tune_cpu_allocator)")
     args.bf16 = args.bf16 == "yes" or (args.bf16 == "auto" and has_native_bf16())
     if not args.bf16:
         print("bf16 rows skipped: this CPU has no native bf16 (emulated, slower than fp32); --bf16 yes times them")

@@ -107,11 +107,14 @@ def main() -> None:
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--allocator", choices=("default", "tuned"), default="default",
+                        help="tuned: scaling.tune_cpu_allocator() before anything runs (as fuse_for_inference does)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(machine_line(), f"| {args.threads} threads")
+    tuned = args.allocator == "tuned"
+    print(machine_line(), f"| {args.threads} threads | allocator {args.allocator}")
     cmt = timm.create_model("cmt_s").eval()
-    fused = fuse_for_inference(cmt)
+    fused = fuse_for_inference(cmt, tune_allocator=tuned)
     deit = timm.create_model("deit_small_patch16_224").eval()
     dtypes = {"fp32": None, "bf16": torch.bfloat16}
     for precision in args.precisions.split(","):

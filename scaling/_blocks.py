@@ -96,8 +96,11 @@ class LightweightAttention(nn.Module):
     so attention costs ``N * N/k^2`` instead of ``N^2``; a relative position bias is added to the logits.
 
     The fused path hands the bias to ``F.scaled_dot_product_attention`` as its float mask; the explicit
-    path computes softmax(q k^T * scale + bias) v. The choice follows timm's ``use_fused_attn()``. CPU
-    training takes a third: `lightweight_attention`, one fused kernel per direction (scaling/_fused.py).
+    path computes softmax(q k^T * scale + bias) v. The choice follows timm's ``use_fused_attn()`` on GPUs;
+    on CPUs the explicit path is taken, because there SDPA scans its float mask for fully masked rows on
+    every call (``aten::all``, ``isneginf``, ``where``: 4% of a CMT-S forward, benchmarks/RESULTS.md) for
+    the same math. CPU training takes a third: `lightweight_attention`, one fused kernel per direction
+    (scaling/_fused.py).
     """
 
     fused_attn: Final[bool]
@@ -145,7 +148,7 @@ class LightweightAttention(nn.Module):
         q = q.reshape(batch, height * width, heads, head_dim).transpose(1, 2)
         k = k.reshape(batch, -1, heads, head_dim).transpose(1, 2)
         v = v.reshape(batch, -1, heads, head_dim).transpose(1, 2)
-        if self.fused_attn:
+        if self.fused_attn and q.device.type != "cpu":
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=pos_bias.to(q.dtype).unsqueeze(0))
         else:
             attn = (q * self.scale) @ k.transpose(-2, -1) + pos_bias
