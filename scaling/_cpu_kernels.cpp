@@ -1,5 +1,6 @@
 // Fused CPU training kernels for CMT's convolutional parts, norms and attention, on channels-innermost
-// (NHWC) rows.
+// (NHWC) rows, and two forward-only inference ones: activation + eval BatchNorm (act_affine), and the 3x3
+// depthwise conv with that as its epilogue.
 //
 // Why they exist: at proxy resolutions (32-64 px) a CMT training step on a CPU is dominated not by its
 // matmuls but by BatchNorm, GELU, LayerNorm and depthwise convolutions on maps with awkward channel

@@ -9,11 +9,14 @@ directly on NHWC rows, and the whole lightweight attention (bias, softmax and bo
 projection outputs, in fp32 or bf16. It is compiled on first use with ``torch.utils.cpp_extension`` for
 the CPU capability torch reports, and cached (the first compile takes about 20-40 s).
 
-The model calls `act_batch_norm`, `layer_norm`, `depthwise_conv3x3`, `depthwise_patch_conv`,
-`lightweight_attention` and `patch_linear` (patch merging as a GEMM, no kernel of its own); each takes
-the fast path only for a CPU module in training mode, outside tracing, scripting and ``torch.compile``,
-and otherwise runs (or lets the caller run) exactly the modules' own forward (the plain path: it is also
-the reference the tests compare the kernels with). Parameters, buffers and module names are untouched,
+The model calls `act_batch_norm`, `layer_norm`, `depthwise_conv3x3`, `depthwise_conv3x3_act_bn`,
+`depthwise_patch_conv`, `lightweight_attention` and `patch_linear` (patch merging as a GEMM, no kernel of
+its own); each takes the fast path only for a CPU module in training mode, outside tracing, scripting and
+``torch.compile``, and otherwise runs (or lets the caller run) exactly the modules' own forward (the plain
+path: it is also the reference the tests compare the kernels with). Inference has two kernels of its own,
+forward only: in eval mode under ``no_grad``, "activation + BatchNorm" becomes one pass with the running
+statistics (`act_batch_norm`), and the IRFFN's depthwise conv + residual + GELU + BatchNorm another
+(`depthwise_conv3x3_act_bn`); at batch 8 that is a fifth of CMT-S's CPU inference time (RESULTS.md). Parameters, buffers and module names are untouched,
 so checkpoints, fvcore counts and `fuse_for_inference` see the same model. The kernels' gradients are
 first-order only (a double backward raises).
 ``CMT_SCALE_FUSED_KERNELS=0`` or `set_fused_kernels(False)` turns them off; if they cannot be built (no
