@@ -16,8 +16,9 @@ its own); each takes the fast path only for a CPU module in training mode, outsi
 path: it is also the reference the tests compare the kernels with). Inference has two kernels of its own,
 forward only: in eval mode under ``no_grad``, "activation + BatchNorm" becomes one pass with the running
 statistics (`act_batch_norm`), and the IRFFN's depthwise conv + residual + GELU + BatchNorm another
-(`depthwise_conv3x3_act_bn`); at batch 8 that is a fifth of CMT-S's CPU inference time (RESULTS.md). Parameters, buffers and module names are untouched,
-so checkpoints, fvcore counts and `fuse_for_inference` see the same model. The kernels' gradients are
+(`depthwise_conv3x3_act_bn`): at batch 8 they cut CMT-S's CPU inference time by a fifth (RESULTS.md).
+Parameters, buffers and module names are untouched, so checkpoints, fvcore counts and `fuse_for_inference`
+see the same model. The kernels' gradients are
 first-order only (a double backward raises).
 ``CMT_SCALE_FUSED_KERNELS=0`` or `set_fused_kernels(False)` turns them off; if they cannot be built (no
 C++ compiler), one warning says so and training takes the plain path.
