@@ -39,13 +39,14 @@ class _PlainPath(torch.nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from scaling import set_fused_kernels
+        from scaling import fused_kernels_available, set_fused_kernels
 
+        before = fused_kernels_available()  # the environment switch may have them off for every row
         set_fused_kernels(False)
         try:
             return self.model(x)
         finally:
-            set_fused_kernels(True)
+            set_fused_kernels(before)
 
 
 def _models(compile_too: bool, bf16: bool, tuned: bool):

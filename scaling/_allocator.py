@@ -10,7 +10,10 @@ jemalloc and tcmalloc do by design (what PyTorch's CPU performance guides preloa
 
 The setting is process-wide (it is the process's allocator, not the model's), so it is one explicit call,
 `tune_cpu_allocator`, which `fuse_for_inference` makes; ``CMT_SCALE_TUNE_ALLOCATOR=0`` turns it off. Cost:
-up to the trim threshold (64 MiB) of freed memory is kept for reuse rather than returned.
+freed blocks below 32 MiB stay in the process for reuse instead of going back to the OS, so resident
+memory stays near the process's peak rather than falling after it (the trim threshold, 64 MiB, only
+bounds the free space kept at the top of the heap; blocks freed beneath a live one are kept whatever
+their total). For a long-lived process that peaks once and then idles, ``malloc_trim(0)`` returns it.
 """
 
 from __future__ import annotations

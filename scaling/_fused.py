@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd import forward_ad
 from torch.autograd.function import once_differentiable
 
 from ._kernel_build import _ACT_CODES, fused_kernels_available, set_fused_kernels
@@ -65,8 +66,10 @@ def _takes_kernels(x: torch.Tensor, module: nn.Module) -> bool:
 def _takes_inference_kernels(x: torch.Tensor, module: nn.Module) -> bool:
     """The inference kernels (forward only, no autograd): an eval-mode module under ``torch.no_grad`` or
     ``torch.inference_mode``, as timm's validation, `measure_throughput` and the trainer's evaluation run.
-    An eval-mode forward with gradients on (a saliency map, say) keeps the plain, differentiable path."""
-    return not module.training and not torch.is_grad_enabled() and _kernels_apply_to(x)
+    An eval-mode forward with gradients on (a saliency map, say), or with a forward-mode tangent (which
+    ``no_grad`` does not switch off), keeps the plain, differentiable path."""
+    return (not module.training and not torch.is_grad_enabled() and _kernels_apply_to(x)
+            and forward_ad.unpack_dual(x).tangent is None)
 
 
 def _eval_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -242,7 +245,8 @@ def depthwise_conv3x3_act_bn(x: torch.Tensor, conv: nn.Module, act: nn.Module | 
     (convolution, residual, GELU and the BatchNorm's affine in registers: one output map instead of three);
     otherwise `depthwise_conv3x3` then `act_batch_norm`, each with its own training kernel or plain path."""
     code = _act_code(act)
-    if code is not None and _is_depthwise3x3(conv) and _takes_inference_kernels(x, conv):
+    both_eval = _takes_inference_kernels(x, conv) and not bn.training  # BN re-estimation: eval conv, training BN
+    if code is not None and _is_depthwise3x3(conv) and both_eval:
         scale_shift = _eval_affine(bn) if not isinstance(bn, nn.Identity) else (None, None)
         if scale_shift is not None:
             taps = conv.weight.reshape(conv.weight.shape[0], 9).t()

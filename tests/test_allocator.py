@@ -12,14 +12,18 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc thresholds")
+from scaling._allocator import _glibc
+
+pytestmark = pytest.mark.skipif(_glibc() is None, reason="glibc's malloc thresholds (Linux with glibc only)")
 
 # Eight 4 MiB maps alive at once, then freed, as consecutive ops of a forward leave them. Prints whether
 # the call tuned, and the page faults per map after a warm-up (a fresh mapping faults ~1,000 pages).
 _PROBE = """
 import ctypes, resource, sys, torch
 from scaling import tune_cpu_allocator
-ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD at glibc's starting value
+libc = ctypes.CDLL("libc.so.6")
+libc.prctl(41, 1, 0, 0, 0)  # PR_SET_THP_DISABLE: count 4 KiB pages whatever the host's huge-page policy
+libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD at glibc's starting value
 tuned = tune_cpu_allocator() if sys.argv[1] == "tune" else False
 
 def forward():
@@ -37,8 +41,9 @@ print(tuned, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 160
 
 
 def _probe(mode: str, env: dict[str, str] | None = None) -> tuple[bool, float]:
+    clean = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}  # no hugetlb or threshold tunables
     out = subprocess.run([sys.executable, "-c", _PROBE, mode], capture_output=True, text=True, check=True,
-                         env={**os.environ, **(env or {})})
+                         env={**clean, **(env or {})})
     tuned, faults = out.stdout.split()
     return tuned == "True", float(faults)
 
