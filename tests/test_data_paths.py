@@ -104,6 +104,60 @@ def test_parallel_decode_equals_serial_and_the_cache_serves_the_second_load(fold
     assert len(list((shutil_free / "data").glob("*-16px-v*"))) == 2
 
 
+def test_worker_processes_decode_both_splits_in_one_pass_exactly_as_one_process(tmp_path: Path, monkeypatch,
+                                                                                caplog) -> None:
+    """Above 256 images the folder goes to worker processes, whose shares cross from train into val; the
+    arrays, the skipped files (one unreadable in each split) and their warnings equal one process's."""
+    from cmt_scale.proxy._folder import decode_folder, index_folder
+
+    _write_folder(tmp_path / "big", {"train": 70, "val": 30})  # 210 + 90 images
+    broken = [tmp_path / "big" / "train" / "cow" / "broken.jpg", tmp_path / "big" / "val" / "ant" / "broken.png"]
+    for path in broken:
+        path.write_bytes(b"not an image")
+    index = index_folder(tmp_path / "big")
+    caplog.set_level(logging.WARNING, logger="cmt_scale.data")
+    logger = logging.getLogger("cmt_scale.data")
+    logger.addHandler(caplog.handler)
+    try:
+        results = {}
+        for workers in (0, 2, 3):
+            monkeypatch.setenv("CMT_SCALE_CACHE", str(tmp_path / f"cache{workers}"))
+            caplog.clear()
+            results[workers] = decode_folder(index, 12, workers=workers)
+            assert sorted(results[workers]["skipped"]) == sorted(map(str, broken))
+            assert all(any(str(path) in r.getMessage() for r in caplog.records) for path in broken)
+    finally:
+        logger.removeHandler(caplog.handler)
+    serial = results[0]
+    assert serial["train_images"].shape == (210, 3, 12, 12) and serial["test_images"].shape == (90, 3, 12, 12)
+    for workers in (2, 3):
+        for key in ("train_images", "test_images", "train_labels", "test_labels"):
+            assert np.array_equal(serial[key], results[workers][key]), (workers, key)
+        assert serial["mean"] == results[workers]["mean"] and serial["std"] == results[workers]["std"]
+
+
+def test_workers_shares_are_equal_contiguous_and_may_cross_a_split() -> None:
+    from cmt_scale.proxy._folder import _worker_segments
+
+    # rows 0-9 of job 0 then 0-4 of job 1, laid end to end (15 rows) and cut at 5 and 10 for three workers
+    assert _worker_segments([10, 5], 3) == [[(0, 0, 5)], [(0, 5, 10)], [(1, 0, 5)]]
+    assert _worker_segments([10, 5], 2) == [[(0, 0, 7)], [(0, 7, 10), (1, 0, 5)]]
+    assert _worker_segments([0, 4], 2) == [[(1, 0, 2)], [(1, 2, 4)]]  # an empty job takes no segment
+    assert _worker_segments([1], 3) == [[(0, 0, 1)]]  # more workers than rows: no empty worker
+
+
+def test_channel_statistics_equal_a_float64_reference() -> None:
+    from cmt_scale.proxy._folder import channel_stats
+
+    images = np.random.default_rng(3).integers(0, 256, (150, 3, 9, 7), dtype=np.uint8)
+    images[:, 2] //= 4  # channels with different spreads
+    mean, std = channel_stats(images)
+    reference = torch.as_tensor(images).double().div(255).transpose(0, 1).reshape(3, -1)
+    assert np.allclose(mean, reference.mean(1).numpy(), rtol=0, atol=1e-12)
+    assert np.allclose(std, reference.std(1).numpy(), rtol=0, atol=1e-12)
+    assert channel_stats(torch.as_tensor(images)) == (mean, std)  # tensors too
+
+
 def test_an_unreadable_image_is_skipped_named_and_counted_on_both_paths(folder: Path, caplog) -> None:
     bad = folder / "train" / "bee" / "broken.jpg"
     bad.write_bytes(b"not a jpeg at all")

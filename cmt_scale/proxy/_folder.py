@@ -11,7 +11,10 @@ preallocated ``uint8`` array, so its peak is about the decoded size (the earlier
 chain peaked at about 9x). When the cache is on (the default), that array is a ``.npy`` file under
 ``$CMT_SCALE_CACHE`` (default ``~/.cache/cmt_scale/data``) named by a hash of the folder's file list,
 sizes and times and the decode size: the second search on the same folder memory-maps it and starts at
-once.
+once. Like pip's or Hugging Face's caches it is written through the page cache and never synced: the
+kernel writes it back in the background, and the decode does not wait about a second per GB of disk
+writes for a guarantee the cache would still not have (its ``meta.json`` is not synced either). An entry
+appears by renaming its folder once all its files are written, so a killed decode leaves no entry.
 
 Unreadable images are skipped with a warning naming each file, and counted (``skipped``); a folder
 without images, or train and validation folders with different classes, is one clear error.
@@ -58,9 +61,12 @@ class FolderIndex:
     def key(self) -> str:
         """A hash of every file's relative path, size and modification time: equal keys, equal contents."""
         digest = hashlib.sha256()
+        prefix = os.path.join(str(self.root), "")
         for path, label in self.train + self.test:
             stat = os.stat(path)
-            digest.update(f"{os.path.relpath(path, self.root)}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            # the indexed paths are joined under the root; relpath (an abspath per file) is the slow fallback
+            relative = path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, self.root)
+            digest.update(f"{relative}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
         return digest.hexdigest()[:20]
 
 
@@ -153,67 +159,98 @@ def worker_context() -> str | None:
     return "fork" if sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods() else None
 
 
-def _decode_into(out: np.ndarray, items: Sequence[tuple[str, int]], size: int, workers: int, what: str) -> list[int]:
-    """Decode ``items`` into ``out`` (N x 3 x size x size uint8, preallocated) with ``workers`` worker
-    processes (`cmt_scale.imagedecode`; none: in this process); the indices of unreadable images, each
-    warned about by name. Workers write into ``out``'s file when it is a memory map, else into a temporary
-    one copied in afterwards."""
+def _decode_into(jobs: Sequence[tuple[np.ndarray, Sequence[tuple[str, int]]]], size: int, workers: int,
+                 what: str) -> list[list[int]]:
+    """Decode each job's items into its array (N x 3 x size x size uint8, preallocated), all jobs by one set
+    of ``workers`` worker processes (`cmt_scale.imagedecode`; none: in this process), so a folder's train and
+    validation splits share the workers' start-up and never leave one idle at a split's end. Returns the
+    indices of each job's unreadable images, each warned about by name. Workers write into an array's file
+    when it is a memory map, else into a temporary one copied in afterwards."""
     from tqdm.auto import tqdm
 
     from cmt_scale.imagedecode import decode_rows
 
-    paths = [path for path, _ in items]
-    bad: list[int] = []
-    with tqdm(total=len(items), desc=f"decoding {what}", unit="img", leave=False, disable=len(items) < 512) as bar:
+    paths = [[path for path, _ in items] for _, items in jobs]
+    total = sum(len(p) for p in paths)
+    bad: list[list[int]] = [[] for _ in jobs]
+    with tqdm(total=total, desc=f"decoding {what}", unit="img", leave=False, disable=total < 512) as bar:
         def report(message: dict[str, Any]) -> None:
             if "bad" in message:
-                log.warning("skipped unreadable image %s (%s)", paths[message["bad"]], message["reason"])
-                bad.append(message["bad"])
+                job = message.get("segment", 0)
+                log.warning("skipped unreadable image %s (%s)", paths[job][message["bad"]], message["reason"])
+                bad[job].append(message["bad"])
             else:
                 bar.update(message["done"])
 
-        if workers <= 0 or len(paths) < 256:
-            decode_rows(out, paths, size, 0, len(paths), report)
-        elif isinstance(out, np.memmap) and out.filename:
-            out.flush()
-            _decode_in_workers(Path(out.filename), paths, size, workers, report)
-        else:
-            with tempfile.TemporaryDirectory(prefix="cmt_scale_decode") as scratch:
-                target = Path(scratch) / "images.npy"
-                np.lib.format.open_memmap(target, mode="w+", dtype=np.uint8, shape=out.shape).flush()
-                _decode_in_workers(target, paths, size, workers, report)
-                out[:] = np.load(target, mmap_mode="r")
-    return sorted(bad)
+        if workers <= 0 or total < 256:
+            for number, ((out, _), job_paths) in enumerate(zip(jobs, paths)):
+                decode_rows(out, job_paths, size, 0, len(job_paths),
+                            lambda message, number=number: report({**message, "segment": number}))
+            return [sorted(b) for b in bad]
+        with tempfile.TemporaryDirectory(prefix="cmt_scale_decode") as scratch:
+            mapped = [isinstance(out, np.memmap) and bool(out.filename) for out, _ in jobs]
+            targets = [Path(out.filename) if in_file else Path(scratch) / f"images{number}.npy"
+                       for number, ((out, _), in_file) in enumerate(zip(jobs, mapped))]
+            for (out, _), target, in_file in zip(jobs, targets, mapped):
+                if in_file:
+                    out.flush()  # its header and anything written so far, before other processes map it
+                else:
+                    np.lib.format.open_memmap(target, mode="w+", dtype=np.uint8, shape=out.shape).flush()
+            _decode_in_workers(targets, paths, size, workers, Path(scratch), report)
+            for (out, _), target, in_file in zip(jobs, targets, mapped):
+                if not in_file:
+                    out[:] = np.load(target, mmap_mode="r")
+    return [sorted(b) for b in bad]
 
 
-def _decode_in_workers(target: Path, paths: Sequence[str], size: int, workers: int, report) -> None:
-    """``workers`` processes of ``python -m cmt_scale.imagedecode``, each on a contiguous share of the rows,
-    their JSON lines read by one thread each; a worker that fails is an error naming its exit code."""
+def _worker_segments(lengths: Sequence[int], workers: int) -> list[list[tuple[int, int, int]]]:
+    """Each worker's (job, start, stop) segments: the jobs' rows laid end to end and cut into ``workers``
+    contiguous, equal shares (a share may end in one job and go on in the next)."""
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(int)
+    bounds = np.linspace(0, offsets[-1], workers + 1).astype(int)
+    shares = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        share = [(job, max(lo, offsets[job]) - offsets[job], min(hi, offsets[job + 1]) - offsets[job])
+                 for job in range(len(lengths)) if max(lo, offsets[job]) < min(hi, offsets[job + 1])]
+        if share:
+            shares.append(share)
+    return shares
+
+
+def _decode_in_workers(targets: Sequence[Path], paths: Sequence[Sequence[str]], size: int, workers: int,
+                       scratch: Path, report) -> None:
+    """``workers`` processes of ``python -m cmt_scale.imagedecode``, each on a contiguous share of the rows
+    of all ``targets`` together, their JSON lines read by one thread each; a worker that fails is an error
+    naming its exit code."""
     import subprocess
     import threading
 
-    listing = target.with_suffix(".paths")
-    listing.write_text("\n".join(paths), encoding="utf-8")
-    bounds = np.linspace(0, len(paths), workers + 1).astype(int)
+    listings = []
+    for number, job_paths in enumerate(paths):
+        listings.append(scratch / f"paths{number}.txt")
+        listings[-1].write_text("\n".join(job_paths), encoding="utf-8")
     lock = threading.Lock()
-    procs = [subprocess.Popen([sys.executable, "-m", "cmt_scale.imagedecode", "--out", str(target), "--paths",
-                               str(listing), "--size", str(size), "--start", str(lo), "--stop", str(hi)],
-                              stdout=subprocess.PIPE, text=True)
-             for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
+    procs = []
+    for share in _worker_segments([len(p) for p in paths], workers):
+        command = [sys.executable, "-m", "cmt_scale.imagedecode", "--size", str(size)]
+        for job, start, stop in share:
+            command += ["--segment", str(targets[job]), str(listings[job]), str(start), str(stop)]
+        procs.append((subprocess.Popen(command, stdout=subprocess.PIPE, text=True), [job for job, _, _ in share]))
 
-    def pump(proc: subprocess.Popen) -> None:
+    def pump(proc: subprocess.Popen, jobs: list[int]) -> None:
         for line in proc.stdout:
+            message = json.loads(line)
+            message["segment"] = jobs[message["segment"]]  # the worker's segment number -> the job's
             with lock:
-                report(json.loads(line))
+                report(message)
 
-    readers = [threading.Thread(target=pump, args=(proc,), daemon=True) for proc in procs]
+    readers = [threading.Thread(target=pump, args=proc_jobs, daemon=True) for proc_jobs in procs]
     for reader in readers:
         reader.start()
-    for proc, reader in zip(procs, readers):
+    for (proc, _), reader in zip(procs, readers):
         reader.join()
         if proc.wait() != 0:
             raise RuntimeError(f"an image decode worker failed (exit code {proc.returncode}); its error is above")
-    listing.unlink()
 
 
 def _compact(array: np.ndarray, labels: np.ndarray, bad: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -237,27 +274,27 @@ def _sample_rows(n: int, sample: int | None) -> np.ndarray:
 def channel_stats(images: np.ndarray | torch.Tensor, sample: int | None = None) -> tuple[tuple[float, ...],
                                                                                         tuple[float, ...]]:
     """Per-channel mean and std in [0, 1] of N x C x H x W ``uint8`` images, over a fixed random ``sample``
-    of them (all when ``None``), summed in chunks: never a float copy of the whole set."""
+    of them (all when ``None``). Each chunk's pixel values are counted per channel (256 bins), so the sums
+    and sums of squares are exact integers, found in one pass over the bytes with no float copy of them."""
     rows = _sample_rows(len(images), sample)
     channels = images.shape[1]
-    total = np.zeros(channels)
-    squares = np.zeros(channels)
-    count = 0
-    for start in range(0, len(rows), 64):  # small float chunks: a float copy of 2000 images would be 0.8 GB
-        chunk = torch.as_tensor(np.asarray(images[rows[start: start + 64]])).to(torch.float32).div_(255)
-        flat = chunk.transpose(0, 1).reshape(channels, -1)
-        total += flat.sum(1, dtype=torch.float64).numpy()
-        squares += flat.square().sum(1, dtype=torch.float64).numpy()
-        count += flat.shape[1]
-    mean = total / count
-    std = np.sqrt(np.maximum(squares / count - mean**2, 0) * count / max(1, count - 1))
-    return tuple(mean.tolist()), tuple(np.maximum(std, 1e-3).tolist())
+    values = np.arange(256, dtype=np.float64)
+    counts = np.zeros((channels, 256), dtype=np.int64)
+    for start in range(0, len(rows), 64):
+        chunk = torch.as_tensor(np.asarray(images[rows[start: start + 64]]))
+        for channel in range(channels):  # torch's bincount: 3x NumPy's on uint8 (measured)
+            counts[channel] += torch.bincount(chunk[:, channel].reshape(-1), minlength=256).numpy()
+    count = counts.sum(1)
+    mean = counts @ values / count
+    variance = counts @ values**2 / count - mean**2  # exact sums: no cancellation beyond float64's last bits
+    std = np.sqrt(np.maximum(variance, 0) * count / np.maximum(1, count - 1)) / 255
+    return tuple((mean / 255).tolist()), tuple(np.maximum(std, 1e-3).tolist())
 
 
 def decode_folder(index: FolderIndex, size: int, workers: int | None = None, cache: bool = True) -> dict[str, Any]:
     """The folder decoded at ``size``: ``train``/``test`` image arrays and labels, ``mean``/``std`` and the
     ``skipped`` files. From the disk cache when it holds this folder's contents at this size; otherwise
-    decoded with ``workers`` threads into it (or into memory with ``cache=False``)."""
+    decoded by ``workers`` worker processes into it (or into memory with ``cache=False``)."""
     workers = decode_workers(workers)
     folder = cache_dir() / f"{index.key}-{size}px-v{_CACHE_FORMAT}" if cache else None
     if folder is not None and (folder / "meta.json").is_file():
@@ -278,20 +315,21 @@ def decode_folder(index: FolderIndex, size: int, workers: int | None = None, cac
         except OSError as err:  # a read-only home: decode into memory instead
             log.warning("decoded-image cache unavailable (%s); decoding into memory", err)
             partial = None
-    for name, items in (("train", index.train), ("test", index.test)):
-        shape = (len(items), 3, size, size)
-        array = (np.lib.format.open_memmap(partial / f"{name}.npy", mode="w+", dtype=np.uint8, shape=shape)
-                 if partial is not None else np.empty(shape, dtype=np.uint8))
+    splits = (("train", index.train), ("test", index.test))
+    arrays = [np.lib.format.open_memmap(partial / f"{name}.npy", mode="w+", dtype=np.uint8,
+                                        shape=(len(items), 3, size, size))
+              if partial is not None else np.empty((len(items), 3, size, size), dtype=np.uint8)
+              for name, items in splits]
+    bad_rows = _decode_into([(array, items) for array, (_, items) in zip(arrays, splits)], size, workers,
+                            index.root.name)
+    for (name, items), array, bad in zip(splits, arrays, bad_rows):
         labels = np.array([label for _, label in items], dtype=np.int64)
-        bad = _decode_into(array, items, size, workers, f"{index.root.name}/{name}")
         skipped += [items[i][0] for i in bad]
         out[f"{name}_images"], out[f"{name}_labels"] = _compact(array, labels, bad)
     out["mean"], out["std"] = channel_stats(out["train_images"], _STATS_SAMPLE)
     out["skipped"] = tuple(skipped)
     if partial is not None:
-        for name in ("train", "test"):
-            if isinstance(out[f"{name}_images"], np.memmap):
-                out[f"{name}_images"].flush()
+        for name in ("train", "test"):  # no msync: the kernel writes the arrays back; see the module's docstring
             np.save(partial / f"{name}_labels.npy", out[f"{name}_labels"])
             if len(out[f"{name}_images"]) != len(getattr(index, name)):  # rows were dropped: save the kept ones
                 np.save(partial / f"{name}.kept.npy", out[f"{name}_images"])
@@ -316,7 +354,7 @@ def folder_stats(index: FolderIndex, size: int, workers: int | None = None) -> t
     rows = _sample_rows(len(index.train), _STATS_SAMPLE)
     items = [index.train[i] for i in rows]
     sample = np.empty((len(items), 3, size, size), dtype=np.uint8)
-    bad = _decode_into(sample, items, size, decode_workers(workers), f"{index.root.name} (statistics)")
+    (bad,) = _decode_into([(sample, items)], size, decode_workers(workers), f"{index.root.name} (statistics)")
     sample, _ = _compact(sample, np.zeros(len(items)), bad)
     mean, std = channel_stats(sample)
     try:
