@@ -150,18 +150,29 @@ class _Samples(torch.utils.data.Dataset):
         return self.transform(image), int(self.labels[i]), None
 
 
-class _EpochOrder(torch.utils.data.Sampler):
-    """Each epoch's order drawn from the trainer's generator, exactly as `TensorSource` draws it: the same
-    protocol and seed see the same images in the same order on either source."""
+class _PhaseBatches(torch.utils.data.Sampler):
+    """The index batches of one loader over train, val and test laid end to end (a `ConcatDataset`), for the
+    phase set before each pass: a training epoch in the order drawn from the trainer's generator, exactly as
+    `TensorSource` draws it (the same protocol and seed see the same images in the same order on either
+    source), in batches of ``batch_size``; or one evaluation split in order, in batches of twice that."""
 
-    def __init__(self, n: int) -> None:
-        self.n, self.gen = n, None
+    def __init__(self, sizes: dict[str, int], batch_size: int) -> None:
+        self.sizes, self.batch_size = sizes, batch_size
+        self.offsets = dict(zip(sizes, np.cumsum([0, *sizes.values()]).tolist()))
+        self.phase, self.gen = "train", None
+
+    def _step(self) -> int:
+        return self.batch_size * (1 if self.phase == "train" else 2)
 
     def __len__(self) -> int:
-        return self.n
+        return math.ceil(self.sizes[self.phase] / self._step())
 
     def __iter__(self):
-        return iter(torch.randperm(self.n, generator=self.gen).tolist())
+        n, step = self.sizes[self.phase], self._step()
+        order = (torch.randperm(n, generator=self.gen).tolist() if self.phase == "train"
+                 else list(range(self.offsets[self.phase], self.offsets[self.phase] + n)))
+        for i in range(0, n, step):
+            yield order[i : i + step]
 
 
 def _collate(batch: list[tuple[Any, int, str | None]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -209,29 +220,29 @@ class LoaderSource:
         self.workers = decode_workers(protocol.workers)
         self.skipped = len(getattr(data, "skipped", ()))
         self._seen_bad: set[str] = set()
-        self.order = _EpochOrder(len(train_idx))
-        self.train = self._loader(_Samples(data, "train", train_idx, timm_transform(protocol, mean, std, True)),
-                                  self.order)
-        self.eval = {"val": self._loader(_Samples(data, "train", val_idx, timm_transform(protocol, mean, std,
-                                                                                         False)), None),
-                     "test": self._loader(_Samples(data, "test", torch.arange(len(data.test_labels)),
-                                                   timm_transform(protocol, mean, std, False)), None)}
+        evaluate = timm_transform(protocol, mean, std, False)
+        splits = {"train": _Samples(data, "train", train_idx, timm_transform(protocol, mean, std, True)),
+                  "val": _Samples(data, "train", val_idx, evaluate),
+                  "test": _Samples(data, "test", torch.arange(len(data.test_labels)), evaluate)}
+        self.batches = _PhaseBatches({name: len(samples) for name, samples in splits.items()}, protocol.batch_size)
+        self.loader = self._loader(torch.utils.data.ConcatDataset(list(splits.values())))
 
-    def _loader(self, samples: _Samples, order: _EpochOrder | None) -> torch.utils.data.DataLoader:
-        """Training (``order`` given): persistent workers over the epochs; evaluation: in order, twice the batch."""
-        training = order is not None
+    def _loader(self, samples: torch.utils.data.Dataset) -> torch.utils.data.DataLoader:
+        """One loader and one set of persistent workers for training and evaluation alike. A loader per split
+        would fork its own workers from the trainer at every evaluation, beside the idle training workers:
+        measured, CMT-Ti at 224 px streaming with 2 workers peaked 0.4 GiB higher while evaluating."""
         return torch.utils.data.DataLoader(
-            samples, batch_size=self.protocol.batch_size * (1 if training else 2), sampler=order,
-            num_workers=self.workers, collate_fn=_collate, pin_memory=self.device.type == "cuda",
+            samples, batch_sampler=self.batches, num_workers=self.workers, collate_fn=_collate,
+            pin_memory=self.device.type == "cuda",
             # its own generator for the workers' seeds: drawing them from torch's global one would change the
             # model's dropout draws, and the two sources would no longer train alike
             generator=torch.Generator().manual_seed(self.protocol.seed + 2),
-            persistent_workers=training and self.workers > 0, worker_init_fn=seed_worker,
+            persistent_workers=self.workers > 0, worker_init_fn=seed_worker,
             multiprocessing_context=worker_context() if self.workers else None,
             prefetch_factor=4 if self.workers > 0 else None)
 
     def steps_per_epoch(self) -> int:
-        return len(self.train)
+        return math.ceil(self.batches.sizes["train"] / self.protocol.batch_size)
 
     def _batches(self, loader, augment: bool, gen) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for x, y, skipped in loader:
@@ -244,16 +255,21 @@ class LoaderSource:
                 x = x.to(self.device, non_blocking=True)
                 yield self.finish(x, augment, gen), y.to(self.device, non_blocking=True)
 
+    def _pass(self, phase: str, augment: bool, gen) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One pass of ``phase``; the phase is set when the pass starts, since the loader draws its first
+        batches of indices then (one pass at a time: a new pass resets the workers' queue)."""
+        self.batches.phase, self.batches.gen = phase, gen
+        yield from self._batches(self.loader, augment, gen)
+
     def train_batches(self, gen: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self.order.gen = gen
-        return self._batches(self.train, True, gen)
+        return self._pass("train", True, gen)
 
     def eval_batches(self, split: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return self._batches(self.eval[split], False, None)
+        return self._pass(split, False, None)
 
     def close(self) -> None:
-        """Drops the loaders, which ends their persistent workers now rather than at the next collection."""
-        self.train, self.eval = None, {}
+        """Drops the loader, which ends its persistent workers now rather than at the next collection."""
+        self.loader = None
 
 
 def uses_loader(data: ProxyData | StreamedFolder, protocol: ProxyProtocol) -> bool:
