@@ -78,6 +78,39 @@ def test_streamed_and_in_memory_train_to_the_same_result(folder: Path, augment: 
     assert results[0].test_top1 > 100 / 3 + 15  # and it learned: well above chance on 3 colour classes
 
 
+def test_one_set_of_loader_workers_serves_training_and_evaluation(folder: Path) -> None:
+    """A streamed folder's batches come from one loader: the evaluation passes run on the training pass's
+    persistent workers (no second set forked from the trainer), and each pass yields its split's images,
+    the training epoch in the trainer generator's order and the evaluation splits in order."""
+    psutil = pytest.importorskip("psutil")
+    from cmt_scale.proxy._batches import make_source
+
+    protocol = _protocol(folder, data_memory_gb=0, workers=2, batch_size=16)
+    data = load_dataset(f"imagefolder:{folder}", load_size=32, memory_gb=0)
+    assert isinstance(data, StreamedFolder)
+    train_idx, val_idx = torch.arange(100), torch.arange(100, 120)
+    source = make_source(data, protocol, train_idx, val_idx, 3, torch.device("cpu"))
+    me = psutil.Process()
+    try:
+        workers_seen, labels = [], {}
+        for phase, batches in (("train", source.train_batches(torch.Generator().manual_seed(5))),
+                               ("val", source.eval_batches("val")), ("test", source.eval_batches("test")),
+                               ("train again", source.train_batches(torch.Generator().manual_seed(5)))):
+            got = [(x.shape, y) for x, y in batches]  # the whole pass
+            workers_seen.append({child.pid for child in me.children()})
+            labels[phase] = torch.cat([y for _, y in got])
+            assert all(shape[1:] == (3, 32, 32) for shape, _ in got)
+        assert len(workers_seen[0]) == 2 and all(seen == workers_seen[0] for seen in workers_seen), workers_seen
+        order = torch.randperm(100, generator=torch.Generator().manual_seed(5))
+        assert torch.equal(labels["train"], data.train_labels[train_idx][order])
+        assert torch.equal(labels["train again"], labels["train"])
+        assert torch.equal(labels["val"], data.train_labels[val_idx])
+        assert torch.equal(labels["test"], data.test_labels)
+        assert source.steps_per_epoch() == 7  # 100 images in batches of 16
+    finally:
+        source.close()
+
+
 def test_parallel_decode_equals_serial_and_the_cache_serves_the_second_load(folder: Path, tmp_path: Path,
                                                                            monkeypatch) -> None:
     import cmt_scale.proxy._folder as folder_module
