@@ -161,14 +161,18 @@ class _PhaseBatches(torch.utils.data.Sampler):
         self.offsets = dict(zip(sizes, np.cumsum([0, *sizes.values()]).tolist()))
         self.phase, self.gen = "train", None
 
-    def _step(self) -> int:
-        return self.batch_size * (1 if self.phase == "train" else 2)
+    def _step(self, phase: str) -> int:
+        return self.batch_size * (1 if phase == "train" else 2)
+
+    def batches_in(self, phase: str) -> int:
+        """Batches in one pass of ``phase``."""
+        return math.ceil(self.sizes[phase] / self._step(phase))
 
     def __len__(self) -> int:
-        return math.ceil(self.sizes[self.phase] / self._step())
+        return self.batches_in(self.phase)
 
     def __iter__(self):
-        n, step = self.sizes[self.phase], self._step()
+        n, step = self.sizes[self.phase], self._step(self.phase)
         order = (torch.randperm(n, generator=self.gen).tolist() if self.phase == "train"
                  else list(range(self.offsets[self.phase], self.offsets[self.phase] + n)))
         for i in range(0, n, step):
@@ -242,10 +246,13 @@ class LoaderSource:
             prefetch_factor=4 if self.workers > 0 else None)
 
     def steps_per_epoch(self) -> int:
-        return math.ceil(self.batches.sizes["train"] / self.protocol.batch_size)
+        return self.batches.batches_in("train")
 
-    def _batches(self, loader, augment: bool, gen) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for x, y, skipped in loader:
+    def _pass(self, phase: str, augment: bool, gen) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One pass of ``phase``; the phase is set when the pass starts, since the loader draws its first
+        batches of indices then (one pass at a time: a new pass resets the workers' queue)."""
+        self.batches.phase, self.batches.gen = phase, gen
+        for x, y, skipped in self.loader:
             for bad in skipped:
                 if bad not in self._seen_bad:
                     self._seen_bad.add(bad)
@@ -254,12 +261,6 @@ class LoaderSource:
             if len(y):
                 x = x.to(self.device, non_blocking=True)
                 yield self.finish(x, augment, gen), y.to(self.device, non_blocking=True)
-
-    def _pass(self, phase: str, augment: bool, gen) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """One pass of ``phase``; the phase is set when the pass starts, since the loader draws its first
-        batches of indices then (one pass at a time: a new pass resets the workers' queue)."""
-        self.batches.phase, self.batches.gen = phase, gen
-        yield from self._batches(self.loader, augment, gen)
 
     def train_batches(self, gen: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self._pass("train", True, gen)

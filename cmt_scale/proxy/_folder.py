@@ -176,7 +176,7 @@ def _decode_into(jobs: Sequence[tuple[np.ndarray, Sequence[tuple[str, int]]]], s
     with tqdm(total=total, desc=f"decoding {what}", unit="img", leave=False, disable=total < 512) as bar:
         def report(message: dict[str, Any]) -> None:
             if "bad" in message:
-                job = message.get("segment", 0)
+                job = message["segment"]
                 log.warning("skipped unreadable image %s (%s)", paths[job][message["bad"]], message["reason"])
                 bad[job].append(message["bad"])
             else:
