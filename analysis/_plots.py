@@ -122,7 +122,7 @@ def plot_fronts(df: pd.DataFrame | FrontPlotInfo, ax=None, path: str | Path | No
     if info.title:
         ax.set_title(info.title)
     ax.grid(True, which="both", alpha=0.25)
-    ax.legend(loc="lower right", title=info.legend_title, title_fontsize=8)
+    ax.legend(loc="best", title=info.legend_title, title_fontsize=8)
     return finish_figure(ax, path, formats, close=own)
 
 
