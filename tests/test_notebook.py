@@ -25,6 +25,6 @@ def test_notebook_executes_top_to_bottom() -> None:
                                      resources={"metadata": {"path": str(NOTEBOOK.parent)}})
     client.execute()
     images = sum(1 for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {}))
-    assert images == 2
+    assert images == 3
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.get("output_type") == "error"]
     assert errors == []
