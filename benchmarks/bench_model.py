@@ -11,19 +11,21 @@ and each model's ratio to DeiT-S in the same precision, for:
 - `estimate_cost` vs `count_flops` time per call.
 
 The rows of CMT-S with "plain path" run with the fused kernels switched off (PyTorch's own GELU,
-BatchNorm and depthwise convolutions), to show what the inference kernels add. ``--allocator tuned`` calls
-`tune_cpu_allocator` first (as `fuse_for_inference` does) and so times every row, DeiT-S's included, in a
-process whose freed activation memory stays in the heap; the default leaves glibc's malloc as a user's
-process has it (the fused rows then skip the tuning).
+BatchNorm and depthwise convolutions), to show what the inference kernels add. ``--allocator`` sets what the
+process's malloc does: ``auto`` (default) is what a user's process gets, glibc as it starts until a CMT's
+first CPU inference forward calls `tune_cpu_allocator` (an untimed pass over every row comes first, so all
+timed rounds, DeiT-S's included, run in that process); ``off`` sets ``CMT_SCALE_TUNE_ALLOCATOR=0`` (glibc
+as it starts throughout: the picture before the setting); ``tuned`` calls it before anything runs.
 
 Usage: python benchmarks/bench_model.py [--threads 2] [--batch-sizes 1,8] [--rounds 3] [--compile]
-                                        [--allocator default|tuned]
+                                        [--allocator auto|off|tuned]
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import time
 
@@ -49,15 +51,10 @@ class _PlainPath(torch.nn.Module):
             set_fused_kernels(before)
 
 
-def _models(compile_too: bool, bf16: bool, tuned: bool):
-    import functools
-
+def _models(compile_too: bool, bf16: bool):
     import timm
 
-    from scaling import PRESETS, build_cmt
-    from scaling import fuse_for_inference as fuse
-
-    fuse_for_inference = functools.partial(fuse, tune_allocator=tuned)
+    from scaling import PRESETS, build_cmt, fuse_for_inference
     cmt_ti, cmt_s = build_cmt(PRESETS["cmt_ti"]).eval(), build_cmt(PRESETS["cmt_s"]).eval()
     as_users_build = timm.create_model("cmt_s").eval()  # NCHW weights and input, no extra call
     rows = [
@@ -88,8 +85,11 @@ def _models(compile_too: bool, bf16: bool, tuned: bool):
 def bench_throughput(args: argparse.Namespace, batch_size: int) -> None:
     from scaling import measure_throughput
 
-    rows = _models(args.compile, args.bf16, args.allocator == "tuned")
+    rows = _models(args.compile, args.bf16)
     results: dict[str, list[float]] = {name: [] for name, *_ in rows}
+    for name, model, size, channels_last, dtype in rows:  # untimed: the process as after a user's first forward
+        measure_throughput(model, batch_size, size, threads=args.threads, channels_last=channels_last, dtype=dtype,
+                           warmup=0, repeats=1)
     for _ in range(args.rounds):  # round-robin: machine noise hits every model alike
         for name, model, size, channels_last, dtype in rows:
             result = measure_throughput(model, batch_size, size, threads=args.threads,
@@ -179,17 +179,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (about 1 min to compile)")
-    parser.add_argument("--allocator", choices=("default", "tuned"), default="default",
-                        help="tuned: call scaling.tune_cpu_allocator() before anything is timed")
+    parser.add_argument("--allocator", choices=("auto", "off", "tuned"), default="auto",
+                        help="auto: as a user's process (a CMT tunes malloc on its first CPU inference forward); "
+                             "off: CMT_SCALE_TUNE_ALLOCATOR=0; tuned: tune_cpu_allocator() before anything runs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(machine_line())
-    if args.allocator == "tuned":
+    if args.allocator == "off":
+        os.environ["CMT_SCALE_TUNE_ALLOCATOR"] = "0"
+        print("allocator: glibc malloc as the process starts, throughout (CMT_SCALE_TUNE_ALLOCATOR=0)")
+    elif args.allocator == "tuned":
         from scaling import tune_cpu_allocator
 
-        print(f"allocator: tune_cpu_allocator() -> {tune_cpu_allocator()} (every row, DeiT-S's included)")
+        print(f"allocator: tune_cpu_allocator() -> {tune_cpu_allocator()} before anything runs")
     else:
-        print("allocator: glibc malloc as the process starts (the fused rows skip tune_cpu_allocator)")
+        print("allocator: as a user's process has it (tuned by the first CMT inference forward, for every row)")
     args.bf16 = args.bf16 == "yes" or (args.bf16 == "auto" and has_native_bf16())
     if not args.bf16:
         print("bf16 rows skipped: this CPU has no native bf16 (emulated, slower than fp32); --bf16 yes times them")

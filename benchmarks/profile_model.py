@@ -11,12 +11,14 @@ For each precision (fp32, bf16 autocast) and batch size (1, 8) it prints:
 Its shares say which kernels to fuse or replace on this machine kind; they are not comparable across kinds.
 
 Usage: python benchmarks/profile_model.py [--threads 2] [--batch-sizes 1,8] [--precisions fp32,bf16] [--top 12]
+                                          [--allocator auto|off|tuned]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import time
 from collections import defaultdict
 
@@ -99,7 +101,7 @@ def _part_shares(model: nn.Module, batch: torch.Tensor, dtype, repeats: int) -> 
 def main() -> None:
     import timm
 
-    from scaling import fuse_for_inference, measure_throughput
+    from scaling import fuse_for_inference, measure_throughput, tune_cpu_allocator
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
@@ -107,14 +109,18 @@ def main() -> None:
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--top", type=int, default=12)
-    parser.add_argument("--allocator", choices=("default", "tuned"), default="default",
-                        help="tuned: scaling.tune_cpu_allocator() before anything runs (as fuse_for_inference does)")
+    parser.add_argument("--allocator", choices=("auto", "off", "tuned"), default="auto",
+                        help="auto: as a user's process (a CMT tunes malloc on its first CPU inference forward); "
+                             "off: CMT_SCALE_TUNE_ALLOCATOR=0; tuned: tune_cpu_allocator() before anything runs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    tuned = args.allocator == "tuned"
+    if args.allocator == "off":
+        os.environ["CMT_SCALE_TUNE_ALLOCATOR"] = "0"
+    elif args.allocator == "tuned":
+        tune_cpu_allocator()
     print(machine_line(), f"| {args.threads} threads | allocator {args.allocator}")
     cmt = timm.create_model("cmt_s").eval()
-    fused = fuse_for_inference(cmt, tune_allocator=tuned)
+    fused = fuse_for_inference(cmt)
     deit = timm.create_model("deit_small_patch16_224").eval()
     dtypes = {"fp32": None, "bf16": torch.bfloat16}
     for precision in args.precisions.split(","):

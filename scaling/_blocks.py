@@ -75,7 +75,7 @@ class ConvGeluBn(nn.Module):
         self.bn = nn.BatchNorm2d(out_chs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _to_nchw(act_batch_norm(_to_nhwc(self.conv(x)), self.act, self.bn))
+        return _to_nchw(act_batch_norm(_to_nhwc(self.conv(x)), self.act, self.bn, overwrite=True))
 
 
 class PatchMerging(nn.Module):
@@ -140,7 +140,7 @@ class LightweightAttention(nn.Module):
         heads, head_dim = self.num_heads, self.head_dim
         kv_in = x
         if self.sr is not None:
-            kv_in = act_batch_norm(self._reduce(x), None, self.sr_norm)
+            kv_in = act_batch_norm(self._reduce(x), None, self.sr_norm, overwrite=True)
         q, k, v = self.q(x), self.k(kv_in), self.v(kv_in)
         fused = lightweight_attention(q, k, v, pos_bias, heads, self.scale, self)
         if fused is not None:
@@ -176,9 +176,9 @@ class InvertedResidualFFN(nn.Module):
         self.norm3 = nn.BatchNorm2d(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = act_batch_norm(self.fc1(x), self.act1, self.norm1)
+        x = act_batch_norm(self.fc1(x), self.act1, self.norm1, overwrite=True)  # fc outputs: fresh maps
         x = depthwise_conv3x3_act_bn(x, self.dwconv, self.act2, self.norm2)
-        return act_batch_norm(self.fc2(x), None, self.norm3)
+        return act_batch_norm(self.fc2(x), None, self.norm3, overwrite=True)
 
 
 class CMTBlock(nn.Module):

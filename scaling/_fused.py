@@ -74,14 +74,13 @@ def _takes_inference_kernels(x: torch.Tensor, module: nn.Module) -> bool:
 
 def _eval_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
     """An eval-mode BatchNorm2d as per-channel ``scale * x + shift`` from its running statistics; None when
-    it has none (``track_running_stats=False`` normalises with the batch's own statistics even in eval)."""
+    it has none (``track_running_stats=False`` normalises with the batch's own statistics even in eval).
+    Computed per call by one kernel op, never cached: weights and statistics stay the module's own."""
     if not isinstance(bn, nn.BatchNorm2d) or bn.running_mean is None or bn.running_var is None:
         return None
-    scale = torch.rsqrt(bn.running_var.float() + bn.eps)
-    if bn.affine:
-        scale = scale * bn.weight.float()
-    shift = -bn.running_mean.float() * scale
-    return scale, (shift + bn.bias.float()) if bn.affine else shift
+    weight, bias = (bn.weight, bn.bias) if bn.affine else (None, None)
+    scale, shift = torch.ops.cmt_scale.bn_eval_affine(bn.running_mean, bn.running_var, weight, bias, bn.eps)
+    return scale, shift
 
 
 # ------------------------------------------------------------------------------- BatchNorm + activation
@@ -126,17 +125,18 @@ def _act_code(act: nn.Module | None) -> int | None:
     return None
 
 
-def act_batch_norm(x: torch.Tensor, act: nn.Module | None, bn: nn.Module) -> torch.Tensor:
+def act_batch_norm(x: torch.Tensor, act: nn.Module | None, bn: nn.Module, overwrite: bool = False) -> torch.Tensor:
     """``bn(act(x))`` for an NHWC tensor ``x``: ``act`` an activation module (or None), ``bn`` a
     BatchNorm2d over the channels (or an Identity, as `fuse_for_inference` leaves it).
 
     The plain path is exactly the modules on the NCHW view; the fused one (exact GELU or no activation,
     a training-mode affine BatchNorm) gives the same values, gradients and running-statistics updates
-    (tested), in two passes over memory each way.
+    (tested), in two passes over memory each way. ``overwrite=True`` says ``x`` is a fresh intermediate
+    no one else holds (a convolution's output): the inference kernel then writes into it.
     """
     code = _act_code(act)
     if code is not None and _takes_inference_kernels(x, bn):
-        fused = _act_affine_inference(x, code, bn)
+        fused = _act_affine_inference(x, code, bn, overwrite)
         if fused is not None:
             return fused
     if code is None or not (isinstance(bn, nn.BatchNorm2d) and bn.affine and _takes_kernels(x, bn)):
@@ -150,19 +150,23 @@ def act_batch_norm(x: torch.Tensor, act: nn.Module | None, bn: nn.Module) -> tor
     return out.view(x.shape)
 
 
-def _act_affine_inference(x: torch.Tensor, code: int, bn: nn.Module) -> torch.Tensor | None:
+def _act_affine_inference(x: torch.Tensor, code: int, bn: nn.Module, overwrite: bool) -> torch.Tensor | None:
     """``bn(act(x))`` in eval mode as one pass: the activation, then the BatchNorm's running-statistics affine
-    (or none, for an Identity left by `fuse_for_inference`); None when ``bn`` normalises by batch statistics."""
+    (or none, for an Identity left by `fuse_for_inference`); None when ``bn`` normalises by batch statistics.
+    In place when ``overwrite`` and ``x`` is contiguous (its rows are then a view of it)."""
     if isinstance(bn, nn.Identity):
         if code == _ACT_CODES["none"]:
             return x
-        ones = torch.ones(x.shape[-1])
-        scale_shift = (ones, torch.zeros_like(ones))
+        scale_shift = (None, None)
     else:
         scale_shift = _eval_affine(bn)
         if scale_shift is None:
             return None
-    rows = x.reshape(-1, x.shape[-1]).contiguous()
+    channels = x.shape[-1]
+    if overwrite and x.is_contiguous():
+        torch.ops.cmt_scale.act_affine_(x.view(-1, channels), *scale_shift, code)
+        return x
+    rows = x.reshape(-1, channels).contiguous()
     return torch.ops.cmt_scale.act_affine(rows, *scale_shift, code).view(x.shape)
 
 
@@ -255,7 +259,12 @@ def depthwise_conv3x3_act_bn(x: torch.Tensor, conv: nn.Module, act: nn.Module | 
 
 
 def depthwise_conv3x3(x: torch.Tensor, conv: nn.Module, residual: bool) -> torch.Tensor:
-    """``x + conv(x)`` (``residual=True``) or ``conv(x)`` for an NHWC tensor and a 3x3 depthwise conv."""
+    """``x + conv(x)`` (``residual=True``) or ``conv(x)`` for an NHWC tensor and a 3x3 depthwise conv: the
+    kernel in training and, forward only, in eval under ``no_grad`` (the LPU: one pass and one output map
+    where oneDNN's conv and the residual add make two)."""
+    if _is_depthwise3x3(conv) and _takes_inference_kernels(x, conv):
+        taps = conv.weight.reshape(conv.weight.shape[0], 9).t()
+        return torch.ops.cmt_scale.dwconv3x3_forward(x.contiguous(), taps, conv.bias, residual)
     if not (_is_depthwise3x3(conv) and _takes_kernels(x, conv)):
         x_nchw = x.permute(0, 3, 1, 2)
         out = conv(x_nchw)

@@ -432,6 +432,55 @@ def test_eval_depthwise_conv_act_bn_matches_the_modules(channels: int, size: int
     _close(out, ref, 1e-6)
 
 
+@pytest.mark.parametrize("folded", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_eval_act_batch_norm_in_place_matches_the_modules_and_writes_into_its_input(folded: bool,
+                                                                                   dtype: torch.dtype) -> None:
+    """``overwrite=True`` (a conv's fresh output): the same values as the modules, written into ``x`` itself;
+    an NHWC view that is not contiguous (an NCHW map permuted) gets a new tensor and is left as it was."""
+    bn = nn.Identity().eval() if folded else _eval_bn(165, 3).to(dtype)  # eval: as fuse_for_inference leaves it
+    x = (torch.randn(2, 7, 9, 165) * 3).to(dtype)
+    ref = _both_paths(lambda t: fused.act_batch_norm(t.clone(), nn.GELU(), bn), x)[1]
+    with torch.no_grad():
+        target = x.clone()
+        out = fused.act_batch_norm(target, nn.GELU(), bn, overwrite=True)
+        assert out.data_ptr() == target.data_ptr()
+        _close(target, ref, 1e-6 if dtype == torch.float32 else 1e-2)
+        strided = x.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)  # NCHW storage, NHWC view
+        before = strided.clone()
+        out = fused.act_batch_norm(strided, nn.GELU(), bn, overwrite=True)
+        assert torch.equal(strided, before) and out.data_ptr() != strided.data_ptr()
+        _close(out, ref, 1e-6 if dtype == torch.float32 else 1e-2)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_bn_eval_affine_matches_torch_batch_norm(affine: bool) -> None:
+    """The kernel op's per-channel scale and shift reproduce ``F.batch_norm`` in eval on any input."""
+    bn = nn.BatchNorm2d(37, affine=affine, eps=1e-3)
+    with torch.no_grad():
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.2, 3.0)
+        if affine:
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.normal_()
+    bn.eval()
+    x = torch.randn(4, 37, 3, 5)
+    assert fused.fused_kernels_available()  # builds and loads them when this test runs alone
+    scale, shift = fused._eval_affine(bn)
+    torch.testing.assert_close(x * scale[:, None, None] + shift[:, None, None], bn(x), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("channels,size", [(64, 56), (662, 4), (5, 1), (3, 7)])
+@pytest.mark.parametrize("residual", [True, False])
+def test_eval_depthwise_conv_matches_the_module(channels: int, size: int, residual: bool) -> None:
+    """The LPU in eval under no_grad: the kernel's conv (+ input) equals oneDNN's conv (+ input)."""
+    torch.manual_seed(channels)
+    conv = nn.Conv2d(channels, channels, 3, 1, 1, groups=channels).eval()
+    x = torch.randn(2, size, size + 2, channels)
+    out, ref = _both_paths(lambda t: fused.depthwise_conv3x3(t, conv, residual=residual), x)
+    _close(out, ref, 1e-6)
+
+
 def test_eval_batch_norm_without_running_statistics_keeps_batch_statistics() -> None:
     """``track_running_stats=False`` normalises by the batch even in eval: no running affine to apply."""
     bn = nn.BatchNorm2d(9, track_running_stats=False).eval()
@@ -467,15 +516,18 @@ def test_a_timm_created_cmt_takes_the_inference_kernels_in_eval() -> None:
     reduced = sum(depth for depth, ratio in zip(cfg.depths, cfg.sr_ratios) if ratio > 1)
     x = torch.randn(1, 3, 64, 64)
     calls = _inference_kernel_calls(model, x)
-    assert calls["cmt_scale::dwconv3x3_forward"] == blocks
-    assert calls["cmt_scale::act_affine"] == len(model.stem) + 2 * blocks + reduced
+    assert calls["cmt_scale::dwconv3x3_forward"] == 2 * blocks  # the LPU and the IRFFN's middle
+    # every activation + BN pass follows a conv or linear, so it writes into that fresh map (in place)
+    assert calls["cmt_scale::act_affine_"] == len(model.stem) + 2 * blocks + reduced
+    assert "cmt_scale::act_affine" not in calls
     fast = fuse_for_inference(model)
     calls = _inference_kernel_calls(fast, x)
-    assert calls["cmt_scale::dwconv3x3_forward"] == blocks
-    assert calls["cmt_scale::act_affine"] == len(model.stem) + blocks  # projections' and K/V BNs folded
+    assert calls["cmt_scale::dwconv3x3_forward"] == 2 * blocks
+    assert calls["cmt_scale::act_affine_"] == len(model.stem) + blocks  # projections' and K/V BNs folded
     assert not _inference_kernel_calls(model, x, grad=True)  # eval with gradients: differentiable plain path
     training = _inference_kernel_calls(model.train(), x)  # training mode: the training kernels instead
-    assert training["cmt_scale::act_bn_forward"] > 0 and "cmt_scale::act_affine" not in training
+    assert training["cmt_scale::act_bn_forward"] > 0
+    assert not {"cmt_scale::act_affine", "cmt_scale::act_affine_"} & set(training)
 
 
 @pytest.mark.parametrize("seed", range(3))
