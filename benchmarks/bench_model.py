@@ -10,6 +10,9 @@ and each model's ratio to DeiT-S in the same precision, for:
 - bf16 vs fp32 top-1 agreement on a CMT trained briefly on scikit-learn's digits (if installed);
 - `estimate_cost` vs `count_flops` time per call.
 
+Each row also reports its minor page faults per batch, the cost of activation maps that malloc handed back
+to the OS and had to fault in again (see ``--allocator``).
+
 The rows of CMT-S with "plain path" run with the fused kernels switched off (PyTorch's own GELU,
 BatchNorm and depthwise convolutions), to show what the inference kernels add. ``--allocator`` sets what the
 process's malloc does: ``auto`` (default) is what a user's process gets, glibc as it starts until a CMT's
@@ -17,7 +20,7 @@ first CPU inference forward calls `tune_cpu_allocator` (an untimed pass over eve
 timed rounds, DeiT-S's included, run in that process); ``off`` sets ``CMT_SCALE_TUNE_ALLOCATOR=0`` (glibc
 as it starts throughout: the picture before the setting); ``tuned`` calls it before anything runs.
 
-Usage: python benchmarks/bench_model.py [--threads 2] [--batch-sizes 1,8] [--rounds 3] [--compile]
+Usage: python benchmarks/bench_model.py [--threads 2] [--batch-sizes 1,8] [--rounds 3] [--rows cmt_s] [--compile]
                                         [--allocator auto|off|tuned]
 """
 
@@ -82,29 +85,41 @@ def _models(compile_too: bool, bf16: bool):
     return rows
 
 
+def _minor_page_faults() -> int:
+    """The process's minor page faults so far (each a page the kernel zero-filled and mapped): what a freed
+    and re-allocated activation map costs when malloc hands it back to the OS in between."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def bench_throughput(args: argparse.Namespace, batch_size: int) -> None:
     from scaling import measure_throughput
 
-    rows = _models(args.compile, args.bf16)
+    rows = [row for row in _models(args.compile, args.bf16)
+            if not args.rows or row[0].startswith("deit_small") or any(row[0].startswith(p) for p in args.rows)]
     results: dict[str, list[float]] = {name: [] for name, *_ in rows}
+    faults: dict[str, list[float]] = {name: [] for name, *_ in rows}
     for name, model, size, channels_last, dtype in rows:  # untimed: the process as after a user's first forward
         measure_throughput(model, batch_size, size, threads=args.threads, channels_last=channels_last, dtype=dtype,
                            warmup=0, repeats=1)
     for _ in range(args.rounds):  # round-robin: machine noise hits every model alike
         for name, model, size, channels_last, dtype in rows:
+            before = _minor_page_faults()
             result = measure_throughput(model, batch_size, size, threads=args.threads,
                                         channels_last=channels_last, dtype=dtype, warmup=2, repeats=args.repeats)
+            faults[name].append((_minor_page_faults() - before) / (2 + args.repeats))
             results[name].append(result.img_per_s)
     medians = {name: statistics.median(values) for name, values in results.items()}
     fp32_ref, bf16_ref = medians["deit_small_patch16_224"], medians.get("deit_small bf16", math.nan)
     print(f"\nbatch {batch_size}, {args.threads} threads, median of {args.rounds} rounds of {args.repeats} batches")
-    print(f"{'model':30s} {'img/s':>8s} {'ms/batch':>9s} {'x DeiT-S':>9s}   rounds (img/s)")
+    print(f"{'model':34s} {'img/s':>8s} {'ms/batch':>9s} {'x DeiT-S':>9s} {'faults/batch':>13s}   rounds (img/s)")
     for name, values in results.items():
         reference = bf16_ref if name.endswith("bf16") else fp32_ref  # each precision against DeiT-S in it
         med = medians[name]
-        print(f"{name:30s} {med:8.1f} {1000 * batch_size / med:9.1f} {med / reference:9.2f}   "
-              f"{' '.join(f'{v:.1f}' for v in values)}")
-    if args.bf16:
+        print(f"{name:34s} {med:8.1f} {1000 * batch_size / med:9.1f} {med / reference:9.2f} "
+              f"{statistics.median(faults[name]):13,.0f}   {' '.join(f'{v:.1f}' for v in values)}")
+    if {"cmt_s@224 fused bf16", "cmt_s@224 fused"} <= medians.keys():
         print(f"CMT-S bf16 / fp32 (fused): {medians['cmt_s@224 fused bf16'] / medians['cmt_s@224 fused']:.2f}x; "
               f"bf16 rows are relative to DeiT-S bf16 ({bf16_ref:.1f} img/s)")
 
@@ -178,6 +193,9 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="1,8", help="comma list (1 is --target-latency's batch)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rows", type=lambda text: [p for p in text.split(",") if p], default=[],
+                        help="time only the rows whose names start with these (comma list; DeiT-S always runs, "
+                             "in each precision), e.g. cmt_s for more rounds of CMT-S in the same time")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (about 1 min to compile)")
     parser.add_argument("--allocator", choices=("auto", "off", "tuned"), default="auto",
                         help="auto: as a user's process (a CMT tunes malloc on its first CPU inference forward); "

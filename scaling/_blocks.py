@@ -43,8 +43,12 @@ def _to_nhwc(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1)
 
 
-# Maps with at most this many positions take the GEMM: there oneDNN's 1x1 convolution loses to it.
+# Maps with at most this many positions take the GEMM: there oneDNN's 1x1 convolution loses to it. In CPU
+# inference the bound is 8x8, which takes CMT-S's 7x7 maps (stage 4, the reduced keys and values): at batch 1
+# PyTorch sends a 1x1 conv on a 7x7 map to its im2col fallback (`_slow_conv2d_forward`, about 25 GMAC/s),
+# and at batch 8 oneDNN was 5-25% behind the GEMM on those shapes (benchmarks/RESULTS.md).
 _GEMM_MAX_POSITIONS = 16
+_GEMM_MAX_POSITIONS_INFERENCE = 64
 
 
 class PointwiseLinear(nn.Linear):
@@ -54,12 +58,14 @@ class PointwiseLinear(nn.Linear):
     channels-last 1x1 convolution is 2-3x faster than the BLAS GEMM behind ``F.linear`` on maps of 8x8
     positions and more, and the NHWC input is already in its layout: no copy. On the tiny maps of late
     stages at proxy resolutions (4x4, 2x2) it is the other way round, by 1.2-2x in training
-    (benchmarks/RESULTS.md), so those take ``F.linear``. The rule depends on the shape only, so a run
-    is reproducible.
+    (benchmarks/RESULTS.md), so those take ``F.linear``; in CPU inference maps up to 8x8 do. The rule
+    depends on the shape and the mode only, so a run is reproducible.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] * x.shape[2] <= _GEMM_MAX_POSITIONS:
+        inference = not self.training and not torch.is_grad_enabled() and x.device.type == "cpu"
+        bound = _GEMM_MAX_POSITIONS_INFERENCE if inference else _GEMM_MAX_POSITIONS
+        if x.ndim != 4 or x.shape[1] * x.shape[2] <= bound:
             return super().forward(x)
         out = F.conv2d(_to_nchw(x), self.weight.view(*self.weight.shape, 1, 1), self.bias)
         return _to_nhwc(out)

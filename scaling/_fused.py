@@ -13,10 +13,13 @@ The model calls `act_batch_norm`, `layer_norm`, `depthwise_conv3x3`, `depthwise_
 `depthwise_patch_conv`, `lightweight_attention` and `patch_linear` (patch merging as a GEMM, no kernel of
 its own); each takes the fast path only for a CPU module in training mode, outside tracing, scripting and
 ``torch.compile``, and otherwise runs (or lets the caller run) exactly the modules' own forward (the plain
-path: it is also the reference the tests compare the kernels with). Inference has two kernels of its own,
+path: it is also the reference the tests compare the kernels with). Inference has kernels of its own,
 forward only: in eval mode under ``no_grad``, "activation + BatchNorm" becomes one pass with the running
-statistics (`act_batch_norm`), and the IRFFN's depthwise conv + residual + GELU + BatchNorm another
-(`depthwise_conv3x3_act_bn`): at batch 8 they cut CMT-S's CPU inference time by a fifth (RESULTS.md).
+statistics (`act_batch_norm`), written into the preceding conv's fresh output where the caller says it is
+one (as timm's in-place activations do, so a forward hook on that conv sees the activated map), the IRFFN's
+depthwise conv + residual + GELU + BatchNorm another (`depthwise_conv3x3_act_bn`), and the LPU's depthwise
+conv + residual a third (`depthwise_conv3x3`): at batch 8 they cut CMT-S's CPU inference time by a fifth
+(RESULTS.md).
 Parameters, buffers and module names are untouched, so checkpoints, fvcore counts and `fuse_for_inference`
 see the same model. The kernels' gradients are
 first-order only (a double backward raises).

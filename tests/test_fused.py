@@ -502,10 +502,11 @@ def _inference_kernel_calls(model: nn.Module, x: torch.Tensor, grad: bool = Fals
 
 
 def test_a_timm_created_cmt_takes_the_inference_kernels_in_eval() -> None:
-    """Structural, from the config: ``timm.create_model(...).eval()`` under no_grad runs one fused
-    conv + residual + GELU + BN per block (the IRFFN's middle) and one activation + BN pass per stem layer,
-    per IRFFN expansion, per IRFFN projection and per K/V reduction; after `fuse_for_inference` the BNs that
-    fold are gone from those passes. With gradients on, the plain path (no kernel)."""
+    """Structural, from the config: ``timm.create_model(...).eval()`` under no_grad runs two fused depthwise
+    passes per block (the LPU's conv + residual, the IRFFN's conv + residual + GELU + BN) and one activation +
+    BN pass per stem layer, per IRFFN expansion, per IRFFN projection and per K/V reduction, each written
+    into the conv's fresh output; after `fuse_for_inference` the BNs that fold are gone from those passes.
+    With gradients on, the plain path (no kernel)."""
     import timm
 
     from scaling import fuse_for_inference
@@ -581,3 +582,34 @@ def test_a_forward_mode_tangent_keeps_the_differentiable_path() -> None:
     expected = torch.autograd.grad(bn(nn.functional.gelu(leaf).permute(0, 3, 1, 2)).permute(0, 2, 3, 1), leaf,
                                    tangent)[0]
     torch.testing.assert_close(got, expected)
+
+
+def _conv_ops(fn) -> set[str]:
+    """The convolution ops (any aten conv) that ``fn()`` ran."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return {event.name for event in prof.events() if "conv" in event.name}
+
+
+@pytest.mark.parametrize("size,inference_takes_gemm", [(7, True), (8, True), (9, False), (14, False)])
+def test_pointwise_linear_takes_the_gemm_on_small_maps_in_cpu_inference(size: int,
+                                                                        inference_takes_gemm: bool) -> None:
+    """Structural: in CPU inference maps up to 8x8 run as ``F.linear`` (no convolution op), larger ones as
+    a 1x1 conv; in training maps above 4x4 stay convolutions. Every path equals ``nn.Linear``'s own."""
+    from scaling._blocks import PointwiseLinear
+
+    torch.manual_seed(size)
+    layer = PointwiseLinear(48, 80)
+    reference = nn.Linear(48, 80)
+    reference.load_state_dict(layer.state_dict())
+    x = torch.randn(2, size, size, 48)
+    with torch.no_grad():
+        expected = reference(x)
+        layer.eval()
+        assert bool(_conv_ops(lambda: layer(x))) != inference_takes_gemm
+        torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+        layer.train()
+        assert _conv_ops(lambda: layer(x))  # training: the conv above 4x4, whatever the mode of autograd
+        torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
