@@ -7,7 +7,25 @@ import platform
 import time
 from pathlib import Path
 
-__all__ = ["cpu_kind", "cpu_name", "has_native_bf16", "machine_line"]
+__all__ = ["ALLOCATOR_MODES", "ALLOCATOR_HELP", "apply_allocator_mode", "cpu_kind", "cpu_name", "has_native_bf16",
+           "machine_line"]
+
+# How a benchmark sets the process's malloc (scaling.tune_cpu_allocator), so its figures say which they had.
+ALLOCATOR_MODES = ("auto", "off", "tuned")
+ALLOCATOR_HELP = ("auto: as a user's process (a CMT tunes malloc on its first CPU inference forward); "
+                  "off: CMT_SCALE_TUNE_ALLOCATOR=0; tuned: tune_cpu_allocator() before anything runs")
+
+
+def apply_allocator_mode(mode: str) -> str:
+    """Set the process's malloc as ``mode`` asks (before any model runs) and say what it is, in one line."""
+    if mode == "off":
+        os.environ["CMT_SCALE_TUNE_ALLOCATOR"] = "0"
+        return "glibc malloc as the process starts, throughout (CMT_SCALE_TUNE_ALLOCATOR=0)"
+    if mode == "tuned":
+        from scaling import tune_cpu_allocator
+
+        return f"tune_cpu_allocator() -> {tune_cpu_allocator()} before anything runs"
+    return "as a user's process has it (tuned by the first CMT inference forward, for every row)"
 
 
 def _cpuinfo_field(field: str) -> str | None:

@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import statistics
 import time
 
 import torch
-from _machine import has_native_bf16, machine_line
+from _machine import ALLOCATOR_HELP, ALLOCATOR_MODES, apply_allocator_mode, has_native_bf16, machine_line
 
 
 class _PlainPath(torch.nn.Module):
@@ -197,21 +196,11 @@ def main() -> None:
                         help="time only the rows whose names start with these (comma list; DeiT-S always runs, "
                              "in each precision), e.g. cmt_s for more rounds of CMT-S in the same time")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (about 1 min to compile)")
-    parser.add_argument("--allocator", choices=("auto", "off", "tuned"), default="auto",
-                        help="auto: as a user's process (a CMT tunes malloc on its first CPU inference forward); "
-                             "off: CMT_SCALE_TUNE_ALLOCATOR=0; tuned: tune_cpu_allocator() before anything runs")
+    parser.add_argument("--allocator", choices=ALLOCATOR_MODES, default="auto", help=ALLOCATOR_HELP)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(machine_line())
-    if args.allocator == "off":
-        os.environ["CMT_SCALE_TUNE_ALLOCATOR"] = "0"
-        print("allocator: glibc malloc as the process starts, throughout (CMT_SCALE_TUNE_ALLOCATOR=0)")
-    elif args.allocator == "tuned":
-        from scaling import tune_cpu_allocator
-
-        print(f"allocator: tune_cpu_allocator() -> {tune_cpu_allocator()} before anything runs")
-    else:
-        print("allocator: as a user's process has it (tuned by the first CMT inference forward, for every row)")
+    print(f"allocator: {apply_allocator_mode(args.allocator)}")
     args.bf16 = args.bf16 == "yes" or (args.bf16 == "auto" and has_native_bf16())
     if not args.bf16:
         print("bf16 rows skipped: this CPU has no native bf16 (emulated, slower than fp32); --bf16 yes times them")

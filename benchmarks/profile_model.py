@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import time
 from collections import defaultdict
 
 import torch
 import torch.nn as nn
-from _machine import machine_line
+from _machine import ALLOCATOR_HELP, ALLOCATOR_MODES, apply_allocator_mode, machine_line
 
 
 def _parts(model: nn.Module) -> dict[nn.Module, str]:
@@ -105,7 +104,7 @@ def _part_shares(model: nn.Module, batch: torch.Tensor, dtype, repeats: int) -> 
 def main() -> None:
     import timm
 
-    from scaling import fuse_for_inference, measure_throughput, tune_cpu_allocator
+    from scaling import fuse_for_inference, measure_throughput
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
@@ -113,16 +112,10 @@ def main() -> None:
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--top", type=int, default=12)
-    parser.add_argument("--allocator", choices=("auto", "off", "tuned"), default="auto",
-                        help="auto: as a user's process (a CMT tunes malloc on its first CPU inference forward); "
-                             "off: CMT_SCALE_TUNE_ALLOCATOR=0; tuned: tune_cpu_allocator() before anything runs")
+    parser.add_argument("--allocator", choices=ALLOCATOR_MODES, default="auto", help=ALLOCATOR_HELP)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.allocator == "off":
-        os.environ["CMT_SCALE_TUNE_ALLOCATOR"] = "0"
-    elif args.allocator == "tuned":
-        tune_cpu_allocator()
-    print(machine_line(), f"| {args.threads} threads | allocator {args.allocator}")
+    print(machine_line(), f"| {args.threads} threads | allocator: {apply_allocator_mode(args.allocator)}")
     cmt = timm.create_model("cmt_s").eval()
     fused = fuse_for_inference(cmt)
     deit = timm.create_model("deit_small_patch16_224").eval()

@@ -19,6 +19,7 @@ from ._fused import (
     depthwise_conv3x3,
     depthwise_conv3x3_act_bn,
     depthwise_patch_conv,
+    is_cpu_inference,
     layer_norm,
     lightweight_attention,
     patch_linear,
@@ -63,8 +64,7 @@ class PointwiseLinear(nn.Linear):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        inference = not self.training and not torch.is_grad_enabled() and x.device.type == "cpu"
-        bound = _GEMM_MAX_POSITIONS_INFERENCE if inference else _GEMM_MAX_POSITIONS
+        bound = _GEMM_MAX_POSITIONS_INFERENCE if is_cpu_inference(x, self) else _GEMM_MAX_POSITIONS
         if x.ndim != 4 or x.shape[1] * x.shape[2] <= bound:
             return super().forward(x)
         out = F.conv2d(_to_nchw(x), self.weight.view(*self.weight.shape, 1, 1), self.bias)

@@ -43,20 +43,31 @@ __all__ = [
     "depthwise_conv3x3_act_bn",
     "depthwise_patch_conv",
     "fused_kernels_available",
+    "is_cpu_inference",
+    "is_eager",
     "layer_norm",
     "lightweight_attention",
     "patch_linear",
     "set_fused_kernels",
 ]
 
+def is_eager() -> bool:
+    """Not under tracing, scripting or ``torch.compile``: where ops opaque to a tracer (ours) may run."""
+    return not torch.jit.is_tracing() and not torch.jit.is_scripting() and not torch.compiler.is_compiling()
+
+
+def is_cpu_inference(x: torch.Tensor, module: nn.Module) -> bool:
+    """An eval-mode ``module`` on a CPU tensor with gradients off (``torch.no_grad``, ``inference_mode``): the
+    CPU inference the model's inference-only choices (kernels, GEMM bound, allocator) are made for."""
+    return x.device.type == "cpu" and not module.training and not torch.is_grad_enabled()
+
+
 def _kernels_apply_to(x: torch.Tensor) -> bool:
     """A CPU float32/bf16 tensor in eager mode, with the kernels switched on and built."""
     return (
         x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.bfloat16)
-        and not torch.jit.is_tracing()
-        and not torch.jit.is_scripting()
-        and not torch.compiler.is_compiling()
+        and is_eager()
         and fused_kernels_available()
     )
 
@@ -71,7 +82,7 @@ def _takes_inference_kernels(x: torch.Tensor, module: nn.Module) -> bool:
     ``torch.inference_mode``, as timm's validation, `measure_throughput` and the trainer's evaluation run.
     An eval-mode forward with gradients on (a saliency map, say), or with a forward-mode tangent (which
     ``no_grad`` does not switch off), keeps the plain, differentiable path."""
-    return (not module.training and not torch.is_grad_enabled() and _kernels_apply_to(x)
+    return (is_cpu_inference(x, module) and _kernels_apply_to(x)
             and forward_ad.unpack_dual(x).tangent is None)
 
 
@@ -82,8 +93,7 @@ def _eval_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
     if not isinstance(bn, nn.BatchNorm2d) or bn.running_mean is None or bn.running_var is None:
         return None
     weight, bias = (bn.weight, bn.bias) if bn.affine else (None, None)
-    scale, shift = torch.ops.cmt_scale.bn_eval_affine(bn.running_mean, bn.running_var, weight, bias, bn.eps)
-    return scale, shift
+    return tuple(torch.ops.cmt_scale.bn_eval_affine(bn.running_mean, bn.running_var, weight, bias, bn.eps))
 
 
 # ------------------------------------------------------------------------------- BatchNorm + activation
@@ -216,7 +226,7 @@ class _DepthwiseConv(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, patch: bool,
                 residual: bool) -> torch.Tensor:
         k = weight.shape[-1]
-        taps = weight.reshape(weight.shape[0], k * k).t()  # (k*k, C): tap-major, channels innermost
+        taps = _taps(weight)
         ctx.save_for_backward(x, taps)
         ctx.k, ctx.patch, ctx.residual, ctx.has_bias = k, patch, residual, bias is not None
         if patch:
@@ -233,6 +243,19 @@ class _DepthwiseConv(torch.autograd.Function):
             dx, dtaps, dbias = torch.ops.cmt_scale.dwconv3x3_backward(grad, x, taps, ctx.residual)
         dweight = dtaps.t().reshape(-1, 1, ctx.k, ctx.k).to(taps.dtype)  # taps: a view of the weight
         return dx, dweight, dbias.to(taps.dtype) if ctx.has_bias else None, None, None
+
+
+def _taps(weight: torch.Tensor) -> torch.Tensor:
+    """A depthwise conv's (C, 1, k, k) weight as the kernels' (k*k, C) taps: tap-major, channels innermost (a
+    view)."""
+    return weight.reshape(weight.shape[0], -1).t()
+
+
+def _dwconv3x3_inference(x: torch.Tensor, conv: nn.Module, residual: bool, code: int = 0,
+                         scale: torch.Tensor | None = None, shift: torch.Tensor | None = None) -> torch.Tensor:
+    """The 3x3 depthwise kernel, forward only: ``conv(x)`` (+ ``x``), then act(.) * scale + shift if given."""
+    return torch.ops.cmt_scale.dwconv3x3_forward(x.contiguous(), _taps(conv.weight), conv.bias, residual, code,
+                                                 scale, shift)
 
 
 def _is_depthwise3x3(conv: nn.Module) -> bool:
@@ -256,8 +279,7 @@ def depthwise_conv3x3_act_bn(x: torch.Tensor, conv: nn.Module, act: nn.Module | 
     if code is not None and _is_depthwise3x3(conv) and both_eval:
         scale_shift = _eval_affine(bn) if not isinstance(bn, nn.Identity) else (None, None)
         if scale_shift is not None:
-            taps = conv.weight.reshape(conv.weight.shape[0], 9).t()
-            return torch.ops.cmt_scale.dwconv3x3_forward(x.contiguous(), taps, conv.bias, True, code, *scale_shift)
+            return _dwconv3x3_inference(x, conv, True, code, *scale_shift)
     return act_batch_norm(depthwise_conv3x3(x, conv, residual=True), act, bn)
 
 
@@ -266,8 +288,7 @@ def depthwise_conv3x3(x: torch.Tensor, conv: nn.Module, residual: bool) -> torch
     kernel in training and, forward only, in eval under ``no_grad`` (the LPU: one pass and one output map
     where oneDNN's conv and the residual add make two)."""
     if _is_depthwise3x3(conv) and _takes_inference_kernels(x, conv):
-        taps = conv.weight.reshape(conv.weight.shape[0], 9).t()
-        return torch.ops.cmt_scale.dwconv3x3_forward(x.contiguous(), taps, conv.bias, residual)
+        return _dwconv3x3_inference(x, conv, residual)
     if not (_is_depthwise3x3(conv) and _takes_kernels(x, conv)):
         x_nchw = x.permute(0, 3, 1, 2)
         out = conv(x_nchw)

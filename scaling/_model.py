@@ -24,6 +24,7 @@ from timm.layers import trunc_normal_
 from ._allocator import tune_cpu_allocator
 from ._blocks import CMTStage, ConvGeluBn, PointwiseLinear, _to_nchw, _to_nhwc
 from ._config import CMTConfig
+from ._fused import is_cpu_inference, is_eager
 
 __all__ = ["CMT", "build_cmt"]
 
@@ -44,13 +45,6 @@ def _stage_indices(stages: int, indices: int | list[int] | tuple[int, ...] | Non
             raise ValueError(f"indices={list(indices)} is not allowed; allowed: stage positions in "
                              f"[{-stages}, {stages - 1}]")
     return wanted, max(wanted)
-
-
-def _is_cpu_inference(model: nn.Module, x: torch.Tensor) -> bool:
-    """An eager eval-mode forward on a CPU tensor with gradients off: where the inference kernels run, and
-    where keeping freed activation memory in the process pays (`tune_cpu_allocator`)."""
-    return (x.device.type == "cpu" and not model.training and not torch.is_grad_enabled()
-            and not torch.compiler.is_compiling() and not torch.jit.is_tracing() and not torch.jit.is_scripting())
 
 
 def _resolve_config(cfg: CMTConfig | Mapping[str, Any] | str | None, overrides: dict[str, Any]) -> CMTConfig:
@@ -163,7 +157,7 @@ class CMT(nn.Module):
 
     # ------------------------------------------------------------------------------------ forward
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
-        if _is_cpu_inference(self, x):
+        if is_cpu_inference(x, self) and is_eager():
             tune_cpu_allocator()  # once per process; keeps the early stages' freed maps (scaling._allocator)
         # One cheap copy of a 3-channel image makes every later conv run channels-last.
         return self.stem(x.contiguous(memory_format=torch.channels_last))
