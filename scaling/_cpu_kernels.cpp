@@ -124,19 +124,34 @@ inline void gelu_with_grad(const Vec v, Vec& y, Vec& d) {
   d = at::vec::fmadd(v * Vec(0.39894228040143268f), e, cdf);
 }
 
-// GELU alone (inference): the same Abramowitz-Stegun erf as gelu_with_grad, without the derivative.
+// GELU alone (inference): erf by an odd rational function, erf(z) ~ z P(z^2) / Q(z^2) for |z| < 3.92,
+// P and Q of degree 5, fitted for this project by iteratively reweighted least squares against float64 erf
+// (|error| < 4e-7 evaluated in fp32; ATen's Abramowitz-Stegun form has 1.5e-7 plus rounding). Beyond
+// that erf is +-1 to fp32 precision (erf(3.92) = 1 - 5e-8), and the tails are set exactly as ATen's
+// GELU gives them, v on the right and v * 0 on the left (-0, NaN for -inf): an error of the fit there
+// would grow with |v|. It needs no exponential and no sign select: 10 FMAs, a division and ten more
+// cheap ops against about 30 for the exponential form gelu_with_grad keeps (it needs exp(-v^2 / 2) for
+// the derivative anyway). About 0.6x the time per element (0.54 vs 0.87 ns on one Zen 3 core); CMT-S runs
+// about 15M GELUs per 224-px image, more than any other element-wise pass.
 inline Vec gelu_value(const Vec v) {
-  const Vec one(1.0f);
-  const Vec x = v.abs() * Vec(0.70710678118654752f);
-  const Vec e = (Vec(-0.5f) * v * v).exp_u20();
-  const Vec t = one / at::vec::fmadd(Vec(0.3275911f), x, one);
-  Vec r = at::vec::fmadd(Vec(1.061405429f), t, Vec(-1.453152027f));
-  r = at::vec::fmadd(r, t, Vec(1.421413741f));
-  r = at::vec::fmadd(r, t, Vec(-0.284496736f));
-  r = at::vec::fmadd(r, t, Vec(0.254829592f));
-  const Vec erf_abs = one - r * t * e;
-  const Vec erf = Vec::blendv(erf_abs, Vec(0.f) - erf_abs, v < Vec(0.f));
-  return v * (Vec(0.5f) * (one + erf));
+  const Vec bound(3.92f);
+  const Vec scaled = v * Vec(0.70710678118654752f);
+  const Vec z = at::vec::clamp(scaled, Vec(0.f) - bound, bound);
+  const Vec t = z * z;
+  Vec p = at::vec::fmadd(Vec(2.166947751902626e-06f), t, Vec(2.8753673541359603e-04f));
+  p = at::vec::fmadd(p, t, Vec(3.609697101637721e-03f));
+  p = at::vec::fmadd(p, t, Vec(5.2294403314590454e-02f));
+  p = at::vec::fmadd(p, t, Vec(1.8595674633979797e-01f));
+  p = at::vec::fmadd(p, t, Vec(1.1283791065216064f));
+  Vec q = at::vec::fmadd(Vec(3.943634146708064e-05f), t, Vec(1.1360491625964642e-03f));
+  q = at::vec::fmadd(q, t, Vec(1.46542489528656e-02f));
+  q = at::vec::fmadd(q, t, Vec(1.1239147931337357e-01f));
+  q = at::vec::fmadd(q, t, Vec(4.981326758861542e-01f));
+  q = at::vec::fmadd(q, t, Vec(1.0f));
+  const Vec half_v = Vec(0.5f) * v;
+  const Vec inside = at::vec::fmadd(half_v, z * p / q, half_v);
+  const Vec right = Vec::blendv(inside, v, scaled >= bound);
+  return Vec::blendv(right, v * Vec(0.f), scaled <= Vec(0.f) - bound);
 }
 
 // The inference epilogue shared by act_affine and the depthwise conv: act(v) * scale + shift per channel
