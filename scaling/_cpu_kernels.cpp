@@ -421,9 +421,17 @@ struct RowWindow {
 // The taps (9, C) laid out per channel block, (ceil(C / kV), 9, kV), zero-padded: the nine taps of a block
 // are then 9 * kV contiguous floats. In the (9, C) layout they sit C floats apart, and for C = 1024 that
 // is 4 KiB: the same L1 set for all nine, evicted block after block.
+// One copy from any float (9, C) view when C is a multiple of kV (the caller's transposed weight view).
 at::Tensor taps_by_block(const at::Tensor& taps) {
   const int64_t C = taps.size(1), blocks = (C + kV - 1) / kV;
-  return at::constant_pad_nd(taps, {0, blocks * kV - C}).view({9, blocks, kV}).permute({1, 0, 2}).contiguous();
+  const at::Tensor padded = C == blocks * kV ? taps : at::constant_pad_nd(taps, {0, blocks * kV - C});
+  return padded.reshape({9, blocks, kV}).permute({1, 0, 2}).contiguous();
+}
+
+// The taps argument of the depthwise kernels, checked and as float, in any layout: a (9, C) view.
+at::Tensor float_taps(const at::Tensor& taps, int64_t C, const char* what) {
+  TORCH_CHECK(taps.numel() == 9 * C, what, ": expected ", 9 * C, " values, got ", taps.numel());
+  return taps.detach().to(at::kFloat).reshape({9, C});
 }
 
 // One output pixel's sum at column w for the channel block at c (taps of that block in `tb`), edges
@@ -891,7 +899,7 @@ at::Tensor dwconv3x3_forward(const at::Tensor& x, const at::Tensor& taps, const 
   check_rows(x, 4, "dwconv3x3_forward");
   const int64_t B = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
   TORCH_CHECK(act == kActNone || act == kActGelu, "unknown activation code ", act);
-  const at::Tensor t = taps_by_block(as_float_vector(taps, 9 * C, "dwconv3x3_forward taps").view({9, C}));
+  const at::Tensor t = taps_by_block(float_taps(taps, C, "dwconv3x3_forward taps"));
   const at::Tensor b = optional_float_vector(bias, C, "dwconv3x3_forward bias");
   const at::Tensor s = optional_float_vector(scale, C, "dwconv3x3_forward scale");
   const at::Tensor sh = optional_float_vector(shift, C, "dwconv3x3_forward shift");
@@ -914,7 +922,7 @@ std::vector<at::Tensor> dwconv3x3_backward(const at::Tensor& grad, const at::Ten
   const int64_t B = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
   const at::Tensor g = like(grad, x);
   // The input gradient: the same convolution with the 3x3 taps mirrored (tap t -> 8 - t), no bias.
-  const at::Tensor mirrored = taps_by_block(as_float_vector(taps, 9 * C, "dwconv3x3_backward taps").view({9, C}).flip(0));
+  const at::Tensor mirrored = taps_by_block(float_taps(taps, C, "dwconv3x3_backward taps").flip(0));
   at::Tensor gx = at::empty_like(x);
   at::Tensor dtaps = float_empty(x, {9, C}), dbias = float_empty(x, {C});
   dispatch_float_or_bf16(x, [&](auto tag) {
