@@ -452,47 +452,73 @@ inline Vec pixel_sum(const T* const rows[3], const float* tb, const Vec base, bo
   return acc;
 }
 
+// Two interior output pixels, w and w + 1, of the channel block at c (n lanes): both neighbours of each
+// are inside the row. Inlined into conv_row's two loops, where n is the constant kV for every block but a
+// last partial one, so the full blocks take plain loads and stores.
+template <typename T, bool kGelu, bool kAffine>
+__attribute__((always_inline)) inline void interior_pair(const T* r0, const T* r1, const T* r2, const float* tb,
+                                                         const Vec base, bool residual, T* o, int64_t w, int64_t C,
+                                                         int64_t c, int64_t n, const float* scale,
+                                                         const float* shift) {
+  Vec acc0 = residual ? base + load(r1 + w * C + c, n) : base;
+  Vec acc1 = residual ? base + load(r1 + (w + 1) * C + c, n) : base;
+  const T* const rows[3] = {r0, r1, r2};
+  for (int64_t i = 0; i < 3; ++i) {
+    if (!rows[i]) continue;
+    const T* row = rows[i] + (w - 1) * C + c;
+    Vec left = load(row, n), centre = load(row + C, n), right = load(row + 2 * C, n), next = load(row + 3 * C, n);
+    const Vec t0 = Vec::loadu(tb + 3 * i * kV), t1 = Vec::loadu(tb + (3 * i + 1) * kV),
+              t2 = Vec::loadu(tb + (3 * i + 2) * kV);
+    acc0 = at::vec::fmadd(t0, left, acc0);
+    acc1 = at::vec::fmadd(t0, centre, acc1);
+    acc0 = at::vec::fmadd(t1, centre, acc0);
+    acc1 = at::vec::fmadd(t1, right, acc1);
+    acc0 = at::vec::fmadd(t2, right, acc0);
+    acc1 = at::vec::fmadd(t2, next, acc1);
+  }
+  store(act_affine_value<kGelu, kAffine>(acc0, scale, shift, c, n), o + w * C + c, n);
+  store(act_affine_value<kGelu, kAffine>(acc1, scale, shift, c, n), o + (w + 1) * C + c, n);
+}
+
 // One output row, then act(.) * scale + shift (`act_affine_value`); `taps` as `taps_by_block` lays them
-// out. Two pixels at a time, and for those the channel blocks in order: each tap is loaded once for the
-// two, the inputs are read by the FMAs straight from L1, and memory is walked in order. An earlier
-// version kept a block's nine taps and three 3-wide windows in registers and walked the row one channel
-// block at a time: more than AVX2's 16 vector registers, and reads C floats apart, which for C = 256 or
-// 1024 fall in the same L1 sets. In CMT-S, in one process, this order was 2-10% faster for the whole
-// forward than that one and than four pixels at a time. Every pixel sums its taps in pixel_sum's order
-// (the earlier version's), so the interior and the edges agree to the bit.
+// out. Two pixels at a time, and for those the channel blocks in order: each tap and input vector is
+// loaded once for the two, and memory is walked in order. The row pointers are locals: read through the
+// caller's array, they were reloaded after every store. An earlier version kept a block's nine taps and
+// three sliding windows in registers and walked the row one channel block at a time: more than AVX2's 16
+// vector registers, and reads C floats apart, which for C = 256 or 1024 fall in the same L1 sets. In
+// CMT-S, in one process, this order was 2-10% faster for the whole forward than that one and than four
+// pixels at a time. Every pixel sums its taps in pixel_sum's order (the earlier version's), so the
+// interior and the edges agree to the bit.
 template <typename T, bool kGelu, bool kAffine>
 void conv_row(const T* const rows[3], const float* taps, const float* bias, bool residual, T* o, int64_t W,
               int64_t C, const float* scale, const float* shift) {
-  constexpr int64_t kPixels = 2;
-  const auto finish = [&](const Vec acc, int64_t w, int64_t c, int64_t n) {
-    store(act_affine_value<kGelu, kAffine>(acc, scale, shift, c, n), o + w * C + c, n);
-  };
+  const T* const r0 = rows[0];
+  const T* const r1 = rows[1];
+  const T* const r2 = rows[2];
+  const T* const local_rows[3] = {r0, r1, r2};
+  const int64_t full = C - C % kV;
   const auto edge = [&](int64_t w) {
     for (int64_t c = 0; c < C; c += kV) {
       const int64_t n = std::min(kV, C - c);
       const Vec base = bias ? load(bias + c, n) : Vec(0.f);
-      finish(pixel_sum(rows, taps + (c / kV) * 9 * kV, base, residual, w, W, C, c, n), w, c, n);
+      const Vec acc = pixel_sum(local_rows, taps + (c / kV) * 9 * kV, base, residual, w, W, C, c, n);
+      store(act_affine_value<kGelu, kAffine>(acc, scale, shift, c, n), o + w * C + c, n);
     }
   };
   if (W == 0) return;
   edge(0);
   int64_t w = 1;
-  for (; w + kPixels < W; w += kPixels) {  // columns w .. w + kPixels - 1 all have both neighbours
-    for (int64_t c = 0; c < C; c += kV) {
-      const int64_t n = std::min(kV, C - c);
-      const float* tb = taps + (c / kV) * 9 * kV;
-      const Vec base = bias ? load(bias + c, n) : Vec(0.f);
-      Vec acc[kPixels];
-      for (int64_t j = 0; j < kPixels; ++j) acc[j] = residual ? base + load(rows[1] + (w + j) * C + c, n) : base;
-      for (int64_t i = 0; i < 3; ++i) {
-        if (!rows[i]) continue;
-        const T* row = rows[i] + (w - 1) * C + c;
-        for (int64_t dx = 0; dx < 3; ++dx) {
-          const Vec tap = Vec::loadu(tb + (3 * i + dx) * kV);
-          for (int64_t j = 0; j < kPixels; ++j) acc[j] = at::vec::fmadd(tap, load(row + (j + dx) * C, n), acc[j]);
-        }
-      }
-      for (int64_t j = 0; j < kPixels; ++j) finish(acc[j], w + j, c, n);
+  for (; w + 2 < W; w += 2) {  // columns w and w + 1 both have both neighbours
+    for (int64_t c = 0; c < full; c += kV) {
+      const Vec base = bias ? Vec::loadu(bias + c) : Vec(0.f);
+      interior_pair<T, kGelu, kAffine>(r0, r1, r2, taps + (c / kV) * 9 * kV, base, residual, o, w, C, c, kV,
+                                       scale, shift);
+    }
+    if (full < C) {
+      const int64_t n = C - full;
+      const Vec base = bias ? load(bias + full, n) : Vec(0.f);
+      interior_pair<T, kGelu, kAffine>(r0, r1, r2, taps + (full / kV) * 9 * kV, base, residual, o, w, C, full, n,
+                                       scale, shift);
     }
   }
   for (; w < W; ++w) edge(w);
