@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import signal
 import sys
 from pathlib import Path
 
@@ -38,6 +39,18 @@ def random_config(rng: random.Random) -> CMTConfig:
         fc_dim=rng.choice([16, 32, 64]),
         qkv_bias=rng.random() < 0.7,
     )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _ctrl_c_reaches_the_tests():
+    """The search tests press Ctrl-C (SIGINT) on searches in this process and in CLI children. A shell
+    starts a background job with SIGINT ignored (``bash .ci/run &``, nohup-style scripts), and the search
+    keeps an inherited ignore on purpose (tested), so there those tests would see nothing happen. The suite
+    takes Python's default handler for itself; a child then starts with the default disposition, since
+    exec resets a caught signal."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
 
 
 @pytest.fixture
