@@ -17,7 +17,8 @@ from scaling._allocator import _glibc
 pytestmark = pytest.mark.skipif(_glibc() is None, reason="glibc's malloc thresholds (Linux with glibc only)")
 
 # ``count`` maps of ``mib`` MiB alive at once, then freed, as consecutive ops of a forward leave them. Prints
-# whether the call tuned, and the page faults per map after a warm-up (a fresh mapping faults 256 a MiB).
+# whether the call tuned, and the page faults per map of the median forward after a warm-up (a fresh
+# mapping faults 256 a MiB).
 _PROBE = """
 import ctypes, resource, sys, torch
 from scaling import tune_cpu_allocator
@@ -34,10 +35,12 @@ def forward():
 
 for _ in range(4):
     forward()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
+per_forward = []
+for _ in range(11):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     forward()
-print(tuned, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / (10 * count))
+    per_forward.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(tuned, sorted(per_forward)[5] / count)  # the median forward: a one-off event elsewhere does not count
 """
 
 
