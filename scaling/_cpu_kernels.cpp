@@ -428,12 +428,6 @@ at::Tensor taps_by_block(const at::Tensor& taps) {
   return padded.reshape({9, blocks, kV}).permute({1, 0, 2}).contiguous();
 }
 
-// The taps argument of the depthwise kernels, checked and as float, in any layout: a (9, C) view.
-at::Tensor float_taps(const at::Tensor& taps, int64_t C, const char* what) {
-  TORCH_CHECK(taps.numel() == 9 * C, what, ": expected ", 9 * C, " values, got ", taps.numel());
-  return taps.detach().to(at::kFloat).reshape({9, C});
-}
-
 // One output pixel's sum at column w for the channel block at c (taps of that block in `tb`), edges
 // included: the bias (+ the input itself with `residual`), then the taps that fall inside the map, row by
 // row and left to right.
@@ -495,13 +489,12 @@ void conv_row(const T* const rows[3], const float* taps, const float* bias, bool
   const T* const r0 = rows[0];
   const T* const r1 = rows[1];
   const T* const r2 = rows[2];
-  const T* const local_rows[3] = {r0, r1, r2};
   const int64_t full = C - C % kV;
   const auto edge = [&](int64_t w) {
     for (int64_t c = 0; c < C; c += kV) {
       const int64_t n = std::min(kV, C - c);
       const Vec base = bias ? load(bias + c, n) : Vec(0.f);
-      const Vec acc = pixel_sum(local_rows, taps + (c / kV) * 9 * kV, base, residual, w, W, C, c, n);
+      const Vec acc = pixel_sum(rows, taps + (c / kV) * 9 * kV, base, residual, w, W, C, c, n);
       store(act_affine_value<kGelu, kAffine>(acc, scale, shift, c, n), o + w * C + c, n);
     }
   };
@@ -789,9 +782,14 @@ void dispatch_float_or_bf16(const at::Tensor& t, const Fn& fn) {
   }
 }
 
-at::Tensor as_float_vector(const at::Tensor& t, int64_t n, const char* what) {
+// t as float, checked to hold n values, in t's own layout (no copy when it is float already).
+at::Tensor checked_float(const at::Tensor& t, int64_t n, const char* what) {
   TORCH_CHECK(t.numel() == n, what, ": expected ", n, " values, got ", t.numel());
-  return t.detach().to(at::kFloat).contiguous();
+  return t.detach().to(at::kFloat);
+}
+
+at::Tensor as_float_vector(const at::Tensor& t, int64_t n, const char* what) {
+  return checked_float(t, n, what).contiguous();
 }
 
 // An uninitialised float32 tensor on t's device: statistics and parameter gradients stay float in bf16.
@@ -925,7 +923,7 @@ at::Tensor dwconv3x3_forward(const at::Tensor& x, const at::Tensor& taps, const 
   check_rows(x, 4, "dwconv3x3_forward");
   const int64_t B = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
   TORCH_CHECK(act == kActNone || act == kActGelu, "unknown activation code ", act);
-  const at::Tensor t = taps_by_block(float_taps(taps, C, "dwconv3x3_forward taps"));
+  const at::Tensor t = taps_by_block(checked_float(taps, 9 * C, "dwconv3x3_forward taps").reshape({9, C}));
   const at::Tensor b = optional_float_vector(bias, C, "dwconv3x3_forward bias");
   const at::Tensor s = optional_float_vector(scale, C, "dwconv3x3_forward scale");
   const at::Tensor sh = optional_float_vector(shift, C, "dwconv3x3_forward shift");
@@ -948,7 +946,8 @@ std::vector<at::Tensor> dwconv3x3_backward(const at::Tensor& grad, const at::Ten
   const int64_t B = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
   const at::Tensor g = like(grad, x);
   // The input gradient: the same convolution with the 3x3 taps mirrored (tap t -> 8 - t), no bias.
-  const at::Tensor mirrored = taps_by_block(float_taps(taps, C, "dwconv3x3_backward taps").flip(0));
+  const at::Tensor taps_9c = checked_float(taps, 9 * C, "dwconv3x3_backward taps").reshape({9, C});
+  const at::Tensor mirrored = taps_by_block(taps_9c.flip(0));
   at::Tensor gx = at::empty_like(x);
   at::Tensor dtaps = float_empty(x, {9, C}), dbias = float_empty(x, {C});
   dispatch_float_or_bf16(x, [&](auto tag) {
