@@ -42,16 +42,34 @@ def _cpu_flags() -> set[str]:
     return set((_cpuinfo_field("flags") or "").split())
 
 
+def _amd_generation(family: int, flags: set[str]) -> str | None:
+    """AMD's core generation from the CPU family: a VM often reports only "AMD EPYC" as the model name, and
+    Zen 3, 4 and 5 EPYCs differ in speed and in the kernels oneDNN picks. Family 25 is Zen 3 without
+    AVX-512 and Zen 4 with it; family 26 is Zen 5."""
+    if family == 25:
+        return "Zen 4" if "avx512f" in flags else "Zen 3"
+    return {23: "Zen or Zen 2", 26: "Zen 5"}.get(family)
+
+
 def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), or what the platform says elsewhere."""
-    return _cpuinfo_field("model name") or platform.processor() or "unknown CPU"
+    """The CPU's model name (``/proc/cpuinfo``) with its family and model numbers, which tell apart machines
+    that share a name (and, for AMD, the core generation); elsewhere what the platform says."""
+    name = _cpuinfo_field("model name") or platform.processor() or "unknown CPU"
+    family, model = _cpuinfo_field("cpu family"), _cpuinfo_field("model")
+    if not (family and model and family.isdigit() and model.isdigit()):
+        return name
+    generation = _amd_generation(int(family), _cpu_flags()) if "AMD" in name else None
+    return f"{name} (family {family} model {model}{f', {generation}' if generation else ''})"
 
 
 def cpu_kind() -> str:
-    """The instruction sets that change which kernels oneDNN picks: AMX (bf16 matmuls), AVX-512, or neither."""
+    """The instruction sets that change which kernels oneDNN picks: AMX (bf16 matrix tiles), AVX-512 with
+    bf16 dot products, AVX-512, or neither."""
     flags = _cpu_flags()
     if "amx_tile" in flags:
         return "AVX-512 + AMX"
+    if "avx512_bf16" in flags:
+        return "AVX-512 + BF16"
     return "AVX-512" if "avx512f" in flags else "AVX2 or less"
 
 

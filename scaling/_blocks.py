@@ -105,8 +105,8 @@ class LightweightAttention(nn.Module):
     path computes softmax(q k^T * scale + bias) v. The choice follows timm's ``use_fused_attn()`` on GPUs;
     on CPUs the explicit path is taken, because there SDPA scans its float mask for fully masked rows on
     every call (``aten::all``, ``isneginf``, ``where``: 4% of a CMT-S forward, benchmarks/RESULTS.md) for
-    the same math. CPU training takes a third: `lightweight_attention`, one fused kernel per direction
-    (scaling/_fused.py).
+    the same math. CPU training and CPU inference take a third: `lightweight_attention`, one fused kernel per
+    direction in training and a forward-only one in inference (scaling/_fused.py).
     """
 
     fused_attn: Final[bool]
@@ -130,9 +130,9 @@ class LightweightAttention(nn.Module):
             self.sr_norm = None
 
     def _reduce(self, x: torch.Tensor) -> torch.Tensor:
-        """The K/V reduction conv on NHWC ``x``: the fused kernel in CPU training; otherwise oneDNN, kept in
-        fp32 under CPU autocast, where its bf16 backward for strided depthwise convs is 10-20x slower than
-        its fp32 one (measured, benchmarks/RESULTS.md)."""
+        """The K/V reduction conv on NHWC ``x``: the fused kernel in CPU training and inference; otherwise
+        oneDNN, kept in fp32 under CPU autocast, where its bf16 backward for strided depthwise convs is 10-20x
+        slower than its fp32 one (measured, benchmarks/RESULTS.md)."""
         fused = depthwise_patch_conv(x, self.sr)
         if fused is not None:
             return fused

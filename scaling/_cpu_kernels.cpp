@@ -693,6 +693,163 @@ void attention_forward_kernel(const T* q, const T* k, const T* v, const float* b
   });
 }
 
+// Inference (no probabilities kept): the same softmax attention, as small GEMMs in registers. Per image and
+// head the keys are laid out transposed, kt[c][m] (float, zero-padded to a multiple of kBlock vectors), and
+// the values as vf[m][c] (float, padded likewise). A query's logits are then d broadcast FMAs into kBlock
+// vectors of keys at a time (no horizontal sum per key, as the training kernel's row_dot has), its softmax
+// runs on those vectors, and its output is M broadcast FMAs into kBlock vectors of channels, divided by the
+// softmax's sum at the end. With M = 49 keys and d = 64 (every CMT stage at 224 px), that is 4 (AVX-512)
+// or 8 (AVX2) vectors per row: where ATen's explicit path runs a scale, two bmm, an add, a softmax and a
+// transpose copy per block, with their dispatch and memory passes (benchmarks/RESULTS.md).
+constexpr int64_t kBlock = 4;  // vectors per register block
+constexpr int64_t kBlockLanes = kBlock * kV;
+
+inline int64_t padded_to_block(int64_t n) { return (n + kBlockLanes - 1) / kBlockLanes * kBlockLanes; }
+
+// kt (B*heads, d, Mp) and vf (B*heads, M, dp) from k and v rows (B, M, heads*d), as float, zero-padded.
+template <typename T>
+void attention_operands(const T* k, const T* v, float* kt, float* vf, int64_t B, int64_t M, int64_t heads, int64_t d,
+                        int64_t Mp, int64_t dp) {
+  const int64_t C = heads * d;
+  at::parallel_for(0, B * heads, 1, [=](int64_t begin, int64_t end) {
+    for (int64_t bi = begin; bi < end; ++bi) {
+      const int64_t b = bi / heads, i = bi % heads;
+      float* kt_head = kt + bi * d * Mp;
+      float* vf_head = vf + bi * M * dp;
+      std::fill(kt_head, kt_head + d * Mp, 0.f);
+      for (int64_t m = 0; m < M; ++m) {
+        const T* k_row = k + (b * M + m) * C + i * d;
+        const T* v_row = v + (b * M + m) * C + i * d;
+        float* vf_row = vf_head + m * dp;
+        for (int64_t c = 0; c < d; ++c) {
+          kt_head[c * Mp + m] = static_cast<float>(k_row[c]);
+          vf_row[c] = static_cast<float>(v_row[c]);
+        }
+        std::fill(vf_row + d, vf_row + dp, 0.f);
+      }
+    }
+  });
+}
+
+// R query rows of one head (q_rows C apart, their bias rows M apart, outputs C apart): out = softmax(scale *
+// q . kt + bias) vf. R rows at once give R * kBlock independent sums (one row's kBlock alone wait on the
+// FMA latency) and share each loaded key and value vector. `qf` (R * d floats) and `logits` (R * Mp
+// floats) are the caller's scratch.
+template <int64_t R, typename T>
+inline void attention_rows(const T* q, int64_t C, const float* kt, const float* vf, const float* bias, float scale,
+                           T* out, int64_t M, int64_t d, int64_t Mp, int64_t dp, float* qf, float* logits) {
+  for (int64_t r = 0; r < R; ++r) {
+    for (int64_t c = 0; c < d; c += kV) {
+      const int64_t n = std::min(kV, d - c);
+      store(load(q + r * C + c, n) * Vec(scale), qf + r * d + c, n);  // (q * scale) . k, as the module has it
+    }
+  }
+  for (int64_t m0 = 0; m0 < Mp; m0 += kBlockLanes) {
+    Vec acc[R][kBlock];
+    for (int64_t r = 0; r < R; ++r) {
+      for (int64_t u = 0; u < kBlock; ++u) {
+        const int64_t m = m0 + u * kV;
+        acc[r][u] = m < M ? load(bias + r * M + m, std::min(kV, M - m)) : Vec(0.f);
+      }
+    }
+    for (int64_t c = 0; c < d; ++c) {
+      const float* kt_row = kt + c * Mp + m0;
+      Vec keys[kBlock];
+      for (int64_t u = 0; u < kBlock; ++u) keys[u] = Vec::loadu(kt_row + u * kV);
+      for (int64_t r = 0; r < R; ++r) {
+        const Vec qc(qf[r * d + c]);
+        for (int64_t u = 0; u < kBlock; ++u) acc[r][u] = at::vec::fmadd(qc, keys[u], acc[r][u]);
+      }
+    }
+    for (int64_t r = 0; r < R; ++r) {
+      for (int64_t u = 0; u < kBlock; ++u) {
+        const int64_t m = m0 + u * kV;
+        if (m + kV > M) acc[r][u] = m < M ? Vec::set(Vec(-INFINITY), acc[r][u], M - m) : Vec(-INFINITY);  // no key
+        acc[r][u].store(logits + r * Mp + m);
+      }
+    }
+  }
+  float inv[R];
+  for (int64_t r = 0; r < R; ++r) {
+    float* row = logits + r * Mp;
+    Vec top(-INFINITY);
+    for (int64_t m = 0; m < Mp; m += kV) top = at::vec::maximum(top, Vec::loadu(row + m));
+    alignas(64) float lanes[kV];
+    top.store(lanes);
+    const Vec peak(*std::max_element(lanes, lanes + kV));
+    Vec total(0.f);
+    for (int64_t m = 0; m < Mp; m += kV) {
+      const Vec e = (Vec::loadu(row + m) - peak).exp();
+      e.store(row + m);
+      total = total + e;
+    }
+    inv[r] = 1.f / horizontal_sum(total);
+  }
+  for (int64_t c0 = 0; c0 < dp; c0 += kBlockLanes) {
+    Vec acc[R][kBlock];
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t u = 0; u < kBlock; ++u) acc[r][u] = Vec(0.f);
+    for (int64_t m = 0; m < M; ++m) {
+      const float* vf_row = vf + m * dp + c0;
+      Vec values[kBlock];
+      for (int64_t u = 0; u < kBlock; ++u) values[u] = Vec::loadu(vf_row + u * kV);
+      for (int64_t r = 0; r < R; ++r) {
+        const Vec p(logits[r * Mp + m]);
+        for (int64_t u = 0; u < kBlock; ++u) acc[r][u] = at::vec::fmadd(p, values[u], acc[r][u]);
+      }
+    }
+    for (int64_t r = 0; r < R; ++r) {
+      for (int64_t u = 0; u < kBlock; ++u) {
+        const int64_t c = c0 + u * kV;
+        if (c < d) store(acc[r][u] * Vec(inv[r]), out + r * C + c, std::min(kV, d - c));
+      }
+    }
+  }
+}
+
+// Rows handled together: as many as keep R * kBlock sums and kBlock operands in the vector registers (32
+// with AVX-512, 16 with AVX2).
+constexpr int64_t kRowsAtOnce = kV >= 16 ? 4 : 2;
+
+template <typename T>
+void attention_inference_kernel(const T* q, const T* k, const T* v, const float* bias, float scale, T* out,
+                                int64_t B, int64_t N, int64_t M, int64_t heads, int64_t d) {
+  const int64_t C = heads * d, Mp = padded_to_block(M), dp = padded_to_block(d);
+  std::vector<float> kt(B * heads * d * Mp), vf(B * heads * M * dp);
+  attention_operands(k, v, kt.data(), vf.data(), B, M, heads, d, Mp, dp);
+  const float* kt_all = kt.data();
+  const float* vf_all = vf.data();
+  const int64_t tiles = (N + kRowsAtOnce - 1) / kRowsAtOnce;  // per image
+  at::parallel_for(0, B * tiles, 4, [=](int64_t begin, int64_t end) {
+    std::vector<float> scratch(kRowsAtOnce * (d + Mp));
+    float* qf = scratch.data();
+    float* logits = qf + kRowsAtOnce * d;
+    for (int64_t bt = begin; bt < end; ++bt) {
+      const int64_t b = bt / tiles, n0 = (bt % tiles) * kRowsAtOnce;
+      const int64_t rows = std::min(kRowsAtOnce, N - n0);
+      for (int64_t i = 0; i < heads; ++i) {
+        const int64_t bi = b * heads + i;
+        const float* kt_head = kt_all + bi * d * Mp;
+        const float* vf_head = vf_all + bi * M * dp;
+        for (int64_t r = 0; r < rows;) {  // a full tile at once, a last partial one row by row
+          const int64_t n = n0 + r, bn = b * N + n;
+          const T* q_rows = q + bn * C + i * d;
+          const float* bias_rows = bias + (i * N + n) * M;
+          T* out_rows = out + bn * C + i * d;
+          if (rows == kRowsAtOnce) {
+            attention_rows<kRowsAtOnce>(q_rows, C, kt_head, vf_head, bias_rows, scale, out_rows, M, d, Mp, dp, qf,
+                                        logits);
+            r += kRowsAtOnce;
+          } else {
+            attention_rows<1>(q_rows, C, kt_head, vf_head, bias_rows, scale, out_rows, M, d, Mp, dp, qf, logits);
+            r += 1;
+          }
+        }
+      }
+    }
+  });
+}
+
 // With dp[m] = g . v[m] and dl = p * (dp - sum_m p dp): dq = scale * sum_m dl[m] k[m], dk[m] += scale * dl[m] q,
 // dv[m] += p[m] g, dbias[i, n, m] = sum over b of dl[m]. Threads split the batch, so each thread owns the
 // dk and dv rows of its images (accumulated in float scratch) and a float share of dbias, added up in
@@ -1032,22 +1189,29 @@ std::vector<at::Tensor> patch_conv_backward(const at::Tensor& grad, const at::Te
   return {dx, dtaps, dbias};
 }
 
-std::vector<at::Tensor> attention_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                          const at::Tensor& bias, int64_t heads, double scale) {
-  check_rows(q, 3, "attention_forward q");
-  check_rows(k, 3, "attention_forward k");
-  check_rows(v, 3, "attention_forward v");
+// q (B, N, C), k and v (B, M, C) rows of one dtype and a (heads, N, M) bias, checked; the bias as float.
+at::Tensor checked_attention_operands(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                      const at::Tensor& bias, int64_t heads, const char* what) {
+  check_rows(q, 3, what);
+  check_rows(k, 3, what);
+  check_rows(v, 3, what);
   const int64_t B = q.size(0), N = q.size(1), C = q.size(2), M = k.size(1);
-  TORCH_CHECK(heads > 0 && C % heads == 0, "attention_forward: ", C, " channels do not split into ", heads, " heads");
+  TORCH_CHECK(heads > 0 && C % heads == 0, what, ": ", C, " channels do not split into ", heads, " heads");
   TORCH_CHECK(k.sizes() == v.sizes() && k.size(0) == B && k.size(2) == C && M > 0,
-              "attention_forward: keys and values must be (", B, ", M, ", C, ")");
+              what, ": keys and values must be (", B, ", M, ", C, ")");
   TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
-              "attention_forward: q, k and v must share a dtype");
+              what, ": q, k and v must share a dtype");
   TORCH_CHECK(bias.device().is_cpu() && bias.dim() == 3 && bias.size(0) == heads && bias.size(1) == N &&
                   bias.size(2) == M,
-              "attention_forward: the bias must be a CPU tensor of (heads, queries, keys) = (", heads, ", ", N, ", ", M,
+              what, ": the bias must be a CPU tensor of (heads, queries, keys) = (", heads, ", ", N, ", ", M,
               "), got ", bias.sizes());
-  const at::Tensor bias_f = as_float_vector(bias, heads * N * M, "attention_forward bias");
+  return as_float_vector(bias, heads * N * M, what);
+}
+
+std::vector<at::Tensor> attention_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                          const at::Tensor& bias, int64_t heads, double scale) {
+  const at::Tensor bias_f = checked_attention_operands(q, k, v, bias, heads, "attention_forward");
+  const int64_t B = q.size(0), N = q.size(1), C = q.size(2), M = k.size(1);
   at::Tensor out = at::empty_like(q);
   at::Tensor probs = float_empty(q, {B, heads, N, M});
   dispatch_float_or_bf16(q, [&](auto tag) {
@@ -1058,6 +1222,22 @@ std::vector<at::Tensor> attention_forward(const at::Tensor& q, const at::Tensor&
                                        B, N, M, heads, C / heads);
   });
   return {out, probs};
+}
+
+// The attention forward for inference: the output only (see attention_inference_kernel).
+at::Tensor attention_inference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,
+                               int64_t heads, double scale) {
+  const at::Tensor bias_f = checked_attention_operands(q, k, v, bias, heads, "attention_inference");
+  const int64_t B = q.size(0), N = q.size(1), C = q.size(2), M = k.size(1);
+  at::Tensor out = at::empty_like(q);
+  dispatch_float_or_bf16(q, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    attention_inference_kernel<scalar_t>(q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(),
+                                         v.const_data_ptr<scalar_t>(), bias_f.const_data_ptr<float>(),
+                                         static_cast<float>(scale), out.data_ptr<scalar_t>(), B, N, M, heads,
+                                         C / heads);
+  });
+  return out;
 }
 
 std::vector<at::Tensor> attention_backward(const at::Tensor& grad, const at::Tensor& q, const at::Tensor& k,
@@ -1098,6 +1278,7 @@ TORCH_LIBRARY(cmt_scale, m) {
   m.def("patch_conv_forward(Tensor x, Tensor taps, Tensor? bias, int k) -> Tensor");
   m.def("patch_conv_backward(Tensor grad, Tensor x, Tensor taps, int k) -> Tensor[]");
   m.def("attention_forward(Tensor q, Tensor k, Tensor v, Tensor bias, int heads, float scale) -> Tensor[]");
+  m.def("attention_inference(Tensor q, Tensor k, Tensor v, Tensor bias, int heads, float scale) -> Tensor");
   m.def("attention_backward(Tensor grad, Tensor q, Tensor k, Tensor v, Tensor probs, int heads, float scale) -> Tensor[]");
 }
 
@@ -1114,5 +1295,6 @@ TORCH_LIBRARY_IMPL(cmt_scale, CPU, m) {
   m.impl("patch_conv_forward", &patch_conv_forward);
   m.impl("patch_conv_backward", &patch_conv_backward);
   m.impl("attention_forward", &attention_forward);
+  m.impl("attention_inference", &attention_inference);
   m.impl("attention_backward", &attention_backward);
 }

@@ -17,9 +17,10 @@ path: it is also the reference the tests compare the kernels with). Inference ha
 forward only: in eval mode under ``no_grad``, "activation + BatchNorm" becomes one pass with the running
 statistics (`act_batch_norm`), written into the preceding conv's fresh output where the caller says it is
 one (as timm's in-place activations do, so a forward hook on that conv sees the activated map), the IRFFN's
-depthwise conv + residual + GELU + BatchNorm another (`depthwise_conv3x3_act_bn`), and the LPU's depthwise
-conv + residual a third (`depthwise_conv3x3`): at batch 8 they cut CMT-S's CPU inference time by a fifth
-(RESULTS.md).
+depthwise conv + residual + GELU + BatchNorm another (`depthwise_conv3x3_act_bn`), the LPU's depthwise
+conv + residual a third (`depthwise_conv3x3`), the lightweight attention (bias, softmax and both matmuls)
+a fourth (`lightweight_attention`) and the K/V reduction conv a fifth (`depthwise_patch_conv`): at batch 8
+the first three cut CMT-S's CPU inference time by a fifth (RESULTS.md).
 Parameters, buffers and module names are untouched, so checkpoints, fvcore counts and `fuse_for_inference`
 see the same model. The kernels' gradients are
 first-order only (a double backward raises).
@@ -321,12 +322,23 @@ def lightweight_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bia
                           scale: float, module: nn.Module) -> torch.Tensor | None:
     """The fused attention for NHWC projections ``q`` (B, H, W, C) and ``k``, ``v`` (B, h, w, C) with a
     ``heads x HW x hw`` bias, as (B, H, W, C); None when ``module`` does not take the kernels (the caller
-    then runs its own path). Under autocast the keys and values are in the queries' dtype already."""
-    if not (_takes_kernels(q, module) and k.dtype == q.dtype == v.dtype):
+    then runs its own path). Under autocast the keys and values are in the queries' dtype already.
+
+    In training, the kernel pair that saves the probabilities for the backward; in CPU inference
+    (`_takes_inference_kernels`), a forward-only kernel that keeps none and runs each head as small GEMMs
+    in registers, R query rows at a time: 1.5-2x faster than ATen's explicit path at batch 1 on CMT-S's
+    shapes, and up to 5x at batch 8 in fp32, where ATen's bmm falls off its fast path (benchmarks/RESULTS.md)."""
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        return None
+    inference = _takes_inference_kernels(q, module)
+    if not (inference or _takes_kernels(q, module)):
         return None
     batch, height, width, dim = q.shape
     rows = lambda t: t.reshape(batch, -1, dim).contiguous()  # noqa: E731 - NHWC maps as token rows, no copy
-    out = _LightweightAttention.apply(rows(q), rows(k), rows(v), bias, heads, scale)
+    if inference:
+        out = torch.ops.cmt_scale.attention_inference(rows(q), rows(k), rows(v), bias, heads, scale)
+    else:
+        out = _LightweightAttention.apply(rows(q), rows(k), rows(v), bias, heads, scale)
     return out.view(q.shape)
 
 
@@ -345,9 +357,15 @@ def _patch_size(conv: nn.Module, depthwise: bool) -> int:
 
 def depthwise_patch_conv(x: torch.Tensor, conv: nn.Module) -> torch.Tensor | None:
     """``conv`` (a k x k, stride-k, unpadded depthwise conv) on NHWC ``x``, as NHWC; None when the kernels
-    do not apply (the caller then runs its own path)."""
+    do not apply (the caller then runs its own path). In CPU inference the forward alone, in ``x``'s dtype:
+    one pass over the NHWC map where oneDNN's conv needs the NCHW view (and, under autocast, the module's
+    fp32 copy of it)."""
     k = _patch_size(conv, depthwise=True)
-    if not (k and x.shape[1] >= k and x.shape[2] >= k and _takes_kernels(x, conv)):
+    if not (k and x.shape[1] >= k and x.shape[2] >= k):
+        return None
+    if _takes_inference_kernels(x, conv):
+        return torch.ops.cmt_scale.patch_conv_forward(x.contiguous(), _taps(conv.weight), conv.bias, k)
+    if not _takes_kernels(x, conv):
         return None
     return _DepthwiseConv.apply(x.contiguous(), conv.weight, conv.bias, True, False)
 

@@ -181,6 +181,47 @@ def test_lightweight_attention_matches_softmax_attention(batch, queries, keys, h
         _close(got, expected, 1e-5)
 
 
+# Shapes for the inference kernel: CMT's own (49 keys, d = 64), more keys and channels than one register
+# block holds (150 keys, d = 130), query counts that leave a partial tile of rows, one key, odd head widths.
+@pytest.mark.parametrize("batch,queries,keys,heads,head_dim", [
+    (2, 256, 4, 1, 46), (3, 16, 4, 4, 46), (2, 9, 7, 2, 17), (1, 5, 1, 3, 5), (2, 3, 40, 2, 16),
+    (2, 49, 49, 8, 64), (1, 197, 49, 1, 64), (2, 10, 150, 2, 64), (1, 7, 70, 3, 130),
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_eval_attention_kernel_matches_softmax_attention(batch, queries, keys, heads, head_dim, dtype) -> None:
+    """The forward-only inference kernel against softmax attention written out in float64: fp32 within 1e-5
+    of the largest output, bf16 inputs and output within bf16 rounding."""
+    torch.manual_seed(queries + keys + head_dim)
+    dim = heads * head_dim
+    q, k, v = (torch.randn(batch, n, dim) for n in (queries, keys, keys))
+    bias = torch.randn(heads, queries, keys)
+    out = torch.ops.cmt_scale.attention_inference(q.to(dtype), k.to(dtype), v.to(dtype), bias, heads,
+                                                  head_dim**-0.5)
+    assert out.dtype == dtype and out.shape == q.shape
+    expected = _attention_in_float64(*(t.to(dtype) for t in (q, k, v)), bias, heads)
+    _close(out, expected, 1e-5 if dtype == torch.float32 else 1e-2)
+
+
+def test_the_eval_attention_module_equals_its_plain_path_and_keeps_it_with_gradients() -> None:
+    """`LightweightAttention` in eval under no_grad takes the inference kernel and gives the explicit path's
+    output; with gradients on it keeps the differentiable explicit path (no kernel op runs)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from scaling._blocks import LightweightAttention
+
+    torch.manual_seed(0)
+    attn = LightweightAttention(46, 2, 4, qkv_bias=True).eval()
+    bias = torch.randn(2, 64, 4)
+    x = torch.randn(3, 8, 8, 46)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        out, ref = _both_paths(lambda t: attn(t, bias), x)
+    assert sum(event.name == "cmt_scale::attention_inference" for event in prof.events()) == 1
+    _close(out, ref, 1e-5)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        attn(x.requires_grad_(), bias).sum().backward()
+    assert not [event.name for event in prof.events() if event.name.startswith("cmt_scale::attention")]
+
+
 def test_the_attention_module_gives_the_same_step_with_the_kernels_on_and_off() -> None:
     from scaling._blocks import LightweightAttention
 
@@ -275,9 +316,11 @@ def test_a_training_step_of_a_cmt_matches_the_official_reference_with_the_kernel
             if own < 1e-6 * scale:  # biases in front of a BatchNorm: a true gradient of zero, rounding noise
                 continue
             # Each parameter at its own scale: a wrong gradient is off by about its size, rounding (amplified
-            # by the random weights) by 1e-7 to 1e-4 of it, on either path.
+            # by the random weights) by 1e-7 to 1e-4 of it on either path, and up to 5e-4 for one LayerNorm
+            # weight with AVX-512 (16-lane sums; the plain path was at 1e-4 there). Every kernel alone is within
+            # rounding of float64 at these shapes (the tests above), so the floor sits between the two regimes.
             error = {key: (grads[key][name] - truth).abs().max().item() / own for key in ("kernels", "plain")}
-            assert error["kernels"] <= max(4 * error["plain"], 1e-4), (name, error)
+            assert error["kernels"] <= max(4 * error["plain"], 1e-3), (name, error)
 
 
 def _backward_nodes(loss: torch.Tensor) -> Counter:
@@ -423,7 +466,8 @@ def test_eval_act_batch_norm_matches_the_modules(channels: int, size: int, act: 
 def test_the_inference_gelu_is_exact_gelu_to_fp32_rounding_over_its_whole_range() -> None:
     """The inference kernels' GELU (a rational erf, no exponential) against GELU in float64: within 1.2e-6
     everywhere on [-30, 30] (ATen's fp32 GELU: 4e-7), and the tails, zeros, infinities and NaN exactly as
-    ATen's GELU gives them, so that the error of the fit never grows with |v|."""
+    ATen's fp32 GELU gives them, so that the error of the fit never grows with |v|. GELU(+inf) is +inf, as
+    float64 and ATen's AVX2 and scalar fp32 paths give it; ATen's AVX-512 vector path returns NaN there."""
     def kernel_gelu(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return fused.act_batch_norm(x.view(1, 1, -1, 1).clone(), nn.GELU(), nn.Identity().eval()).flatten()
@@ -434,7 +478,8 @@ def test_the_inference_gelu_is_exact_gelu_to_fp32_rounding_over_its_whole_range(
     assert error[dense.abs() < 1].max().item() < 2e-7  # where most activations are
     special = torch.tensor([0.0, -0.0, 5.6, -5.6, 100.0, -100.0, 1e30, -1e30, float("inf"), -float("inf"),
                             float("nan"), 1e-30, -1e-30])
-    torch.testing.assert_close(kernel_gelu(special), nn.functional.gelu(special), rtol=0, atol=0, equal_nan=True)
+    expected = torch.where(special == float("inf"), special, nn.functional.gelu(special))
+    torch.testing.assert_close(kernel_gelu(special), expected, rtol=0, atol=0, equal_nan=True)
 
 
 @pytest.mark.parametrize("channels,size", [(165, 16), (662, 4), (1324, 2), (5, 1), (3, 7)])
@@ -498,6 +543,22 @@ def test_eval_depthwise_conv_matches_the_module(channels: int, size: int, residu
     _close(out, ref, 1e-6)
 
 
+@pytest.mark.parametrize("channels,k,height,width", [(64, 8, 56, 56), (46, 4, 8, 8), (5, 3, 7, 8), (256, 2, 14, 14)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_eval_patch_conv_matches_the_module(channels: int, k: int, height: int, width: int,
+                                            dtype: torch.dtype) -> None:
+    """The K/V reduction in CPU inference (the forward kernel, in the input's dtype) against the module's
+    strided depthwise conv in fp32: within fp32 rounding, or bf16 rounding for bf16 input and output."""
+    torch.manual_seed(channels + k)
+    conv = nn.Conv2d(channels, channels, k, k, groups=channels).eval()
+    x = torch.randn(2, height, width, channels)
+    with torch.no_grad():
+        out = fused.depthwise_patch_conv(x.to(dtype), conv)
+        ref = conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    assert out is not None and out.dtype == dtype and out.shape == ref.shape
+    _close(out, ref, 1e-6 if dtype == torch.float32 else 1e-2)
+
+
 def test_eval_batch_norm_without_running_statistics_keeps_batch_statistics() -> None:
     """``track_running_stats=False`` normalises by the batch even in eval: no running affine to apply."""
     bn = nn.BatchNorm2d(9, track_running_stats=False).eval()
@@ -535,17 +596,21 @@ def test_a_timm_created_cmt_takes_the_inference_kernels_in_eval() -> None:
     x = torch.randn(1, 3, 64, 64)
     calls = _inference_kernel_calls(model, x)
     assert calls["cmt_scale::dwconv3x3_forward"] == 2 * blocks  # the LPU and the IRFFN's middle
+    assert calls["cmt_scale::attention_inference"] == blocks  # bias, softmax and both matmuls per block
+    assert calls["cmt_scale::patch_conv_forward"] == reduced  # the K/V reduction conv
     # every activation + BN pass follows a conv or linear, so it writes into that fresh map (in place)
     assert calls["cmt_scale::act_affine_"] == len(model.stem) + 2 * blocks + reduced
     assert "cmt_scale::act_affine" not in calls
     fast = fuse_for_inference(model)
     calls = _inference_kernel_calls(fast, x)
     assert calls["cmt_scale::dwconv3x3_forward"] == 2 * blocks
+    assert calls["cmt_scale::attention_inference"] == blocks
+    assert calls["cmt_scale::patch_conv_forward"] == reduced
     assert calls["cmt_scale::act_affine_"] == len(model.stem) + blocks  # projections' and K/V BNs folded
     assert not _inference_kernel_calls(model, x, grad=True)  # eval with gradients: differentiable plain path
     training = _inference_kernel_calls(model.train(), x)  # training mode: the training kernels instead
     assert training["cmt_scale::act_bn_forward"] > 0
-    assert not {"cmt_scale::act_affine", "cmt_scale::act_affine_"} & set(training)
+    assert not {"cmt_scale::act_affine", "cmt_scale::act_affine_", "cmt_scale::attention_inference"} & set(training)
 
 
 @pytest.mark.parametrize("seed", range(3))
