@@ -5,7 +5,8 @@ and 8; batch 1 is what ``--target-latency`` uses) img/s and ms per batch (median
 and each model's ratio to DeiT-S in the same precision, for:
 - CMT-S as users build it (``timm.create_model("cmt_s").eval()``, NCHW input), in fp32 and bf16;
 - CMT-Ti@160 and CMT-S@224 as built (eager, fp32), after `fuse_for_inference`, in bf16 autocast,
-  and (``--compile``) under torch.compile;
+  and (``--compile``) ``fuse_for_inference(compile=True)`` (torch.compile with freezing), in fp32 and, where
+  bf16 rows run, bf16 beside DeiT-S compiled the same way (bf16 ratios stay against eager DeiT-S bf16);
 - timm deit_small_patch16_224, deit_tiny_patch16_224, efficientnet_b0@224, efficientnet_b3@300;
 - bf16 vs fp32 top-1 agreement on a CMT trained briefly on scikit-learn's digits (if installed);
 - `estimate_cost` vs `count_flops` time per call.
@@ -81,6 +82,10 @@ def _models(compile_too: bool, bf16: bool):
         rows = [row for row in rows if row[4] is None]
     if compile_too:
         rows.append(("cmt_s@224 fused compiled", fuse_for_inference(cmt_s, compile=True), 224, True, None))
+        if bf16:  # DeiT-S compiled the same way too: the fair reference for a compiled CMT
+            deit_compiled = torch.compile(timm.create_model("deit_small_patch16_224").eval(), options={"freezing": True})
+            rows += [("cmt_s@224 fused compiled bf16", fuse_for_inference(cmt_s, compile=True), 224, True, torch.bfloat16),
+                     ("deit_small compiled bf16", deit_compiled, 224, False, torch.bfloat16)]
     return rows
 
 

@@ -632,6 +632,31 @@ def test_eval_outputs_with_the_inference_kernels_equal_the_plain_path(seed: int)
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
+def test_the_compiled_frozen_inference_copy_equals_the_eval_model() -> None:
+    """`fuse_for_inference(compile=True)` (torch.compile with freezing: the plain path, traced, weights made
+    constants) gives the eval-mode model's logits within 1e-4 in fp32, and agrees with it on the top-1 class
+    under bf16 autocast for nearly every input. Slow: the compilation takes a minute."""
+    from scaling import fuse_for_inference
+
+    rng = random.Random(7)
+    cfg = random_config(rng)
+    model = build_cmt(cfg)
+    for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+        bn.running_mean.normal_(0, 0.5)
+        bn.running_var.uniform_(0.5, 2)
+    model.eval()
+    x = torch.randn(16, cfg.in_chans, cfg.img_size, cfg.img_size)
+    compiled = fuse_for_inference(model, compile=True)
+    with torch.inference_mode():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = compiled(x).float()
+        reference = model(x)
+    assert (low.argmax(-1) == reference.argmax(-1)).float().mean().item() >= 0.8
+    _close(low, reference, 5e-2)
+
+
 def test_a_training_mode_batch_norm_in_an_eval_model_keeps_batch_statistics() -> None:
     """BN re-estimation puts only the BNs in training mode under no_grad: they must normalise by the batch
     and update their running statistics, so the eval-only fused IRFFN middle must not be taken."""
