@@ -326,8 +326,8 @@ def lightweight_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bia
 
     In training, the kernel pair that saves the probabilities for the backward; in CPU inference
     (`_takes_inference_kernels`), a forward-only kernel that keeps none and runs each head as small GEMMs
-    in registers, R query rows at a time: 1.5-2x faster than ATen's explicit path at batch 1 on CMT-S's
-    shapes, and up to 5x at batch 8 in fp32, where ATen's bmm falls off its fast path (benchmarks/RESULTS.md)."""
+    in registers, R query rows at a time: 1.1-3x faster per call than ATen's explicit path on CMT-S's shapes,
+    3-19% on a whole CMT-S forward (benchmarks/RESULTS.md)."""
     if k.dtype != q.dtype or v.dtype != q.dtype:
         return None
     inference = _takes_inference_kernels(q, module)

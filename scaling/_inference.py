@@ -12,6 +12,7 @@ BatchNorm passes over memory; outputs equal the eval-mode model's to float round
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -66,7 +67,7 @@ class _FrozenCompiled(nn.Module):
         super().__init__()
         self.compiled = torch.compile(model, options={"freezing": True})
 
-    def forward(self, *args, **kwargs):
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
         from torch._inductor import config as inductor_config
 
         with inductor_config.patch(freezing=True):
@@ -83,7 +84,7 @@ def fuse_for_inference(model: CMT, channels_last: bool = True, compile: bool = F
     already cast) weights are made once instead of on every call, and the element-wise work is fused. That
     is the fast path for bf16 autocast on CPUs with native bf16: CMT-S at batch 1 went from 38.8 to 28.8 ms
     on an AMD EPYC Zen 5, where compiling without freezing made it slower than eager (52.9 ms;
-    benchmarks/RESULTS.md). In fp32 the eager copy with the inference kernels was as fast or faster. The
+    benchmarks/RESULTS.md). In fp32 the eager copy with the inference kernels is about as fast (within 3%). The
     first call pays the compilation (about a minute for CMT-S on 2 cores). The copy's weights are frozen
     into the compiled graph: fuse again after changing the model. ``tune_allocator`` (default) calls
     `tune_cpu_allocator`, which keeps freed activation memory in the process: process-wide, see
