@@ -731,6 +731,23 @@ void attention_operands(const T* k, const T* v, float* kt, float* vf, int64_t B,
   });
 }
 
+// acc[r][u] += scalars[r * scalar_stride + j] * rows[j * row_stride + u * kV .. + kV) for j < count: R rows of
+// kBlock vectors, each loaded vector shared by the R rows. Both products of the attention are this: the
+// logits (scalars the queries' channels, rows the transposed keys) and the output (scalars the
+// probabilities, rows the values).
+template <int64_t R>
+inline void broadcast_fma_block(const float* scalars, int64_t scalar_stride, const float* rows, int64_t row_stride,
+                                int64_t count, Vec (&acc)[R][kBlock]) {
+  for (int64_t j = 0; j < count; ++j) {
+    Vec operands[kBlock];
+    for (int64_t u = 0; u < kBlock; ++u) operands[u] = Vec::loadu(rows + j * row_stride + u * kV);
+    for (int64_t r = 0; r < R; ++r) {
+      const Vec scalar(scalars[r * scalar_stride + j]);
+      for (int64_t u = 0; u < kBlock; ++u) acc[r][u] = at::vec::fmadd(scalar, operands[u], acc[r][u]);
+    }
+  }
+}
+
 // R query rows of one head (q_rows C apart, their bias rows M apart, outputs C apart): out = softmax(scale *
 // q . kt + bias) vf. R rows at once give R * kBlock independent sums (one row's kBlock alone wait on the
 // FMA latency) and share each loaded key and value vector. `qf` (R * d floats) and `logits` (R * Mp
@@ -752,15 +769,7 @@ inline void attention_rows(const T* q, int64_t C, const float* kt, const float* 
         acc[r][u] = m < M ? load(bias + r * M + m, std::min(kV, M - m)) : Vec(0.f);
       }
     }
-    for (int64_t c = 0; c < d; ++c) {
-      const float* kt_row = kt + c * Mp + m0;
-      Vec keys[kBlock];
-      for (int64_t u = 0; u < kBlock; ++u) keys[u] = Vec::loadu(kt_row + u * kV);
-      for (int64_t r = 0; r < R; ++r) {
-        const Vec qc(qf[r * d + c]);
-        for (int64_t u = 0; u < kBlock; ++u) acc[r][u] = at::vec::fmadd(qc, keys[u], acc[r][u]);
-      }
-    }
+    broadcast_fma_block<R>(qf, d, kt + m0, Mp, d, acc);  // logits += q[c] * kt[c] over the channels
     for (int64_t r = 0; r < R; ++r) {
       for (int64_t u = 0; u < kBlock; ++u) {
         const int64_t m = m0 + u * kV;
@@ -789,15 +798,7 @@ inline void attention_rows(const T* q, int64_t C, const float* kt, const float* 
     Vec acc[R][kBlock];
     for (int64_t r = 0; r < R; ++r)
       for (int64_t u = 0; u < kBlock; ++u) acc[r][u] = Vec(0.f);
-    for (int64_t m = 0; m < M; ++m) {
-      const float* vf_row = vf + m * dp + c0;
-      Vec values[kBlock];
-      for (int64_t u = 0; u < kBlock; ++u) values[u] = Vec::loadu(vf_row + u * kV);
-      for (int64_t r = 0; r < R; ++r) {
-        const Vec p(logits[r * Mp + m]);
-        for (int64_t u = 0; u < kBlock; ++u) acc[r][u] = at::vec::fmadd(p, values[u], acc[r][u]);
-      }
-    }
+    broadcast_fma_block<R>(logits, Mp, vf + c0, dp, M, acc);  // out += p[m] * vf[m] over the keys
     for (int64_t r = 0; r < R; ++r) {
       for (int64_t u = 0; u < kBlock; ++u) {
         const int64_t c = c0 + u * kV;

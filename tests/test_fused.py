@@ -191,6 +191,7 @@ def test_lightweight_attention_matches_softmax_attention(batch, queries, keys, h
 def test_eval_attention_kernel_matches_softmax_attention(batch, queries, keys, heads, head_dim, dtype) -> None:
     """The forward-only inference kernel against softmax attention written out in float64: fp32 within 1e-5
     of the largest output, bf16 inputs and output within bf16 rounding."""
+    assert fused.fused_kernels_available()  # builds and loads the ops (called directly here)
     torch.manual_seed(queries + keys + head_dim)
     dim = heads * head_dim
     q, k, v = (torch.randn(batch, n, dim) for n in (queries, keys, keys))
@@ -613,19 +614,23 @@ def test_a_timm_created_cmt_takes_the_inference_kernels_in_eval() -> None:
     assert not {"cmt_scale::act_affine", "cmt_scale::act_affine_", "cmt_scale::attention_inference"} & set(training)
 
 
+def _random_eval_cmt(seed: int):
+    """A random config's CMT in eval mode with non-trivial BN running statistics (fresh ones are the identity)."""
+    cfg = random_config(random.Random(seed))
+    model = build_cmt(cfg)
+    for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+        bn.running_mean.normal_(0, 0.5)
+        bn.running_var.uniform_(0.5, 2)
+    return cfg, model.eval()
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_eval_outputs_with_the_inference_kernels_equal_the_plain_path(seed: int) -> None:
     """A random CMT with non-trivial BN statistics, as built and after `fuse_for_inference`: logits within
     1e-4 of the plain modules' (the official code's eval path is compared in test_model)."""
     from scaling import fuse_for_inference
 
-    rng = random.Random(200 + seed)
-    cfg = random_config(rng)
-    model = build_cmt(cfg)
-    for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
-        bn.running_mean.normal_(0, 0.5)
-        bn.running_var.uniform_(0.5, 2)
-    model.eval()
+    cfg, model = _random_eval_cmt(200 + seed)
     x = torch.randn(2, cfg.in_chans, cfg.img_size, cfg.img_size)
     for candidate in (model, fuse_for_inference(model)):
         out, ref = _both_paths(candidate, x)
@@ -639,13 +644,7 @@ def test_the_compiled_frozen_inference_copy_equals_the_eval_model() -> None:
     under bf16 autocast for nearly every input. Slow: the compilation takes a minute."""
     from scaling import fuse_for_inference
 
-    rng = random.Random(7)
-    cfg = random_config(rng)
-    model = build_cmt(cfg)
-    for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
-        bn.running_mean.normal_(0, 0.5)
-        bn.running_var.uniform_(0.5, 2)
-    model.eval()
+    cfg, model = _random_eval_cmt(7)
     x = torch.randn(16, cfg.in_chans, cfg.img_size, cfg.img_size)
     compiled = fuse_for_inference(model, compile=True)
     with torch.inference_mode():
