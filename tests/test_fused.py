@@ -560,6 +560,26 @@ def test_eval_patch_conv_matches_the_module(channels: int, k: int, height: int, 
     _close(out, ref, 1e-6 if dtype == torch.float32 else 1e-2)
 
 
+@pytest.mark.parametrize("rows,channels", [(3136, 64), (7, 1324), (5, 3)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_eval_layer_norm_matches_the_module_in_the_inputs_dtype(rows: int, channels: int,
+                                                                dtype: torch.dtype) -> None:
+    """LayerNorm in CPU inference (the forward kernel, in the input's dtype) against ``nn.LayerNorm`` in fp32:
+    within fp32 rounding, or bf16 rounding of the output for bf16 input; under bf16 autocast it stays bf16."""
+    torch.manual_seed(rows + channels)
+    ln = nn.LayerNorm(channels, eps=1e-6).eval()
+    nn.init.normal_(ln.weight)
+    nn.init.normal_(ln.bias)
+    x = torch.randn(2, rows, 1, channels) * 3 + 1
+    with torch.no_grad():
+        out = fused.layer_norm(x.to(dtype), ln)
+        ref = ln(x.to(dtype).float())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            under_autocast = fused.layer_norm(x.bfloat16(), ln)
+    assert out.dtype == dtype and under_autocast.dtype == torch.bfloat16
+    _close(out, ref, 1e-5 if dtype == torch.float32 else 1e-2)
+
+
 def test_eval_batch_norm_without_running_statistics_keeps_batch_statistics() -> None:
     """``track_running_stats=False`` normalises by the batch even in eval: no running affine to apply."""
     bn = nn.BatchNorm2d(9, track_running_stats=False).eval()
@@ -599,6 +619,7 @@ def test_a_timm_created_cmt_takes_the_inference_kernels_in_eval() -> None:
     assert calls["cmt_scale::dwconv3x3_forward"] == 2 * blocks  # the LPU and the IRFFN's middle
     assert calls["cmt_scale::attention_inference"] == blocks  # bias, softmax and both matmuls per block
     assert calls["cmt_scale::patch_conv_forward"] == reduced  # the K/V reduction conv
+    assert calls["cmt_scale::layer_norm_forward"] == 2 * blocks + len(cfg.depths)  # blocks' and merges' norms
     # every activation + BN pass follows a conv or linear, so it writes into that fresh map (in place)
     assert calls["cmt_scale::act_affine_"] == len(model.stem) + 2 * blocks + reduced
     assert "cmt_scale::act_affine" not in calls
