@@ -316,30 +316,38 @@ inline float horizontal_sum(const Vec& v) {
   return total;
 }
 
+// Rows [begin, end) of the LayerNorm forward. The pointers are this function's parameters, so locals: read
+// through a lambda's captures they were reloaded after every store (as act_affine_rows found).
+template <typename T>
+void layer_norm_rows(const T* x, const float* weight, const float* bias, double eps, T* y, float* mean_out,
+                     float* rstd_out, int64_t begin, int64_t end, int64_t C) {
+  for (int64_t r = begin; r < end; ++r) {
+    const T* xr = x + r * C;
+    Vec acc(0.f);
+    for (int64_t c = 0; c < C; c += kV) acc = acc + load(xr + c, std::min(kV, C - c));
+    const float mean = horizontal_sum(acc) / C;
+    Vec sq(0.f);
+    for (int64_t c = 0; c < C; c += kV) {
+      const int64_t n = std::min(kV, C - c);
+      const Vec centred = tail_zeroed(load(xr + c, n) - Vec(mean), n);
+      sq = at::vec::fmadd(centred, centred, sq);
+    }
+    const float rstd = static_cast<float>(1.0 / std::sqrt(static_cast<double>(horizontal_sum(sq)) / C + eps));
+    mean_out[r] = mean;
+    rstd_out[r] = rstd;
+    for (int64_t c = 0; c < C; c += kV) {
+      const int64_t n = std::min(kV, C - c);
+      const Vec xhat = (load(xr + c, n) - Vec(mean)) * Vec(rstd);
+      store(at::vec::fmadd(xhat, load(weight + c, n), load(bias + c, n)), y + r * C + c, n);
+    }
+  }
+}
+
 template <typename T>
 void layer_norm_forward_kernel(const T* x, const float* weight, const float* bias, double eps, T* y, float* mean_out,
                                float* rstd_out, int64_t M, int64_t C) {
-  at::parallel_for(0, M, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const T* xr = x + r * C;
-      Vec acc(0.f);
-      for (int64_t c = 0; c < C; c += kV) acc = acc + load(xr + c, std::min(kV, C - c));
-      const float mean = horizontal_sum(acc) / C;
-      Vec sq(0.f);
-      for (int64_t c = 0; c < C; c += kV) {
-        const int64_t n = std::min(kV, C - c);
-        const Vec centred = tail_zeroed(load(xr + c, n) - Vec(mean), n);
-        sq = at::vec::fmadd(centred, centred, sq);
-      }
-      const float rstd = static_cast<float>(1.0 / std::sqrt(static_cast<double>(horizontal_sum(sq)) / C + eps));
-      mean_out[r] = mean;
-      rstd_out[r] = rstd;
-      for (int64_t c = 0; c < C; c += kV) {
-        const int64_t n = std::min(kV, C - c);
-        const Vec xhat = (load(xr + c, n) - Vec(mean)) * Vec(rstd);
-        store(at::vec::fmadd(xhat, load(weight + c, n), load(bias + c, n)), y + r * C + c, n);
-      }
-    }
+  at::parallel_for(0, M, 1, [=](int64_t begin, int64_t end) {
+    layer_norm_rows(x, weight, bias, eps, y, mean_out, rstd_out, begin, end, C);
   });
 }
 

@@ -20,8 +20,8 @@ one (as timm's in-place activations do, so a forward hook on that conv sees the 
 depthwise conv + residual + GELU + BatchNorm another (`depthwise_conv3x3_act_bn`), the LPU's depthwise
 conv + residual a third (`depthwise_conv3x3`), the lightweight attention (bias, softmax and both matmuls)
 a fourth (`lightweight_attention`), the K/V reduction conv a fifth (`depthwise_patch_conv`), and LayerNorm
-runs its training forward kernel (`layer_norm`): at batch 8 the first three cut CMT-S's CPU inference time
-by a fifth (RESULTS.md).
+on a bf16 map runs its training forward kernel (`layer_norm`): at batch 8 the first three cut CMT-S's CPU
+inference time by a fifth (RESULTS.md).
 Parameters, buffers and module names are untouched, so checkpoints, fvcore counts and `fuse_for_inference`
 see the same model. The kernels' gradients are
 first-order only (a double backward raises).
@@ -205,17 +205,18 @@ class _LayerNorm(torch.autograd.Function):
 
 def layer_norm(x: torch.Tensor, ln: nn.Module) -> torch.Tensor:
     """``ln(x)`` for a LayerNorm over the last dimension of ``x`` (NHWC tokens); fused in training, and in CPU
-    inference the same forward kernel alone, in ``x``'s dtype. Under bf16 autocast that keeps a bf16 map
-    bf16 (float statistics inside): ATen's LayerNorm, on autocast's fp32 list, casts the map up, writes an
-    fp32 output and the next convolution casts it down again, 1.2-1.7x the time on CMT-S's stage-1 and
-    stage-2 shapes at batch 8 (benchmarks/RESULTS.md)."""
+    inference on a bf16 map the same forward kernel alone, which keeps the map bf16 (float statistics
+    inside). ATen's LayerNorm, on autocast's fp32 list, casts the map up, writes an fp32 output, and the
+    next convolution casts it down again: 1.2-1.7x the time per call on CMT-S's stage-1 and stage-2 shapes
+    at batch 8, and the whole bf16 forward 4.6% faster there (benchmarks/RESULTS.md). An fp32 map keeps
+    ATen's LayerNorm: faster per call, the kernel gained nothing in a whole fp32 forward."""
     fusable = (
         isinstance(ln, nn.LayerNorm)
         and ln.elementwise_affine
         and ln.bias is not None
         and len(ln.normalized_shape) == 1
     )
-    if fusable and _takes_inference_kernels(x, ln):
+    if fusable and x.dtype == torch.bfloat16 and _takes_inference_kernels(x, ln):
         rows = x.reshape(-1, x.shape[-1]).contiguous()
         return torch.ops.cmt_scale.layer_norm_forward(rows, ln.weight, ln.bias, ln.eps)[0].view(x.shape)
     if not (fusable and _takes_kernels(x, ln)):

@@ -564,8 +564,8 @@ def test_eval_patch_conv_matches_the_module(channels: int, k: int, height: int, 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_eval_layer_norm_matches_the_module_in_the_inputs_dtype(rows: int, channels: int,
                                                                 dtype: torch.dtype) -> None:
-    """LayerNorm in CPU inference (the forward kernel, in the input's dtype) against ``nn.LayerNorm`` in fp32:
-    within fp32 rounding, or bf16 rounding of the output for bf16 input; under bf16 autocast it stays bf16."""
+    """LayerNorm in CPU inference against ``nn.LayerNorm`` in fp32: within fp32 rounding (ATen's own path), or
+    bf16 rounding of the output for bf16 input (the forward kernel); under bf16 autocast it stays bf16."""
     torch.manual_seed(rows + channels)
     ln = nn.LayerNorm(channels, eps=1e-6).eval()
     nn.init.normal_(ln.weight)
@@ -619,7 +619,11 @@ def test_a_timm_created_cmt_takes_the_inference_kernels_in_eval() -> None:
     assert calls["cmt_scale::dwconv3x3_forward"] == 2 * blocks  # the LPU and the IRFFN's middle
     assert calls["cmt_scale::attention_inference"] == blocks  # bias, softmax and both matmuls per block
     assert calls["cmt_scale::patch_conv_forward"] == reduced  # the K/V reduction conv
-    assert calls["cmt_scale::layer_norm_forward"] == 2 * blocks + len(cfg.depths)  # blocks' and merges' norms
+    assert "cmt_scale::layer_norm_forward" not in calls  # fp32: ATen's LayerNorm
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16_calls = _inference_kernel_calls(model, x)
+    assert bf16_calls["cmt_scale::layer_norm_forward"] == 2 * blocks + len(cfg.depths)  # blocks' and merges'
+    assert bf16_calls["cmt_scale::attention_inference"] == blocks
     # every activation + BN pass follows a conv or linear, so it writes into that fresh map (in place)
     assert calls["cmt_scale::act_affine_"] == len(model.stem) + 2 * blocks + reduced
     assert "cmt_scale::act_affine" not in calls
