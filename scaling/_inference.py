@@ -66,6 +66,7 @@ class _FrozenCompiled(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.compiled = torch.compile(model, options={"freezing": True})
+        self.eval()  # an inference-only copy says so (a new Module starts in training mode)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         from torch._inductor import config as inductor_config

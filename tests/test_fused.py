@@ -672,6 +672,7 @@ def test_the_compiled_frozen_inference_copy_equals_the_eval_model() -> None:
     cfg, model = _random_eval_cmt(7)
     x = torch.randn(16, cfg.in_chans, cfg.img_size, cfg.img_size)
     compiled = fuse_for_inference(model, compile=True)
+    assert not compiled.training and not model.training
     with torch.inference_mode():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
         with torch.autocast("cpu", dtype=torch.bfloat16):
