@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import time
@@ -28,13 +29,19 @@ def apply_allocator_mode(mode: str) -> str:
     return "as a user's process has it (tuned by the first CMT inference forward, for every row)"
 
 
-def _cpuinfo_field(field: str) -> str | None:
+@functools.cache
+def _cpuinfo_lines() -> tuple[str, ...]:
+    """``/proc/cpuinfo``, read once (the name, family, model and flags all come from it); empty elsewhere."""
     try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith(field):
-                return line.split(":", 1)[1].strip()
+        return tuple(Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines())
     except OSError:
-        pass
+        return ()
+
+
+def _cpuinfo_field(field: str) -> str | None:
+    for line in _cpuinfo_lines():
+        if line.startswith(field):
+            return line.split(":", 1)[1].strip()
     return None
 
 

@@ -19,6 +19,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
@@ -714,7 +715,8 @@ constexpr int64_t kBlockLanes = kBlock * kV;
 
 inline int64_t padded_to_block(int64_t n) { return (n + kBlockLanes - 1) / kBlockLanes * kBlockLanes; }
 
-// kt (B*heads, d, Mp) and vf (B*heads, M, dp) from k and v rows (B, M, heads*d), as float, zero-padded.
+// kt (B*heads, d, Mp) and vf (B*heads, M, dp) from k and v rows (B, M, heads*d), as float; the padding is
+// left as the caller's zero-initialised buffers have it.
 template <typename T>
 void attention_operands(const T* k, const T* v, float* kt, float* vf, int64_t B, int64_t M, int64_t heads, int64_t d,
                         int64_t Mp, int64_t dp) {
@@ -724,7 +726,6 @@ void attention_operands(const T* k, const T* v, float* kt, float* vf, int64_t B,
       const int64_t b = bi / heads, i = bi % heads;
       float* kt_head = kt + bi * d * Mp;
       float* vf_head = vf + bi * M * dp;
-      std::fill(kt_head, kt_head + d * Mp, 0.f);
       for (int64_t m = 0; m < M; ++m) {
         const T* k_row = k + (b * M + m) * C + i * d;
         const T* v_row = v + (b * M + m) * C + i * d;
@@ -733,7 +734,6 @@ void attention_operands(const T* k, const T* v, float* kt, float* vf, int64_t B,
           kt_head[c * Mp + m] = static_cast<float>(k_row[c]);
           vf_row[c] = static_cast<float>(v_row[c]);
         }
-        std::fill(vf_row + d, vf_row + dp, 0.f);
       }
     }
   });
@@ -789,11 +789,8 @@ inline void attention_rows(const T* q, int64_t C, const float* kt, const float* 
   float inv[R];
   for (int64_t r = 0; r < R; ++r) {
     float* row = logits + r * Mp;
-    Vec top(-INFINITY);
-    for (int64_t m = 0; m < Mp; m += kV) top = at::vec::maximum(top, Vec::loadu(row + m));
-    alignas(64) float lanes[kV];
-    top.store(lanes);
-    const Vec peak(*std::max_element(lanes, lanes + kV));
+    const Vec peak(at::vec::reduce_all<float>([](const Vec& a, const Vec& b) { return at::vec::maximum(a, b); },
+                                              row, Mp));
     Vec total(0.f);
     for (int64_t m = 0; m < Mp; m += kV) {
       const Vec e = (Vec::loadu(row + m) - peak).exp();
@@ -824,7 +821,7 @@ template <typename T>
 void attention_inference_kernel(const T* q, const T* k, const T* v, const float* bias, float scale, T* out,
                                 int64_t B, int64_t N, int64_t M, int64_t heads, int64_t d) {
   const int64_t C = heads * d, Mp = padded_to_block(M), dp = padded_to_block(d);
-  std::vector<float> kt(B * heads * d * Mp), vf(B * heads * M * dp);
+  std::vector<float> kt(B * heads * d * Mp), vf(B * heads * M * dp);  // zero-initialised: the padding
   attention_operands(k, v, kt.data(), vf.data(), B, M, heads, d, Mp, dp);
   const float* kt_all = kt.data();
   const float* vf_all = vf.data();
@@ -838,21 +835,16 @@ void attention_inference_kernel(const T* q, const T* k, const T* v, const float*
       const int64_t rows = std::min(kRowsAtOnce, N - n0);
       for (int64_t i = 0; i < heads; ++i) {
         const int64_t bi = b * heads + i;
-        const float* kt_head = kt_all + bi * d * Mp;
-        const float* vf_head = vf_all + bi * M * dp;
-        for (int64_t r = 0; r < rows;) {  // a full tile at once, a last partial one row by row
-          const int64_t n = n0 + r, bn = b * N + n;
-          const T* q_rows = q + bn * C + i * d;
-          const float* bias_rows = bias + (i * N + n) * M;
-          T* out_rows = out + bn * C + i * d;
-          if (rows == kRowsAtOnce) {
-            attention_rows<kRowsAtOnce>(q_rows, C, kt_head, vf_head, bias_rows, scale, out_rows, M, d, Mp, dp, qf,
-                                        logits);
-            r += kRowsAtOnce;
-          } else {
-            attention_rows<1>(q_rows, C, kt_head, vf_head, bias_rows, scale, out_rows, M, d, Mp, dp, qf, logits);
-            r += 1;
-          }
+        const auto rows_from = [&](auto count, int64_t n) {  // count rows from query n of image b, head i
+          const int64_t bn = b * N + n;
+          attention_rows<decltype(count)::value>(q + bn * C + i * d, C, kt_all + bi * d * Mp, vf_all + bi * M * dp,
+                                                 bias + (i * N + n) * M, scale, out + bn * C + i * d, M, d, Mp, dp,
+                                                 qf, logits);
+        };
+        if (rows == kRowsAtOnce) {
+          rows_from(std::integral_constant<int64_t, kRowsAtOnce>{}, n0);
+        } else {  // the image's last, partial tile: row by row
+          for (int64_t n = n0; n < n0 + rows; ++n) rows_from(std::integral_constant<int64_t, 1>{}, n);
         }
       }
     }

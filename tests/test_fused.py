@@ -28,6 +28,7 @@ pytestmark = pytest.mark.skipif(not kernel_build._enabled(), reason="fused CPU k
 @pytest.fixture(autouse=True)
 def _kernels_on():
     fused.set_fused_kernels(True)
+    fused.fused_kernels_available()  # builds and loads the ops, for the tests that call them directly
     yield
     fused.set_fused_kernels(True)
 
@@ -191,7 +192,6 @@ def test_lightweight_attention_matches_softmax_attention(batch, queries, keys, h
 def test_eval_attention_kernel_matches_softmax_attention(batch, queries, keys, heads, head_dim, dtype) -> None:
     """The forward-only inference kernel against softmax attention written out in float64: fp32 within 1e-5
     of the largest output, bf16 inputs and output within bf16 rounding."""
-    assert fused.fused_kernels_available()  # builds and loads the ops (called directly here)
     torch.manual_seed(queries + keys + head_dim)
     dim = heads * head_dim
     q, k, v = (torch.randn(batch, n, dim) for n in (queries, keys, keys))
