@@ -15,7 +15,9 @@ Each row also reports its minor page faults per batch, the cost of activation ma
 to the OS and had to fault in again (see ``--allocator``).
 
 The rows of CMT-S with "plain path" run with the fused kernels switched off (PyTorch's own GELU,
-BatchNorm and depthwise convolutions), to show what the inference kernels add. ``--allocator`` sets what the
+BatchNorm and depthwise convolutions), to show what the inference kernels add; the rows with "shape rule" route
+the 1x1 projections by the fixed shape rule instead of timing both routes per shape (`scaling._pointwise_route`),
+to show what the timed choice adds. ``--allocator`` sets what the
 process's malloc does: ``auto`` (default) is what a user's process gets, glibc as it starts until a CMT's
 first CPU inference forward calls `tune_cpu_allocator` (an untimed pass over every row comes first, so all
 timed rounds, DeiT-S's included, run in that process); ``off`` sets ``CMT_SCALE_TUNE_ALLOCATOR=0`` (glibc
@@ -28,30 +30,54 @@ Usage: python benchmarks/bench_model.py [--threads 2] [--batch-sizes 1,8] [--rou
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import os
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 from _machine import ALLOCATOR_HELP, ALLOCATOR_MODES, apply_allocator_mode, has_native_bf16, machine_line
 
 
-class _PlainPath(torch.nn.Module):
-    """Runs the wrapped model with the fused kernels switched off: PyTorch's own modules throughout."""
+class _Switched(torch.nn.Module):
+    """Runs the wrapped model with one of our switches set another way, for a row that shows what it adds."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, switch: Callable[[], contextlib.AbstractContextManager]) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.switch = model, switch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from scaling import fused_kernels_available, set_fused_kernels
-
-        before = fused_kernels_available()  # the environment switch may have them off for every row
-        set_fused_kernels(False)
-        try:
+        with self.switch():
             return self.model(x)
-        finally:
-            set_fused_kernels(before)
+
+
+@contextlib.contextmanager
+def _kernels_off():
+    """The fused kernels switched off: PyTorch's own modules throughout (the "plain path")."""
+    from scaling import fused_kernels_available, set_fused_kernels
+
+    before = fused_kernels_available()  # the environment switch may have them off for every row
+    set_fused_kernels(False)
+    try:
+        yield
+    finally:
+        set_fused_kernels(before)
+
+
+@contextlib.contextmanager
+def _shape_rule():
+    """1x1 projections routed by the fixed shape rule instead of the timed choice (`scaling._pointwise_route`)."""
+    before = os.environ.get("CMT_SCALE_POINTWISE_ROUTE")
+    os.environ["CMT_SCALE_POINTWISE_ROUTE"] = "rule"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["CMT_SCALE_POINTWISE_ROUTE"]
+        else:
+            os.environ["CMT_SCALE_POINTWISE_ROUTE"] = before
 
 
 def _models(compile_too: bool, bf16: bool):
@@ -71,11 +97,14 @@ def _models(compile_too: bool, bf16: bool):
         ("cmt_ti@160 fused", fuse_for_inference(cmt_ti), 160, True, None),
         ("cmt_ti@160 fused bf16", fuse_for_inference(cmt_ti), 160, True, torch.bfloat16),
         ("cmt_s timm.create_model", as_users_build, 224, False, None),
-        ("cmt_s timm.create_model plain path", _PlainPath(as_users_build), 224, False, None),
+        ("cmt_s timm.create_model plain path", _Switched(as_users_build, _kernels_off), 224, False, None),
+        ("cmt_s timm.create_model shape rule", _Switched(as_users_build, _shape_rule), 224, False, None),
         ("cmt_s timm.create_model bf16", as_users_build, 224, False, torch.bfloat16),
+        ("cmt_s timm.create_model shape rule bf16", _Switched(as_users_build, _shape_rule), 224, False,
+         torch.bfloat16),
         ("cmt_s@224", cmt_s, 224, True, None),
         ("cmt_s@224 fused", fuse_for_inference(cmt_s), 224, True, None),
-        ("cmt_s@224 fused plain path", _PlainPath(fuse_for_inference(cmt_s)), 224, True, None),
+        ("cmt_s@224 fused plain path", _Switched(fuse_for_inference(cmt_s), _kernels_off), 224, True, None),
         ("cmt_s@224 fused bf16", fuse_for_inference(cmt_s), 224, True, torch.bfloat16),
         ("deit_small bf16", timm.create_model("deit_small_patch16_224").eval(), 224, False, torch.bfloat16),
     ]
@@ -101,6 +130,7 @@ def _minor_page_faults() -> int:
 
 def bench_throughput(args: argparse.Namespace, batch_size: int) -> None:
     from scaling import measure_throughput
+    from scaling._pointwise_route import chosen_routes
 
     rows = [row for row in _models(args.compile, args.bf16)
             if not args.rows or row[0].startswith("deit_small") or any(row[0].startswith(p) for p in args.rows)]
@@ -125,6 +155,9 @@ def bench_throughput(args: argparse.Namespace, batch_size: int) -> None:
         med = medians[name]
         print(f"{name:34s} {med:8.1f} {1000 * batch_size / med:9.1f} {med / reference:9.2f} "
               f"{statistics.median(faults[name]):13,.0f}   {' '.join(f'{v:.1f}' for v in values)}")
+    routes = list(chosen_routes().values())
+    print(f"1x1 projections: {len(routes)} shapes timed so far in this process, {routes.count('gemm')} run as "
+          f"the GEMM, {routes.count('conv')} as oneDNN's 1x1 conv (rows with \"shape rule\": the fixed rule)")
     if {"cmt_s@224 fused bf16", "cmt_s@224 fused"} <= medians.keys():
         print(f"CMT-S bf16 / fp32 (fused): {medians['cmt_s@224 fused bf16'] / medians['cmt_s@224 fused']:.2f}x; "
               f"bf16 rows are relative to DeiT-S bf16 ({bf16_ref:.1f} img/s)")

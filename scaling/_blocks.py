@@ -20,10 +20,12 @@ from ._fused import (
     depthwise_conv3x3_act_bn,
     depthwise_patch_conv,
     is_cpu_inference,
+    is_eager,
     layer_norm,
     lightweight_attention,
     patch_linear,
 )
+from ._pointwise_route import gemm_is_faster, timed_choice_enabled
 from ._position_bias import resize_position_bias
 
 __all__ = ["CMTBlock", "CMTStage", "ConvGeluBn", "InvertedResidualFFN", "LightweightAttention", "PatchMerging",
@@ -45,30 +47,47 @@ def _to_nhwc(x: torch.Tensor) -> torch.Tensor:
 
 
 # Maps with at most this many positions take the GEMM: there oneDNN's 1x1 convolution loses to it. In CPU
-# inference the bound is 8x8, which takes CMT-S's 7x7 maps (stage 4, the reduced keys and values): at batch 1
-# PyTorch sends a 1x1 conv on a 7x7 map to its im2col fallback (`_slow_conv2d_forward`, about 25 GMAC/s),
-# and at batch 8 oneDNN was 5-25% behind the GEMM on those shapes (benchmarks/RESULTS.md).
+# inference the route is timed per shape instead (`scaling._pointwise_route`); with the timed choice off, or
+# under torch.compile, the bound there is 8x8, which takes CMT-S's 7x7 maps (stage 4, the reduced keys and
+# values): at batch 1 PyTorch sends a 1x1 conv on a 7x7 map to its im2col fallback (`_slow_conv2d_forward`,
+# about 25 GMAC/s), and at batch 8 oneDNN was 5-25% behind the GEMM on those shapes (benchmarks/RESULTS.md).
 _GEMM_MAX_POSITIONS = 16
 _GEMM_MAX_POSITIONS_INFERENCE = 64
 
 
 class PointwiseLinear(nn.Linear):
-    """A linear layer over the channels of an NHWC map, run as a 1x1 convolution on larger maps.
+    """A linear layer over the channels of an NHWC map, run as a 1x1 convolution or as a GEMM.
 
     Same weights, names and count as `nn.Linear` (and as the official 1x1 convs). On CPU oneDNN's
-    channels-last 1x1 convolution is 2-3x faster than the BLAS GEMM behind ``F.linear`` on maps of 8x8
-    positions and more, and the NHWC input is already in its layout: no copy. On the tiny maps of late
-    stages at proxy resolutions (4x4, 2x2) it is the other way round, by 1.2-2x in training
-    (benchmarks/RESULTS.md), so those take ``F.linear``; in CPU inference maps up to 8x8 do. The rule
-    depends on the shape and the mode only, so a run is reproducible.
+    channels-last 1x1 convolution is 2-3x faster than the BLAS GEMM behind ``F.linear`` in fp32 on maps of
+    8x8 positions and more on AMD EPYCs, and the NHWC input is already in its layout: no copy. On the tiny
+    maps of late stages at proxy resolutions (4x4, 2x2) it is the other way round, by 1.2-2x in training
+    (benchmarks/RESULTS.md), so those take ``F.linear``: a rule by shape and mode only, so a training run is
+    reproducible. In CPU inference (eager) the faster route is timed per shape, dtype and thread count
+    instead (`scaling._pointwise_route`): it differs between machine kinds and between fp32 and bf16.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bound = _GEMM_MAX_POSITIONS_INFERENCE if is_cpu_inference(x, self) else _GEMM_MAX_POSITIONS
-        if x.ndim != 4 or x.shape[1] * x.shape[2] <= bound:
+        if x.ndim != 4:
             return super().forward(x)
-        out = F.conv2d(_to_nchw(x), self.weight.view(*self.weight.shape, 1, 1), self.bias)
-        return _to_nhwc(out)
+        if is_cpu_inference(x, self) and is_eager() and timed_choice_enabled():
+            takes_gemm = gemm_is_faster(self._route_key(x), lambda: self._as_conv(x), lambda: self._as_gemm(x))
+        else:
+            bound = _GEMM_MAX_POSITIONS_INFERENCE if is_cpu_inference(x, self) else _GEMM_MAX_POSITIONS
+            takes_gemm = x.shape[1] * x.shape[2] <= bound
+        return self._as_gemm(x) if takes_gemm else self._as_conv(x)
+
+    def _as_gemm(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def _as_conv(self, x: torch.Tensor) -> torch.Tensor:
+        return _to_nhwc(F.conv2d(_to_nchw(x), self.weight.view(*self.weight.shape, 1, 1), self.bias))
+
+    def _route_key(self, x: torch.Tensor) -> tuple[object, ...]:
+        """What the faster route depends on: the shapes and dtypes, autocast's dtype, the thread count."""
+        autocast = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+        return (tuple(x.shape), x.dtype, x.is_contiguous(), tuple(self.weight.shape), self.weight.dtype,
+                self.bias is not None, autocast, torch.get_num_threads())
 
 
 class ConvGeluBn(nn.Module):

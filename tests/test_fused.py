@@ -726,12 +726,14 @@ def _conv_ops(fn) -> set[str]:
 
 
 @pytest.mark.parametrize("size,inference_takes_gemm", [(7, True), (8, True), (9, False), (14, False)])
-def test_pointwise_linear_takes_the_gemm_on_small_maps_in_cpu_inference(size: int,
-                                                                        inference_takes_gemm: bool) -> None:
-    """Structural: in CPU inference maps up to 8x8 run as ``F.linear`` (no convolution op), larger ones as
-    a 1x1 conv; in training maps above 4x4 stay convolutions. Every path equals ``nn.Linear``'s own."""
+def test_pointwise_linear_keeps_the_shape_rule_when_asked(size: int, inference_takes_gemm: bool,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Structural: with ``CMT_SCALE_POINTWISE_ROUTE=rule`` CPU inference runs maps up to 8x8 as ``F.linear``
+    (no convolution op) and larger ones as a 1x1 conv; training always keeps its rule (maps above 4x4 stay
+    convolutions). Every path equals ``nn.Linear``'s own."""
     from scaling._blocks import PointwiseLinear
 
+    monkeypatch.setenv("CMT_SCALE_POINTWISE_ROUTE", "rule")
     torch.manual_seed(size)
     layer = PointwiseLinear(48, 80)
     reference = nn.Linear(48, 80)
@@ -743,5 +745,73 @@ def test_pointwise_linear_takes_the_gemm_on_small_maps_in_cpu_inference(size: in
         assert bool(_conv_ops(lambda: layer(x))) != inference_takes_gemm
         torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
         layer.train()
+        monkeypatch.setenv("CMT_SCALE_POINTWISE_ROUTE", "timed")  # no effect on training
         assert _conv_ops(lambda: layer(x))  # training: the conv above 4x4, whatever the mode of autograd
         torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture()
+def fresh_routes(monkeypatch: pytest.MonkeyPatch):
+    """The timed routing with no choice made yet in this process."""
+    from scaling import _pointwise_route
+
+    monkeypatch.setenv("CMT_SCALE_POINTWISE_ROUTE", "timed")
+    monkeypatch.setattr(_pointwise_route, "_chosen", {})
+    return _pointwise_route
+
+
+@pytest.mark.parametrize("slow", ["conv", "gemm"])
+def test_the_timed_route_is_the_faster_one_and_is_timed_once_per_key(slow: str, fresh_routes) -> None:
+    """A candidate that sleeps 20 ms a call against one that does not: the other wins, each runs once untimed
+    and `_TIMED_ROUNDS` times timed on the first call with a key, and never again for that key."""
+    import time
+
+    calls = Counter()
+
+    def candidate(name: str):
+        def run() -> torch.Tensor:
+            calls[name] += 1
+            if name == slow:
+                time.sleep(0.02)
+            return torch.zeros(1)
+        return run
+
+    conv, gemm = candidate("conv"), candidate("gemm")
+    assert fresh_routes.gemm_is_faster("key", conv, gemm) == (slow == "conv")
+    assert calls == {"conv": 1 + fresh_routes._TIMED_ROUNDS, "gemm": 1 + fresh_routes._TIMED_ROUNDS}
+    assert fresh_routes.gemm_is_faster("key", conv, gemm) == (slow == "conv")
+    assert calls == {"conv": 1 + fresh_routes._TIMED_ROUNDS, "gemm": 1 + fresh_routes._TIMED_ROUNDS}
+    assert fresh_routes.chosen_routes() == {"key": "gemm" if slow == "conv" else "conv"}
+
+
+def test_a_layer_runs_the_route_chosen_for_its_shape(fresh_routes) -> None:
+    """Structural: in CPU inference a layer's shape gets one timed choice (dtype, autocast and thread count in
+    its key) and the forward then runs that route's op; both routes equal ``nn.Linear``'s output."""
+    from scaling._blocks import PointwiseLinear
+
+    torch.manual_seed(0)
+    layer = PointwiseLinear(48, 80).eval()
+    reference = nn.Linear(48, 80)
+    reference.load_state_dict(layer.state_dict())
+    x = torch.randn(2, 14, 14, 48)
+    with torch.no_grad():
+        expected = reference(x)
+        torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+        (key, route), = fresh_routes.chosen_routes().items()
+        assert key == layer._route_key(x) and (2, 14, 14, 48) in key and torch.get_num_threads() in key
+        assert bool(_conv_ops(lambda: layer(x))) == (route == "conv")
+        for forced in (True, False):  # whichever the timing picks, the output is nn.Linear's
+            fresh_routes._chosen[key] = forced
+            assert bool(_conv_ops(lambda: layer(x))) != forced
+            torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            layer(x)
+    assert len(fresh_routes.chosen_routes()) == 2  # autocast's dtype is part of the key
+
+
+def test_an_unknown_route_mode_is_named_in_the_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from scaling._pointwise_route import timed_choice_enabled
+
+    monkeypatch.setenv("CMT_SCALE_POINTWISE_ROUTE", "fastest")
+    with pytest.raises(ValueError, match=r"CMT_SCALE_POINTWISE_ROUTE='fastest' is not one of: timed, rule"):
+        timed_choice_enabled()

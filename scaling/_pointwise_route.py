@@ -1,0 +1,72 @@
+"""Which of two equal computations runs a 1x1 projection in CPU inference: oneDNN's channels-last 1x1
+convolution or the GEMM behind ``F.linear``, chosen per shape by timing both once in the process, as cuDNN's
+benchmark mode chooses its algorithms.
+
+Why by measurement: the faster one depends on the machine kind, the dtype and the shape, and no fixed rule
+holds across them. On an AMD EPYC Zen 5 in fp32, oneDNN's convolution runs CMT-S's shapes at about twice
+the rate of the BLAS GEMM (150-210 against 75-100 GMAC/s), while in bf16 autocast both are oneDNN and the
+GEMM wins by 1.2-1.5x on 14x14 maps at batch 1 (the conv on a 7x7 map at batch 1 even falls to PyTorch's
+im2col path); on an Intel Xeon, where the BLAS GEMM runs near the fp32 peak, the balance is different
+again. A fixed rule measured on one kind is wrong on another (benchmarks/RESULTS.md).
+
+Each choice is made on the first call with a new key (input shape and dtype, weight shape, autocast dtype,
+thread count): one warm-up call of each (oneDNN builds its primitive on the first), then `_TIMED_ROUNDS`
+interleaved calls of each, and the faster best time wins; the choice holds for the rest of the process.
+That costs a few milliseconds per new shape on the first forward. Both routes compute the same products,
+so outputs differ by float rounding only (tested at 1e-5 in fp32); where reproducibility to the last bit
+across processes matters, ``CMT_SCALE_POINTWISE_ROUTE=rule`` keeps the fixed shape rule of
+`scaling._blocks.PointwiseLinear` in inference too. Training, tracing and ``torch.compile`` always use it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Hashable
+
+import torch
+
+__all__ = ["ROUTE_MODES", "chosen_routes", "gemm_is_faster", "timed_choice_enabled"]
+
+ROUTE_MODES = ("timed", "rule")
+_ENV_SWITCH = "CMT_SCALE_POINTWISE_ROUTE"
+_TIMED_ROUNDS = 3
+
+_chosen: dict[Hashable, bool] = {}  # key -> the GEMM was faster
+
+
+def timed_choice_enabled() -> bool:
+    """Whether CPU inference times the two routes (``CMT_SCALE_POINTWISE_ROUTE=timed``, the default) or keeps
+    the fixed shape rule (``=rule``)."""
+    mode = os.environ.get(_ENV_SWITCH, "timed").strip().lower() or "timed"
+    if mode not in ROUTE_MODES:
+        raise ValueError(f"{_ENV_SWITCH}={mode!r} is not one of: {', '.join(ROUTE_MODES)}")
+    return mode == "timed"
+
+
+def chosen_routes() -> dict[Hashable, str]:
+    """The choices made so far in this process, key -> ``"conv"`` or ``"gemm"`` (what a benchmark reports)."""
+    return {key: "gemm" if gemm else "conv" for key, gemm in _chosen.items()}
+
+
+def _best_times(candidates: tuple[Callable[[], torch.Tensor], ...]) -> list[float]:
+    """Each candidate's best wall time over `_TIMED_ROUNDS` interleaved calls, after one untimed call each."""
+    for run in candidates:
+        run()
+    best = [math.inf] * len(candidates)
+    for _ in range(_TIMED_ROUNDS):
+        for i, run in enumerate(candidates):
+            start = time.perf_counter()
+            run()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best
+
+
+def gemm_is_faster(key: Hashable, conv: Callable[[], torch.Tensor], gemm: Callable[[], torch.Tensor]) -> bool:
+    """Whether ``gemm`` is the faster route for ``key``, timed on the first call with this key (both run a
+    few times) and kept for the process."""
+    if key not in _chosen:
+        conv_time, gemm_time = _best_times((conv, gemm))
+        _chosen[key] = gemm_time < conv_time
+    return _chosen[key]
