@@ -25,7 +25,7 @@ from ._fused import (
     lightweight_attention,
     patch_linear,
 )
-from ._pointwise_route import gemm_is_faster, timed_choice_enabled
+from ._pointwise_route import gemm_is_faster, recorded_choice, route_key, timed_choice_enabled
 from ._position_bias import resize_position_bias
 
 __all__ = ["CMTBlock", "CMTStage", "ConvGeluBn", "InvertedResidualFFN", "LightweightAttention", "PatchMerging",
@@ -63,16 +63,23 @@ class PointwiseLinear(nn.Linear):
     8x8 positions and more on AMD EPYCs, and the NHWC input is already in its layout: no copy. On the tiny
     maps of late stages at proxy resolutions (4x4, 2x2) it is the other way round, by 1.2-2x in training
     (benchmarks/RESULTS.md), so those take ``F.linear``: a rule by shape and mode only, so a training run is
-    reproducible. In CPU inference (eager) the faster route is timed per shape, dtype and thread count
-    instead (`scaling._pointwise_route`): it differs between machine kinds and between fp32 and bf16.
+    reproducible. In CPU inference the faster route is timed per shape, dtype and thread count instead
+    (`scaling._pointwise_route`; a compiled graph takes the eager choice): it differs between machine kinds
+    and between fp32 and bf16.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4:
             return super().forward(x)
-        if is_cpu_inference(x, self) and is_eager() and timed_choice_enabled():
-            takes_gemm = gemm_is_faster(self._route_key(x), lambda: self._as_conv(x), lambda: self._as_gemm(x))
-        else:
+        takes_gemm = None
+        if is_cpu_inference(x, self) and timed_choice_enabled():
+            parts = (tuple(x.shape), x.dtype, x.is_contiguous(), tuple(self.weight.shape), self.weight.dtype,
+                     self.bias is not None)
+            if is_eager():
+                takes_gemm = gemm_is_faster(route_key(*parts), lambda: self._as_conv(x), lambda: self._as_gemm(x))
+            else:  # tracing or compiling: the choice made eagerly earlier, if any
+                takes_gemm = recorded_choice(*parts)
+        if takes_gemm is None:
             bound = _GEMM_MAX_POSITIONS_INFERENCE if is_cpu_inference(x, self) else _GEMM_MAX_POSITIONS
             takes_gemm = x.shape[1] * x.shape[2] <= bound
         return self._as_gemm(x) if takes_gemm else self._as_conv(x)
@@ -82,12 +89,6 @@ class PointwiseLinear(nn.Linear):
 
     def _as_conv(self, x: torch.Tensor) -> torch.Tensor:
         return _to_nhwc(F.conv2d(_to_nchw(x), self.weight.view(*self.weight.shape, 1, 1), self.bias))
-
-    def _route_key(self, x: torch.Tensor) -> tuple[object, ...]:
-        """What the faster route depends on: the shapes and dtypes, autocast's dtype, the thread count."""
-        autocast = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
-        return (tuple(x.shape), x.dtype, x.is_contiguous(), tuple(self.weight.shape), self.weight.dtype,
-                self.bias is not None, autocast, torch.get_num_threads())
 
 
 class ConvGeluBn(nn.Module):

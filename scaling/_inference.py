@@ -66,11 +66,16 @@ class _FrozenCompiled(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.compiled = torch.compile(model, options={"freezing": True})
+        self._eager = (model,)  # the same module, unregistered (its parameters are the compiled copy's)
+        self._routes_recorded = False
         self.eval()  # an inference-only copy says so (a new Module starts in training mode)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         from torch._inductor import config as inductor_config
 
+        if not self._routes_recorded:  # one eager forward first: the 1x1 routes it times are what the trace takes
+            self._eager[0](*args, **kwargs)
+            self._routes_recorded = True
         with inductor_config.patch(freezing=True):
             return self.compiled(*args, **kwargs)
 

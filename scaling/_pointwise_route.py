@@ -15,7 +15,10 @@ interleaved calls of each, and the faster best time wins; the choice holds for t
 That costs a few milliseconds per new shape on the first forward. Both routes compute the same products,
 so outputs differ by float rounding only (tested at 1e-5 in fp32); where reproducibility to the last bit
 across processes matters, ``CMT_SCALE_POINTWISE_ROUTE=rule`` keeps the fixed shape rule of
-`scaling._blocks.PointwiseLinear` in inference too. Training, tracing and ``torch.compile`` always use it.
+`scaling._blocks.PointwiseLinear` in inference too. Training always uses it. ``torch.compile`` cannot time
+while it traces, so there a layer takes the route chosen for its key earlier in the process
+(`recorded_choice`, a constant to Dynamo), and the rule where none was: `fuse_for_inference(compile=True)`
+runs one eager forward before its first compiled call so that the trace finds them.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from collections.abc import Callable, Hashable
 
 import torch
 
-__all__ = ["ROUTE_MODES", "chosen_routes", "gemm_is_faster", "timed_choice_enabled"]
+__all__ = ["ROUTE_MODES", "chosen_routes", "gemm_is_faster", "recorded_choice", "route_key", "timed_choice_enabled"]
 
 ROUTE_MODES = ("timed", "rule")
 _ENV_SWITCH = "CMT_SCALE_POINTWISE_ROUTE"
@@ -43,6 +46,22 @@ def timed_choice_enabled() -> bool:
     if mode not in ROUTE_MODES:
         raise ValueError(f"{_ENV_SWITCH}={mode!r} is not one of: {', '.join(ROUTE_MODES)}")
     return mode == "timed"
+
+
+def route_key(shape: tuple[int, ...], dtype: torch.dtype, contiguous: bool, weight_shape: tuple[int, ...],
+              weight_dtype: torch.dtype, has_bias: bool) -> tuple[Hashable, ...]:
+    """What the faster route depends on: the input's shape, dtype and layout, the weight's shape and dtype,
+    autocast's dtype on the CPU (None when off) and the thread count."""
+    autocast = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+    return (shape, dtype, contiguous, weight_shape, weight_dtype, has_bias, autocast, torch.get_num_threads())
+
+
+@torch.compiler.assume_constant_result
+def recorded_choice(shape: tuple[int, ...], dtype: torch.dtype, contiguous: bool, weight_shape: tuple[int, ...],
+                    weight_dtype: torch.dtype, has_bias: bool) -> bool | None:
+    """The choice already made for this `route_key` (True: the GEMM), or None; under ``torch.compile`` a
+    constant of the trace, so the compiled graph holds the route the eager timing chose."""
+    return _chosen.get(route_key(shape, dtype, contiguous, weight_shape, weight_dtype, has_bias))
 
 
 def chosen_routes() -> dict[Hashable, str]:

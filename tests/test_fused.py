@@ -798,7 +798,8 @@ def test_a_layer_runs_the_route_chosen_for_its_shape(fresh_routes) -> None:
         expected = reference(x)
         torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
         (key, route), = fresh_routes.chosen_routes().items()
-        assert key == layer._route_key(x) and (2, 14, 14, 48) in key and torch.get_num_threads() in key
+        assert key == fresh_routes.route_key((2, 14, 14, 48), torch.float32, True, (80, 48), torch.float32, True)
+        assert torch.get_num_threads() in key
         assert bool(_conv_ops(lambda: layer(x))) == (route == "conv")
         for forced in (True, False):  # whichever the timing picks, the output is nn.Linear's
             fresh_routes._chosen[key] = forced
@@ -807,6 +808,35 @@ def test_a_layer_runs_the_route_chosen_for_its_shape(fresh_routes) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             layer(x)
     assert len(fresh_routes.chosen_routes()) == 2  # autocast's dtype is part of the key
+
+
+@pytest.mark.parametrize("recorded", [True, False, None])
+def test_a_compiled_layer_takes_the_route_chosen_eagerly(recorded: bool | None, fresh_routes) -> None:
+    """Structural, under ``torch.compile`` (graph captured by a recording backend, nothing compiled): the
+    traced graph holds the GEMM or the conv as recorded for the layer's key, and the shape rule (14x14: the
+    conv) where nothing was recorded; no graph break either way."""
+    import torch._dynamo
+    from scaling._blocks import PointwiseLinear
+
+    layer = PointwiseLinear(48, 80).eval()
+    x = torch.randn(1, 14, 14, 48)
+    if recorded is not None:
+        key = fresh_routes.route_key(tuple(x.shape), x.dtype, True, (80, 48), torch.float32, True)
+        fresh_routes._chosen[key] = recorded
+    graphs: list[set[str]] = []
+
+    def recording_backend(gm: torch.fx.GraphModule, _inputs):
+        graphs.append({str(getattr(node.target, "__name__", node.target)) for node in gm.graph.nodes
+                       if node.op == "call_function"})
+        return gm
+
+    torch._dynamo.reset()
+    with torch.no_grad():
+        out = torch.compile(layer, backend=recording_backend)(x)
+        torch.testing.assert_close(out, nn.functional.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+    torch._dynamo.reset()
+    assert len(graphs) == 1
+    assert ("linear" in graphs[0]) == bool(recorded) and ("conv2d" in graphs[0]) == (not recorded)
 
 
 def test_an_unknown_route_mode_is_named_in_the_error(monkeypatch: pytest.MonkeyPatch) -> None:
