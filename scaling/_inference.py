@@ -91,7 +91,8 @@ def fuse_for_inference(model: CMT, channels_last: bool = True, compile: bool = F
     is the fast path for bf16 autocast on CPUs with native bf16: CMT-S at batch 1 went from 38.8 to 28.8 ms
     on an AMD EPYC Zen 5, where compiling without freezing made it slower than eager (52.9 ms;
     benchmarks/RESULTS.md). In fp32 the eager copy with the inference kernels is about as fast (within 3%). The
-    first call pays the compilation (about a minute for CMT-S on 2 cores). The copy's weights are frozen
+    first call pays the compilation (about a minute for CMT-S on 2 cores), after one eager forward that times
+    the 1x1 projections' routes for the trace to take (`scaling._pointwise_route`). The copy's weights are frozen
     into the compiled graph: fuse again after changing the model. ``tune_allocator`` (default) calls
     `tune_cpu_allocator`, which keeps freed activation memory in the process: process-wide, see
     `scaling._allocator`. The original model is not changed.

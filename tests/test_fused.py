@@ -815,7 +815,6 @@ def test_a_compiled_layer_takes_the_route_chosen_eagerly(recorded: bool | None, 
     """Structural, under ``torch.compile`` (graph captured by a recording backend, nothing compiled): the
     traced graph holds the GEMM or the conv as recorded for the layer's key, and the shape rule (14x14: the
     conv) where nothing was recorded; no graph break either way."""
-    import torch._dynamo
     from scaling._blocks import PointwiseLinear
 
     layer = PointwiseLinear(48, 80).eval()
@@ -830,11 +829,11 @@ def test_a_compiled_layer_takes_the_route_chosen_eagerly(recorded: bool | None, 
                        if node.op == "call_function"})
         return gm
 
-    torch._dynamo.reset()
+    torch.compiler.reset()
     with torch.no_grad():
         out = torch.compile(layer, backend=recording_backend)(x)
         torch.testing.assert_close(out, nn.functional.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
-    torch._dynamo.reset()
+    torch.compiler.reset()
     assert len(graphs) == 1
     assert ("linear" in graphs[0]) == bool(recorded) and ("conv2d" in graphs[0]) == (not recorded)
 
