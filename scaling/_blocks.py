@@ -71,17 +71,17 @@ class PointwiseLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4:
             return super().forward(x)
-        takes_gemm = None
-        if is_cpu_inference(x, self) and timed_choice_enabled():
+        inference = is_cpu_inference(x, self)
+        takes_gemm = x.shape[1] * x.shape[2] <= (_GEMM_MAX_POSITIONS_INFERENCE if inference else _GEMM_MAX_POSITIONS)
+        if inference and timed_choice_enabled():
             parts = (tuple(x.shape), x.dtype, x.is_contiguous(), tuple(self.weight.shape), self.weight.dtype,
                      self.bias is not None)
             if is_eager():
-                takes_gemm = gemm_is_faster(route_key(*parts), lambda: self._as_conv(x), lambda: self._as_gemm(x))
+                takes_gemm = gemm_is_faster(route_key(*parts), lambda: self._as_conv(x), lambda: self._as_gemm(x),
+                                            takes_gemm)
             else:  # tracing or compiling: the choice made eagerly earlier, if any
-                takes_gemm = recorded_choice(*parts)
-        if takes_gemm is None:
-            bound = _GEMM_MAX_POSITIONS_INFERENCE if is_cpu_inference(x, self) else _GEMM_MAX_POSITIONS
-            takes_gemm = x.shape[1] * x.shape[2] <= bound
+                recorded = recorded_choice(*parts)
+                takes_gemm = takes_gemm if recorded is None else recorded
         return self._as_gemm(x) if takes_gemm else self._as_conv(x)
 
     def _as_gemm(self, x: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,9 @@ again. A fixed rule measured on one kind is wrong on another (benchmarks/RESULTS
 
 Each choice is made on the first call with a new key (input shape and dtype, weight shape, autocast dtype,
 thread count): one warm-up call of each (oneDNN builds its primitive on the first), then `_TIMED_ROUNDS`
-interleaved calls of each, and the faster best time wins; the choice holds for the rest of the process.
+interleaved calls of each; the fixed rule's route stays unless the other's best time is at least
+`_MARGIN` shorter, so that near-equal routes (timing noise decides between them) go the same way in every
+process. The choice holds for the rest of the process.
 That costs a few milliseconds per new shape on the first forward. Both routes compute the same products,
 so outputs differ by float rounding only (tested at 1e-5 in fp32); where reproducibility to the last bit
 across processes matters, ``CMT_SCALE_POINTWISE_ROUTE=rule`` keeps the fixed shape rule of
@@ -35,6 +37,7 @@ __all__ = ["ROUTE_MODES", "chosen_routes", "gemm_is_faster", "recorded_choice", 
 ROUTE_MODES = ("timed", "rule")
 _ENV_SWITCH = "CMT_SCALE_POINTWISE_ROUTE"
 _TIMED_ROUNDS = 3
+_MARGIN = 0.05  # the other route must be 5% faster to replace the rule's
 
 _chosen: dict[Hashable, bool] = {}  # key -> the GEMM was faster
 
@@ -82,10 +85,15 @@ def _best_times(candidates: tuple[Callable[[], torch.Tensor], ...]) -> list[floa
     return best
 
 
-def gemm_is_faster(key: Hashable, conv: Callable[[], torch.Tensor], gemm: Callable[[], torch.Tensor]) -> bool:
-    """Whether ``gemm`` is the faster route for ``key``, timed on the first call with this key (both run a
-    few times) and kept for the process."""
+def gemm_is_faster(key: Hashable, conv: Callable[[], torch.Tensor], gemm: Callable[[], torch.Tensor],
+                   rule_takes_gemm: bool) -> bool:
+    """Whether ``gemm`` is the route for ``key``, timed on the first call with this key (both run a few
+    times) and kept for the process: the rule's route (``rule_takes_gemm``) unless the other is `_MARGIN`
+    faster."""
     if key not in _chosen:
         conv_time, gemm_time = _best_times((conv, gemm))
-        _chosen[key] = gemm_time < conv_time
+        if rule_takes_gemm:
+            _chosen[key] = not conv_time < (1 - _MARGIN) * gemm_time
+        else:
+            _chosen[key] = gemm_time < (1 - _MARGIN) * conv_time
     return _chosen[key]

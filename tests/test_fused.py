@@ -760,10 +760,13 @@ def fresh_routes(monkeypatch: pytest.MonkeyPatch):
     return _pointwise_route
 
 
+@pytest.mark.parametrize("rule_takes_gemm", [True, False])
 @pytest.mark.parametrize("slow", ["conv", "gemm"])
-def test_the_timed_route_is_the_faster_one_and_is_timed_once_per_key(slow: str, fresh_routes) -> None:
-    """A candidate that sleeps 20 ms a call against one that does not: the other wins, each runs once untimed
-    and `_TIMED_ROUNDS` times timed on the first call with a key, and never again for that key."""
+def test_the_timed_route_is_the_faster_one_and_is_timed_once_per_key(slow: str, rule_takes_gemm: bool,
+                                                                      fresh_routes) -> None:
+    """A candidate that sleeps 20 ms a call against one that does not: the other wins whatever the rule
+    says, each runs once untimed and `_TIMED_ROUNDS` times timed on the first call with a key, and never
+    again for that key."""
     import time
 
     calls = Counter()
@@ -777,11 +780,20 @@ def test_the_timed_route_is_the_faster_one_and_is_timed_once_per_key(slow: str, 
         return run
 
     conv, gemm = candidate("conv"), candidate("gemm")
-    assert fresh_routes.gemm_is_faster("key", conv, gemm) == (slow == "conv")
-    assert calls == {"conv": 1 + fresh_routes._TIMED_ROUNDS, "gemm": 1 + fresh_routes._TIMED_ROUNDS}
-    assert fresh_routes.gemm_is_faster("key", conv, gemm) == (slow == "conv")
-    assert calls == {"conv": 1 + fresh_routes._TIMED_ROUNDS, "gemm": 1 + fresh_routes._TIMED_ROUNDS}
+    for _ in range(2):
+        assert fresh_routes.gemm_is_faster("key", conv, gemm, rule_takes_gemm) == (slow == "conv")
+        assert calls == {"conv": 1 + fresh_routes._TIMED_ROUNDS, "gemm": 1 + fresh_routes._TIMED_ROUNDS}
     assert fresh_routes.chosen_routes() == {"key": "gemm" if slow == "conv" else "conv"}
+
+
+@pytest.mark.parametrize("rule_takes_gemm", [True, False])
+def test_near_equal_routes_keep_the_rule(rule_takes_gemm: bool, fresh_routes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Best times 1% apart (inside the margin, either way round): the rule's route stays, so noise cannot
+    send a shape different ways in different processes."""
+    for conv_time, gemm_time in ((1.00, 1.01), (1.01, 1.00)):
+        monkeypatch.setattr(fresh_routes, "_best_times", lambda _candidates: [conv_time, gemm_time])
+        fresh_routes._chosen.clear()
+        assert fresh_routes.gemm_is_faster("key", None, None, rule_takes_gemm) == rule_takes_gemm
 
 
 def test_a_layer_runs_the_route_chosen_for_its_shape(fresh_routes) -> None:
