@@ -6,7 +6,7 @@ patch merging, and the stem's conv + GELU + BatchNorm. Activations stay channels
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Final
+from typing import Any, Final
 
 import torch
 import torch.nn as nn
@@ -25,7 +25,7 @@ from ._fused import (
     lightweight_attention,
     patch_linear,
 )
-from ._pointwise_route import gemm_is_faster, recorded_choice, route_key, timed_choice_enabled
+from ._pointwise_route import gemm_is_faster, route_key, timed_choice_enabled
 from ._position_bias import resize_position_bias
 
 __all__ = ["CMTBlock", "CMTStage", "ConvGeluBn", "InvertedResidualFFN", "LightweightAttention", "PatchMerging",
@@ -47,10 +47,11 @@ def _to_nhwc(x: torch.Tensor) -> torch.Tensor:
 
 
 # Maps with at most this many positions take the GEMM: there oneDNN's 1x1 convolution loses to it. In CPU
-# inference the route is timed per shape instead (`scaling._pointwise_route`); with the timed choice off, or
-# under torch.compile, the bound there is 8x8, which takes CMT-S's 7x7 maps (stage 4, the reduced keys and
-# values): at batch 1 PyTorch sends a 1x1 conv on a 7x7 map to its im2col fallback (`_slow_conv2d_forward`,
-# about 25 GMAC/s), and at batch 8 oneDNN was 5-25% behind the GEMM on those shapes (benchmarks/RESULTS.md).
+# inference the route is timed per shape instead (`scaling._pointwise_route`), starting from a bound of 8x8,
+# which is also the rule where nothing is timed (the timed choice off, a layer traced before any eager call):
+# it takes CMT-S's 7x7 maps (stage 4, the reduced keys and values): at batch 1 PyTorch sends a 1x1 conv on a
+# 7x7 map to its im2col fallback (`_slow_conv2d_forward`, about 25 GMAC/s), and at batch 8 oneDNN was 5-25%
+# behind the GEMM on those shapes (benchmarks/RESULTS.md).
 _GEMM_MAX_POSITIONS = 16
 _GEMM_MAX_POSITIONS_INFERENCE = 64
 
@@ -64,9 +65,16 @@ class PointwiseLinear(nn.Linear):
     maps of late stages at proxy resolutions (4x4, 2x2) it is the other way round, by 1.2-2x in training
     (benchmarks/RESULTS.md), so those take ``F.linear``: a rule by shape and mode only, so a training run is
     reproducible. In CPU inference the faster route is timed per shape, dtype and thread count instead
-    (`scaling._pointwise_route`; a compiled graph takes the eager choice): it differs between machine kinds
-    and between fp32 and bf16.
+    (`scaling._pointwise_route`; a traced or compiled graph takes the layer's last eager route): it differs
+    between machine kinds and between fp32 and bf16.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The route of the last eager CPU-inference forward (True: the GEMM), which a trace of this layer takes
+        # (`fuse_for_inference(compile=True)` runs an eager forward with the same inputs just before); None
+        # before any: the shape rule.
+        self.eager_route: bool | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4:
@@ -74,14 +82,14 @@ class PointwiseLinear(nn.Linear):
         inference = is_cpu_inference(x, self)
         takes_gemm = x.shape[1] * x.shape[2] <= (_GEMM_MAX_POSITIONS_INFERENCE if inference else _GEMM_MAX_POSITIONS)
         if inference and timed_choice_enabled():
-            parts = (tuple(x.shape), x.dtype, x.is_contiguous(), tuple(self.weight.shape), self.weight.dtype,
-                     self.bias is not None)
-            if is_eager():
-                takes_gemm = gemm_is_faster(route_key(*parts), lambda: self._as_conv(x), lambda: self._as_gemm(x),
-                                            takes_gemm)
-            else:  # tracing or compiling: the choice made eagerly earlier, if any
-                recorded = recorded_choice(*parts)
-                takes_gemm = takes_gemm if recorded is None else recorded
+            if is_eager() and type(x) is torch.Tensor:  # not a fake tensor or another subclass: timings are real
+                key = route_key(tuple(x.shape), x.stride(), x.dtype, tuple(self.weight.shape), self.weight.dtype,
+                                None if self.bias is None else self.bias.dtype)
+                takes_gemm = gemm_is_faster(key, lambda: self._as_conv(x), lambda: self._as_gemm(x), takes_gemm)
+                if self.eager_route is not takes_gemm:
+                    self.eager_route = takes_gemm
+            elif self.eager_route is not None:  # traced or compiled: the route this layer last took eagerly
+                takes_gemm = self.eager_route
         return self._as_gemm(x) if takes_gemm else self._as_conv(x)
 
     def _as_gemm(self, x: torch.Tensor) -> torch.Tensor:

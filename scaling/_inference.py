@@ -67,17 +67,27 @@ class _FrozenCompiled(nn.Module):
         super().__init__()
         self.compiled = torch.compile(model, options={"freezing": True})
         self._eager = (model,)  # the same module, unregistered (its parameters are the compiled copy's)
-        self._routes_recorded = False
+        self._signatures_seen: set[tuple[Any, ...]] = set()
         self.eval()  # an inference-only copy says so (a new Module starts in training mode)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         from torch._inductor import config as inductor_config
 
-        if not self._routes_recorded:  # one eager forward first: the 1x1 routes it times are what the trace takes
+        signature = _call_signature(args, kwargs)
+        if signature not in self._signatures_seen:  # eagerly first: the 1x1 routes it times are what a trace takes
             self._eager[0](*args, **kwargs)
-            self._routes_recorded = True
+            self._signatures_seen.add(signature)
         with inductor_config.patch(freezing=True):
             return self.compiled(*args, **kwargs)
+
+
+def _call_signature(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """What a new trace (and new 1x1 routes) may depend on: the tensors' shapes, strides and dtypes, the grad
+    and autocast modes, the thread count."""
+    tensors = [value for value in (*args, *kwargs.values()) if isinstance(value, torch.Tensor)]
+    autocast = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+    return (tuple((tuple(t.shape), t.stride(), t.dtype) for t in tensors), torch.is_grad_enabled(),
+            torch.is_inference_mode_enabled(), autocast, torch.get_num_threads())
 
 
 @torch.no_grad()

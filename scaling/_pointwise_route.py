@@ -9,22 +9,30 @@ GEMM wins by 1.2-1.5x on 14x14 maps at batch 1 (the conv on a 7x7 map at batch 1
 im2col path); on an Intel Xeon, where the BLAS GEMM runs near the fp32 peak, the balance is different
 again. A fixed rule measured on one kind is wrong on another (benchmarks/RESULTS.md).
 
-Each choice is made on the first call with a new key (input shape and dtype, weight shape, autocast dtype,
-thread count): one warm-up call of each (oneDNN builds its primitive on the first), then `_TIMED_ROUNDS`
-interleaved calls of each; the fixed rule's route stays unless the other's best time is at least
-`_MARGIN` shorter, so that near-equal routes (timing noise decides between them) go the same way in every
-process. The choice holds for the rest of the process.
-That costs a few milliseconds per new shape on the first forward. Both routes compute the same products,
-so outputs differ by float rounding only (tested at 1e-5 in fp32); where reproducibility to the last bit
-across processes matters, ``CMT_SCALE_POINTWISE_ROUTE=rule`` keeps the fixed shape rule of
-`scaling._blocks.PointwiseLinear` in inference too. Training always uses it. ``torch.compile`` cannot time
-while it traces, so there a layer takes the route chosen for its key earlier in the process
-(`recorded_choice`, a constant to Dynamo), and the rule where none was: `fuse_for_inference(compile=True)`
-runs one eager forward before its first compiled call so that the trace finds them.
+Each choice is made on the first call with a new key (`route_key`: the input's shape, strides and dtype,
+the weight's shape and dtype, the bias, autocast's dtype, the thread count): one warm-up call of each
+(oneDNN builds its primitive on the first), then `_TIMED_ROUNDS` interleaved calls of each, with autocast's
+weight-cast cache off (it would spare ``F.linear``'s leaf weight the cast but not the conv's reshaped view,
+and under ``torch.inference_mode`` it is not used at all); the fixed rule's route stays unless the other's
+best time is at least `_MARGIN` shorter, so that near-equal routes (timing noise decides between them) go
+the same way in every process. The choice holds for the rest of the process. That costs a few
+milliseconds per new shape on the first forward (140 against 91 ms for CMT-S's first forward at batch 1),
+once per batch size and resolution; the table holds one entry per shape met. Two threads meeting a new
+shape at once may both time it; either result is a valid choice.
+
+Both routes compute the same products, so outputs differ by float rounding only (tested at 1e-5 in fp32);
+where reproducibility to the last bit across processes matters, ``CMT_SCALE_POINTWISE_ROUTE=rule`` keeps the
+fixed shape rule of `scaling._blocks.PointwiseLinear` in inference too. Training always uses it, and so do
+tensor subclasses (fake tensors among them). ``torch.compile`` cannot time while it traces, so a traced layer
+takes the route of its last eager inference forward (`scaling._blocks.PointwiseLinear.eager_route`, a plain
+attribute Dynamo reads like any other, whatever the shapes), and the rule before any; a compiled graph keeps
+the route it was traced with. `fuse_for_inference(compile=True)` runs one eager forward for each new input
+signature just before the compiled call, so that a trace takes the routes timed for those very inputs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -32,7 +40,7 @@ from collections.abc import Callable, Hashable
 
 import torch
 
-__all__ = ["ROUTE_MODES", "chosen_routes", "gemm_is_faster", "recorded_choice", "route_key", "timed_choice_enabled"]
+__all__ = ["ROUTE_MODES", "chosen_routes", "gemm_is_faster", "route_key", "timed_choice_enabled"]
 
 ROUTE_MODES = ("timed", "rule")
 _ENV_SWITCH = "CMT_SCALE_POINTWISE_ROUTE"
@@ -51,20 +59,12 @@ def timed_choice_enabled() -> bool:
     return mode == "timed"
 
 
-def route_key(shape: tuple[int, ...], dtype: torch.dtype, contiguous: bool, weight_shape: tuple[int, ...],
-              weight_dtype: torch.dtype, has_bias: bool) -> tuple[Hashable, ...]:
-    """What the faster route depends on: the input's shape, dtype and layout, the weight's shape and dtype,
-    autocast's dtype on the CPU (None when off) and the thread count."""
+def route_key(shape: tuple[int, ...], strides: tuple[int, ...], dtype: torch.dtype, weight_shape: tuple[int, ...],
+              weight_dtype: torch.dtype, bias_dtype: torch.dtype | None) -> tuple[Hashable, ...]:
+    """What the faster route depends on: the input's shape, layout and dtype, the weight's shape and dtype,
+    the bias's dtype (None: no bias), autocast's dtype on the CPU (None when off) and the thread count."""
     autocast = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
-    return (shape, dtype, contiguous, weight_shape, weight_dtype, has_bias, autocast, torch.get_num_threads())
-
-
-@torch.compiler.assume_constant_result
-def recorded_choice(shape: tuple[int, ...], dtype: torch.dtype, contiguous: bool, weight_shape: tuple[int, ...],
-                    weight_dtype: torch.dtype, has_bias: bool) -> bool | None:
-    """The choice already made for this `route_key` (True: the GEMM), or None; under ``torch.compile`` a
-    constant of the trace, so the compiled graph holds the route the eager timing chose."""
-    return _chosen.get(route_key(shape, dtype, contiguous, weight_shape, weight_dtype, has_bias))
+    return (shape, strides, dtype, weight_shape, weight_dtype, bias_dtype, autocast, torch.get_num_threads())
 
 
 def chosen_routes() -> dict[Hashable, str]:
@@ -72,16 +72,25 @@ def chosen_routes() -> dict[Hashable, str]:
     return {key: "gemm" if gemm else "conv" for key, gemm in _chosen.items()}
 
 
+def _without_cast_cache() -> contextlib.AbstractContextManager:
+    """Autocast as it is, minus its weight-cast cache: both routes then pay the cast, as each forward does
+    under ``inference_mode`` or in a fresh autocast region."""
+    if not torch.is_autocast_enabled("cpu"):
+        return contextlib.nullcontext()
+    return torch.autocast("cpu", dtype=torch.get_autocast_dtype("cpu"), cache_enabled=False)
+
+
 def _best_times(candidates: tuple[Callable[[], torch.Tensor], ...]) -> list[float]:
     """Each candidate's best wall time over `_TIMED_ROUNDS` interleaved calls, after one untimed call each."""
-    for run in candidates:
-        run()
-    best = [math.inf] * len(candidates)
-    for _ in range(_TIMED_ROUNDS):
-        for i, run in enumerate(candidates):
-            start = time.perf_counter()
+    with _without_cast_cache():
+        for run in candidates:
             run()
-            best[i] = min(best[i], time.perf_counter() - start)
+        best = [math.inf] * len(candidates)
+        for _ in range(_TIMED_ROUNDS):
+            for i, run in enumerate(candidates):
+                start = time.perf_counter()
+                run()
+                best[i] = min(best[i], time.perf_counter() - start)
     return best
 
 

@@ -668,6 +668,7 @@ def test_the_compiled_frozen_inference_copy_equals_the_eval_model() -> None:
     constants) gives the eval-mode model's logits within 1e-4 in fp32, and agrees with it on the top-1 class
     under bf16 autocast for nearly every input. Slow: the compilation takes a minute."""
     from scaling import fuse_for_inference
+    from scaling._pointwise_route import chosen_routes
 
     cfg, model = _random_eval_cmt(7)
     x = torch.randn(16, cfg.in_chans, cfg.img_size, cfg.img_size)
@@ -678,6 +679,8 @@ def test_the_compiled_frozen_inference_copy_equals_the_eval_model() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = compiled(x).float()
         reference = model(x)
+    # each new call signature got its eager forward first: the bf16 trace found routes timed under autocast
+    assert any(key[6] == torch.bfloat16 for key in chosen_routes())
     assert (low.argmax(-1) == reference.argmax(-1)).float().mean().item() >= 0.8
     _close(low, reference, 5e-2)
 
@@ -810,7 +813,8 @@ def test_a_layer_runs_the_route_chosen_for_its_shape(fresh_routes) -> None:
         expected = reference(x)
         torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
         (key, route), = fresh_routes.chosen_routes().items()
-        assert key == fresh_routes.route_key((2, 14, 14, 48), torch.float32, True, (80, 48), torch.float32, True)
+        assert key == fresh_routes.route_key((2, 14, 14, 48), x.stride(), torch.float32, (80, 48), torch.float32,
+                                             torch.float32)
         assert torch.get_num_threads() in key
         assert bool(_conv_ops(lambda: layer(x))) == (route == "conv")
         for forced in (True, False):  # whichever the timing picks, the output is nn.Linear's
@@ -822,32 +826,54 @@ def test_a_layer_runs_the_route_chosen_for_its_shape(fresh_routes) -> None:
     assert len(fresh_routes.chosen_routes()) == 2  # autocast's dtype is part of the key
 
 
-@pytest.mark.parametrize("recorded", [True, False, None])
-def test_a_compiled_layer_takes_the_route_chosen_eagerly(recorded: bool | None, fresh_routes) -> None:
-    """Structural, under ``torch.compile`` (graph captured by a recording backend, nothing compiled): the
-    traced graph holds the GEMM or the conv as recorded for the layer's key, and the shape rule (14x14: the
-    conv) where nothing was recorded; no graph break either way."""
+@pytest.mark.parametrize("dynamic", [False, True])
+@pytest.mark.parametrize("timed", ["gemm", "conv", None])
+def test_a_compiled_layer_takes_its_last_eager_route(timed: str | None, dynamic: bool, fresh_routes) -> None:
+    """Structural, under ``torch.compile(fullgraph=True)`` (graph captured by a recording backend, nothing
+    compiled; a graph break would raise), static or symbolic shapes: after an eager inference forward the
+    traced graph holds the route that forward took (the timing's result set by hand here), and before any
+    the shape rule (14x14: the conv)."""
     from scaling._blocks import PointwiseLinear
 
     layer = PointwiseLinear(48, 80).eval()
     x = torch.randn(1, 14, 14, 48)
-    if recorded is not None:
-        key = fresh_routes.route_key(tuple(x.shape), x.dtype, True, (80, 48), torch.float32, True)
-        fresh_routes._chosen[key] = recorded
-    graphs: list[set[str]] = []
-
-    def recording_backend(gm: torch.fx.GraphModule, _inputs):
-        graphs.append({str(getattr(node.target, "__name__", node.target)) for node in gm.graph.nodes
-                       if node.op == "call_function"})
-        return gm
-
-    torch.compiler.reset()
     with torch.no_grad():
-        out = torch.compile(layer, backend=recording_backend)(x)
+        if timed is not None:
+            key = fresh_routes.route_key(tuple(x.shape), x.stride(), x.dtype, (80, 48), torch.float32, torch.float32)
+            fresh_routes._chosen[key] = timed == "gemm"
+            layer(x)
+            assert layer.eager_route == (timed == "gemm")
+        graphs: list[set[str]] = []
+
+        def recording_backend(gm: torch.fx.GraphModule, _inputs):
+            graphs.append({str(getattr(node.target, "__name__", node.target)) for node in gm.graph.nodes
+                           if node.op == "call_function"})
+            return gm
+
+        torch.compiler.reset()
+        out = torch.compile(layer, backend=recording_backend, fullgraph=True, dynamic=dynamic)(x)
+        torch.compiler.reset()
         torch.testing.assert_close(out, nn.functional.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
-    torch.compiler.reset()
+    takes_gemm = timed == "gemm"
     assert len(graphs) == 1
-    assert ("linear" in graphs[0]) == bool(recorded) and ("conv2d" in graphs[0]) == (not recorded)
+    assert ("linear" in graphs[0]) == takes_gemm and ("conv2d" in graphs[0]) == (not takes_gemm)
+
+
+def test_the_timing_runs_without_autocasts_cast_cache(fresh_routes) -> None:
+    """Inside an autocast region the cache would spare ``F.linear``'s leaf weight its cast from the second call
+    on, but not the conv's reshaped view: the candidates run with the cache off, and the region's own setting
+    is back afterwards."""
+    seen = []
+
+    def candidate() -> torch.Tensor:
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"),
+                     torch.is_autocast_cache_enabled()))
+        return torch.zeros(1)
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fresh_routes.gemm_is_faster("key", candidate, candidate, True)
+        assert torch.is_autocast_cache_enabled()
+    assert set(seen) == {(True, torch.bfloat16, False)}
 
 
 def test_an_unknown_route_mode_is_named_in_the_error(monkeypatch: pytest.MonkeyPatch) -> None:
