@@ -53,7 +53,10 @@ _chosen: dict[Hashable, bool] = {}  # key -> the GEMM was faster
 def timed_choice_enabled() -> bool:
     """Whether CPU inference times the two routes (``CMT_SCALE_POINTWISE_ROUTE=timed``, the default) or keeps
     the fixed shape rule (``=rule``)."""
-    mode = os.environ.get(_ENV_SWITCH, "timed").strip().lower() or "timed"
+    raw = os.environ.get(_ENV_SWITCH, "timed")
+    if raw == "timed":  # the default, checked first: this runs on every projection's forward
+        return True
+    mode = raw.strip().lower() or "timed"
     if mode not in ROUTE_MODES:
         raise ValueError(f"{_ENV_SWITCH}={mode!r} is not one of: {', '.join(ROUTE_MODES)}")
     return mode == "timed"
