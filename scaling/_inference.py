@@ -61,11 +61,14 @@ class _FrozenCompiled(nn.Module):
     ``options``: Dynamo reads it there to decide whether parameters are constants (torch 2.14), and with the
     option alone CMT-S compiled no faster than without it (51 against 28 ms, bf16, batch 1, Zen 5). So each
     call runs under ``torch._inductor.config.patch(freezing=True)``, which restores the setting on exit:
-    nothing else in the process is compiled with freezing."""
+    nothing else in the process is compiled with freezing. ``dynamic=False``: each batch size gets a static
+    graph of its own. With torch's default a second batch size recompiles with a symbolic batch, which lost
+    what freezing gains: CMT-S bf16 at batch 8 after batch 1 ran 219 ms compiled against 135 ms eager, and
+    126 ms static (Zen 5, benchmarks/RESULTS.md)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.compiled = torch.compile(model, options={"freezing": True})
+        self.compiled = torch.compile(model, dynamic=False, options={"freezing": True})
         self._eager = (model,)  # the same module, unregistered (its parameters are the compiled copy's)
         self._signatures_seen: set[tuple[Any, ...]] = set()
         self.eval()  # an inference-only copy says so (a new Module starts in training mode)
