@@ -36,6 +36,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from unittest import mock
 
 import torch
 from _machine import ALLOCATOR_HELP, ALLOCATOR_MODES, apply_allocator_mode, has_native_bf16, machine_line
@@ -66,18 +67,9 @@ def _kernels_off():
         set_fused_kernels(before)
 
 
-@contextlib.contextmanager
-def _shape_rule():
+def _shape_rule() -> contextlib.AbstractContextManager:
     """1x1 projections routed by the fixed shape rule instead of the timed choice (`scaling._pointwise_route`)."""
-    before = os.environ.get("CMT_SCALE_POINTWISE_ROUTE")
-    os.environ["CMT_SCALE_POINTWISE_ROUTE"] = "rule"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["CMT_SCALE_POINTWISE_ROUTE"]
-        else:
-            os.environ["CMT_SCALE_POINTWISE_ROUTE"] = before
+    return mock.patch.dict(os.environ, {"CMT_SCALE_POINTWISE_ROUTE": "rule"})
 
 
 def _models(compile_too: bool, bf16: bool):

@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from ._allocator import tune_cpu_allocator
 from ._model import CMT
+from ._pointwise_route import cpu_autocast_dtype
 
 __all__ = ["fuse_for_inference"]
 
@@ -88,9 +89,8 @@ def _call_signature(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any,
     """What a new trace (and new 1x1 routes) may depend on: the tensors' shapes, strides and dtypes, the grad
     and autocast modes, the thread count."""
     tensors = [value for value in (*args, *kwargs.values()) if isinstance(value, torch.Tensor)]
-    autocast = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
     return (tuple((tuple(t.shape), t.stride(), t.dtype) for t in tensors), torch.is_grad_enabled(),
-            torch.is_inference_mode_enabled(), autocast, torch.get_num_threads())
+            torch.is_inference_mode_enabled(), cpu_autocast_dtype(), torch.get_num_threads())
 
 
 @torch.no_grad()

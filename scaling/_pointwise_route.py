@@ -40,7 +40,7 @@ from collections.abc import Callable, Hashable
 
 import torch
 
-__all__ = ["ROUTE_MODES", "chosen_routes", "gemm_is_faster", "route_key", "timed_choice_enabled"]
+__all__ = ["ROUTE_MODES", "chosen_routes", "cpu_autocast_dtype", "gemm_is_faster", "route_key", "timed_choice_enabled"]
 
 ROUTE_MODES = ("timed", "rule")
 _ENV_SWITCH = "CMT_SCALE_POINTWISE_ROUTE"
@@ -62,12 +62,17 @@ def timed_choice_enabled() -> bool:
     return mode == "timed"
 
 
+def cpu_autocast_dtype() -> torch.dtype | None:
+    """The dtype CPU autocast casts to, None when it is off."""
+    return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+
+
 def route_key(shape: tuple[int, ...], strides: tuple[int, ...], dtype: torch.dtype, weight_shape: tuple[int, ...],
               weight_dtype: torch.dtype, bias_dtype: torch.dtype | None) -> tuple[Hashable, ...]:
     """What the faster route depends on: the input's shape, layout and dtype, the weight's shape and dtype,
     the bias's dtype (None: no bias), autocast's dtype on the CPU (None when off) and the thread count."""
-    autocast = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
-    return (shape, strides, dtype, weight_shape, weight_dtype, bias_dtype, autocast, torch.get_num_threads())
+    return (shape, strides, dtype, weight_shape, weight_dtype, bias_dtype, cpu_autocast_dtype(),
+            torch.get_num_threads())
 
 
 def chosen_routes() -> dict[Hashable, str]:
@@ -78,9 +83,8 @@ def chosen_routes() -> dict[Hashable, str]:
 def _without_cast_cache() -> contextlib.AbstractContextManager:
     """Autocast as it is, minus its weight-cast cache: both routes then pay the cast, as each forward does
     under ``inference_mode`` or in a fresh autocast region."""
-    if not torch.is_autocast_enabled("cpu"):
-        return contextlib.nullcontext()
-    return torch.autocast("cpu", dtype=torch.get_autocast_dtype("cpu"), cache_enabled=False)
+    dtype = cpu_autocast_dtype()
+    return contextlib.nullcontext() if dtype is None else torch.autocast("cpu", dtype=dtype, cache_enabled=False)
 
 
 def _best_times(candidates: tuple[Callable[[], torch.Tensor], ...]) -> list[float]:
@@ -104,8 +108,6 @@ def gemm_is_faster(key: Hashable, conv: Callable[[], torch.Tensor], gemm: Callab
     faster."""
     if key not in _chosen:
         conv_time, gemm_time = _best_times((conv, gemm))
-        if rule_takes_gemm:
-            _chosen[key] = not conv_time < (1 - _MARGIN) * gemm_time
-        else:
-            _chosen[key] = gemm_time < (1 - _MARGIN) * conv_time
+        rule_time, other_time = (gemm_time, conv_time) if rule_takes_gemm else (conv_time, gemm_time)
+        _chosen[key] = rule_takes_gemm != (other_time < (1 - _MARGIN) * rule_time)
     return _chosen[key]
