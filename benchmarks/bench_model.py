@@ -4,7 +4,9 @@ Prints the CPU it ran on (ratios hold on that machine kind only), then for each 
 and 8; batch 1 is what ``--target-latency`` uses) img/s and ms per batch (median of repeats, per round)
 and each model's ratio to DeiT-S in the same precision, for:
 - CMT-S as users build it (``timm.create_model("cmt_s").eval()``, NCHW input), in fp32 and bf16;
-- CMT-Ti@160 and CMT-S@224 as built (eager, fp32), after `fuse_for_inference`, in bf16 autocast,
+- CMT-Ti@160 and CMT-S@224 as built (eager, fp32), after `fuse_for_inference`, in bf16 autocast, CMT-S's
+  mixed-precision copy (``fuse_for_inference(amp_dtype=torch.bfloat16)``: weights cast once) beside DeiT-S
+  given the same treatment,
   and (``--compile``) ``fuse_for_inference(compile=True)`` (torch.compile with freezing), in fp32 and, where
   bf16 rows run, bf16 beside DeiT-S compiled the same way (bf16 ratios stay against eager DeiT-S bf16);
 - timm deit_small_patch16_224, deit_tiny_patch16_224, efficientnet_b0@224, efficientnet_b3@300;
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import math
 import os
 import statistics
@@ -76,8 +79,9 @@ def _models(compile_too: bool, bf16: bool):
     import timm
 
     from scaling import PRESETS, build_cmt, fuse_for_inference
-    from scaling._inference import _FrozenCompiled  # DeiT-S compiled exactly as fuse_for_inference compiles CMT
+    from scaling._inference import _FrozenCompiled, _MixedPrecision  # DeiT-S treated exactly as CMT is
     cmt_ti, cmt_s = build_cmt(PRESETS["cmt_ti"]).eval(), build_cmt(PRESETS["cmt_s"]).eval()
+    deit_small = timm.create_model("deit_small_patch16_224").eval()
     as_users_build = timm.create_model("cmt_s").eval()  # NCHW weights and input, no extra call
     rows = [
         # name, model, img_size, channels_last, dtype
@@ -98,7 +102,12 @@ def _models(compile_too: bool, bf16: bool):
         ("cmt_s@224 fused", fuse_for_inference(cmt_s), 224, True, None),
         ("cmt_s@224 fused plain path", _Switched(fuse_for_inference(cmt_s), _kernels_off), 224, True, None),
         ("cmt_s@224 fused bf16", fuse_for_inference(cmt_s), 224, True, torch.bfloat16),
-        ("deit_small bf16", timm.create_model("deit_small_patch16_224").eval(), 224, False, torch.bfloat16),
+        ("cmt_s@224 fused amp_dtype bf16", fuse_for_inference(cmt_s, amp_dtype=torch.bfloat16), 224, True,
+         torch.bfloat16),
+        ("deit_small bf16", deit_small, 224, False, torch.bfloat16),
+        # the fair reference for the row above: DeiT-S's linears' weights cast once the same way
+        ("deit_small weights cast once bf16", _MixedPrecision(copy.deepcopy(deit_small), torch.bfloat16), 224,
+         False, torch.bfloat16),
     ]
     if not bf16:
         rows = [row for row in rows if row[4] is None]
@@ -153,6 +162,9 @@ def bench_throughput(args: argparse.Namespace, batch_size: int) -> None:
     if {"cmt_s@224 fused bf16", "cmt_s@224 fused"} <= medians.keys():
         print(f"CMT-S bf16 / fp32 (fused): {medians['cmt_s@224 fused bf16'] / medians['cmt_s@224 fused']:.2f}x; "
               f"bf16 rows are relative to DeiT-S bf16 ({bf16_ref:.1f} img/s)")
+    if {"cmt_s@224 fused amp_dtype bf16", "deit_small weights cast once bf16"} <= medians.keys():
+        same_treatment = medians["cmt_s@224 fused amp_dtype bf16"] / medians["deit_small weights cast once bf16"]
+        print(f"CMT-S amp_dtype copy / DeiT-S with its weights cast once the same way: {same_treatment:.2f}x")
 
 
 def bench_bf16_agreement(threads: int) -> None:

@@ -662,11 +662,52 @@ def test_eval_outputs_with_the_inference_kernels_equal_the_plain_path(seed: int)
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_mixed_precision_copy_gives_autocasts_outputs_to_the_bit(dtype: torch.dtype,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`fuse_for_inference(amp_dtype=...)` casts the convolutions' and linears' weights once: the expectation is
+    autocast itself, casting the fp32 fused copy's weights on every call. The same operands give the same
+    logits, to the bit, with or without the caller's own autocast region; depthwise taps and norms stay fp32
+    (as autocast leaves them for the kernels) and the source model is not touched. The shape rule routes both
+    copies, since the timed route keys on the weight dtype and could pick another, equally valid, kernel."""
+    from scaling import fuse_for_inference
+
+    monkeypatch.setenv("CMT_SCALE_POINTWISE_ROUTE", "rule")
+    cfg, model = _random_eval_cmt(11)
+    x = torch.randn(2, cfg.in_chans, cfg.img_size, cfg.img_size)
+    mixed = fuse_for_inference(model, amp_dtype=dtype)
+    with torch.inference_mode():
+        own_region = mixed(x)
+        with torch.autocast("cpu", dtype=dtype):
+            expected = fuse_for_inference(model)(x)
+            nested = mixed(x)
+    assert own_region.dtype == expected.dtype == dtype
+    assert torch.equal(own_region, expected) and torch.equal(nested, expected)
+    for name, module in mixed.named_modules():
+        matmul = isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1)
+        depthwise = isinstance(module, nn.Conv2d) and module.groups > 1
+        if matmul or depthwise:
+            assert module.weight.dtype == (dtype if matmul else torch.float32), name
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert all(p.dtype == torch.float32 for n, p in mixed.named_parameters() if "norm" in n)
+
+
+@pytest.mark.parametrize("bad", [torch.float64, torch.float32, "bf16"])
+def test_an_unsupported_amp_dtype_is_named_in_the_error(bad) -> None:
+    from scaling import fuse_for_inference
+
+    _, model = _random_eval_cmt(12)
+    with pytest.raises(ValueError, match=f"amp_dtype must be one of torch.bfloat16, torch.float16 or None, "
+                                         f"got {bad!r}".replace(".", r"\.")):
+        fuse_for_inference(model, amp_dtype=bad)
+
+
 @pytest.mark.slow
 def test_the_compiled_frozen_inference_copy_equals_the_eval_model() -> None:
     """`fuse_for_inference(compile=True)` (torch.compile with freezing: the plain path, traced, weights made
     constants) gives the eval-mode model's logits within 1e-4 in fp32, and agrees with it on the top-1 class
-    under bf16 autocast for nearly every input. Slow: the compilation takes a minute."""
+    under bf16 autocast for nearly every input, as does the compiled mixed-precision copy (``amp_dtype``, its
+    autocast region traced into the graph). Slow: each compilation takes half a minute."""
     from scaling import fuse_for_inference
     from scaling._pointwise_route import chosen_routes
 
@@ -679,10 +720,13 @@ def test_the_compiled_frozen_inference_copy_equals_the_eval_model() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = compiled(x).float()
         reference = model(x)
+        mixed = fuse_for_inference(model, compile=True, amp_dtype=torch.bfloat16)(x)  # its own autocast, traced
     # each new call signature got its eager forward first: the bf16 trace found routes timed under autocast
     assert any(key[6] == torch.bfloat16 for key in chosen_routes())
-    assert (low.argmax(-1) == reference.argmax(-1)).float().mean().item() >= 0.8
-    _close(low, reference, 5e-2)
+    assert mixed.dtype == torch.bfloat16
+    for candidate in (low, mixed.float()):
+        assert (candidate.argmax(-1) == reference.argmax(-1)).float().mean().item() >= 0.8
+        _close(candidate, reference, 5e-2)
 
 
 def test_a_training_mode_batch_norm_in_an_eval_model_keeps_batch_statistics() -> None:
