@@ -64,15 +64,19 @@ class _MixedPrecision(nn.Module):
     Autocast casts an fp32 weight to the lower precision on every call of a convolution or linear (its cast
     cache is off under ``inference_mode`` and emptied when each autocast region ends), and it passes a weight
     already in that dtype through untouched. So casting those weights once gives the same operands, hence
-    the same outputs to the bit, without the per-call casts: for CMT-S about 25M weights per forward. The
-    depthwise convolutions stay fp32: the CPU kernels take their taps in fp32 under autocast as well, so
-    their numerics are unchanged too. Meant for a copy (`fuse_for_inference`): the weights are a snapshot.
+    the same outputs to the bit (when the 1x1 projections take the same routes: the timed route keys on the
+    weight dtype), without the per-call casts: for CMT-S about 25M weights per forward. Depthwise convolutions
+    stay fp32: the CPU kernels take their taps in fp32 under autocast, which keeps their numerics unchanged;
+    where the kernels do not run (fp16, CUDA, kernels off) autocast still casts those small weights per call.
+    The copy's dtype wins over a caller's autocast region of another dtype. Meant for a copy
+    (`fuse_for_inference`): the weights are a snapshot. ``forward``, ``forward_features`` and ``forward_head``
+    run under the autocast region; anything else of the model is at ``.model``, outside it.
     """
 
     def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
         super().__init__()
         for module in model.modules():
-            if isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1):
+            if isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and not _is_depthwise(module)):
                 for name in ("weight", "bias"):
                     value = getattr(module, name)
                     if value is not None:
@@ -84,6 +88,20 @@ class _MixedPrecision(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, dtype=self.dtype):
             return self.model(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=self.dtype):
+            return self.model.forward_features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=self.dtype):
+            return self.model.forward_head(x, pre_logits=pre_logits)
+
+
+def _is_depthwise(conv: nn.Conv2d) -> bool:
+    """One filter per channel (the LPU, the IRFFN's middle, the K/V reduction), whatever the width: at width
+    1 such a conv has ``groups == 1`` too, and it still goes to the depthwise kernels."""
+    return conv.groups == conv.in_channels == conv.out_channels
 
 
 class _FrozenCompiled(nn.Module):
@@ -144,8 +162,11 @@ def fuse_for_inference(model: CMT, channels_last: bool = True, compile: bool = F
     ``amp_dtype`` (``torch.bfloat16`` or ``torch.float16``) makes a mixed-precision copy: its forward runs
     under ``torch.autocast`` to that dtype on the input's device (whether or not the caller opened one), and
     the weights autocast would cast on every call (the convolutions' and linears', depthwise ones excepted,
-    which the CPU kernels take in fp32) are cast once, here. The outputs are autocast's own, to the bit; the
-    casts it no longer makes were 7-10% of a CMT-S bf16 forward at batch 1 (Zen 5, benchmarks/RESULTS.md).
+    which the CPU kernels take in fp32) are cast once, here. The outputs are autocast's own, to the bit, when
+    the 1x1 projections take the same routes (``CMT_SCALE_POINTWISE_ROUTE=rule``; timed routes may pick another
+    kernel for bf16 weights, equal up to rounding); without the per-call casts a CMT-S bf16 forward at batch 1
+    ran 1.07-1.10x as fast (Zen 5, benchmarks/RESULTS.md). ``forward``, ``forward_features`` and
+    ``forward_head`` run under the copy's autocast; the wrapped model is at ``.model``.
 
     Example:
         >>> fast = fuse_for_inference(build_cmt(PRESETS["cmt_s"]))  # doctest: +SKIP
@@ -156,7 +177,7 @@ def fuse_for_inference(model: CMT, channels_last: bool = True, compile: bool = F
     if not isinstance(model, CMT):
         raise ValueError(f"fuse_for_inference takes a CMT model, got {type(model).__name__}")
     if amp_dtype is not None and amp_dtype not in _AMP_DTYPES:
-        raise ValueError(f"amp_dtype must be one of {', '.join(map(str, _AMP_DTYPES))} or None, got {amp_dtype!r}")
+        raise ValueError(f"amp_dtype={amp_dtype!r} is not allowed; allowed: {', '.join(map(str, _AMP_DTYPES))} or None")
     fused = copy.deepcopy(model).eval()
     identity = nn.Identity
     last_stem = fused.stem[-1]

@@ -7,6 +7,7 @@ PyTorch on the same tensors; odd channel counts are there because they are why t
 from __future__ import annotations
 
 import copy
+import dataclasses
 import random
 from collections import Counter
 
@@ -639,9 +640,10 @@ def test_a_timm_created_cmt_takes_the_inference_kernels_in_eval() -> None:
     assert not {"cmt_scale::act_affine", "cmt_scale::act_affine_", "cmt_scale::attention_inference"} & set(training)
 
 
-def _random_eval_cmt(seed: int):
-    """A random config's CMT in eval mode with non-trivial BN running statistics (fresh ones are the identity)."""
-    cfg = random_config(random.Random(seed))
+def _random_eval_cmt(seed: int, **changes):
+    """A random config's CMT (with ``changes`` to the config) in eval mode with non-trivial BN running
+    statistics (fresh ones are the identity)."""
+    cfg = dataclasses.replace(random_config(random.Random(seed)), **changes)
     model = build_cmt(cfg)
     for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
         bn.running_mean.normal_(0, 0.5)
@@ -662,30 +664,43 @@ def test_eval_outputs_with_the_inference_kernels_equal_the_plain_path(seed: int)
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
 
 
+# a stage one channel wide: its depthwise convs have groups == 1 too, and must stay fp32 for the kernels
+_WIDTH_ONE_STAGE = {"img_size": 32, "embed_dims": (1, 8), "depths": (1, 1), "num_heads": (1, 1),
+                    "mlp_ratios": (2.0, 2.0), "sr_ratios": (2, 1), "stem_channels": 4, "fc_dim": 16}
+
+
+@pytest.mark.parametrize("changes", [{}, _WIDTH_ONE_STAGE], ids=["random", "width-one stage"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_the_mixed_precision_copy_gives_autocasts_outputs_to_the_bit(dtype: torch.dtype,
+def test_the_mixed_precision_copy_gives_autocasts_outputs_to_the_bit(dtype: torch.dtype, changes: dict,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """`fuse_for_inference(amp_dtype=...)` casts the convolutions' and linears' weights once: the expectation is
     autocast itself, casting the fp32 fused copy's weights on every call. The same operands give the same
-    logits, to the bit, with or without the caller's own autocast region; depthwise taps and norms stay fp32
-    (as autocast leaves them for the kernels) and the source model is not touched. The shape rule routes both
-    copies, since the timed route keys on the weight dtype and could pick another, equally valid, kernel."""
+    logits (classifier included), to the bit, with or without the caller's own autocast region, and the
+    copy's dtype wins over a caller's region of the other dtype; ``forward_features`` + ``forward_head`` give
+    the same. Depthwise taps and norms stay fp32 (as autocast leaves them for the kernels) and the source
+    model is not touched. The shape rule routes both copies, since the timed route keys on the weight dtype
+    and could pick another, equally valid, kernel."""
     from scaling import fuse_for_inference
 
     monkeypatch.setenv("CMT_SCALE_POINTWISE_ROUTE", "rule")
-    cfg, model = _random_eval_cmt(11)
+    cfg, model = _random_eval_cmt(11, num_classes=5, **changes)
     x = torch.randn(2, cfg.in_chans, cfg.img_size, cfg.img_size)
     mixed = fuse_for_inference(model, amp_dtype=dtype)
+    other = torch.float16 if dtype == torch.bfloat16 else torch.bfloat16
     with torch.inference_mode():
         own_region = mixed(x)
+        by_parts = mixed.forward_head(mixed.forward_features(x))
+        with torch.autocast("cpu", dtype=other):
+            inside_other = mixed(x)
         with torch.autocast("cpu", dtype=dtype):
             expected = fuse_for_inference(model)(x)
             nested = mixed(x)
-    assert own_region.dtype == expected.dtype == dtype
-    assert torch.equal(own_region, expected) and torch.equal(nested, expected)
+    assert own_region.shape == (2, 5) and own_region.dtype == expected.dtype == dtype
+    for got in (own_region, by_parts, inside_other, nested):
+        assert torch.equal(got, expected)
     for name, module in mixed.named_modules():
-        matmul = isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1)
-        depthwise = isinstance(module, nn.Conv2d) and module.groups > 1
+        depthwise = isinstance(module, nn.Conv2d) and module.groups == module.in_channels == module.out_channels
+        matmul = isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and not depthwise)
         if matmul or depthwise:
             assert module.weight.dtype == (dtype if matmul else torch.float32), name
     assert all(p.dtype == torch.float32 for p in model.parameters())
@@ -697,8 +712,8 @@ def test_an_unsupported_amp_dtype_is_named_in_the_error(bad) -> None:
     from scaling import fuse_for_inference
 
     _, model = _random_eval_cmt(12)
-    with pytest.raises(ValueError, match=f"amp_dtype must be one of torch.bfloat16, torch.float16 or None, "
-                                         f"got {bad!r}".replace(".", r"\.")):
+    with pytest.raises(ValueError, match=f"amp_dtype={bad!r} is not allowed; allowed: torch.bfloat16, "
+                                         f"torch.float16 or None".replace(".", r"\.")):
         fuse_for_inference(model, amp_dtype=bad)
 
 
