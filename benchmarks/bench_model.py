@@ -85,7 +85,7 @@ def _models(compile_too: bool, bf16: bool):
     as_users_build = timm.create_model("cmt_s").eval()  # NCHW weights and input, no extra call
     rows = [
         # name, model, img_size, channels_last, dtype
-        ("deit_small_patch16_224", timm.create_model("deit_small_patch16_224").eval(), 224, False, None),
+        ("deit_small_patch16_224", deit_small, 224, False, None),
         ("deit_tiny_patch16_224", timm.create_model("deit_tiny_patch16_224").eval(), 224, False, None),
         ("efficientnet_b0", timm.create_model("efficientnet_b0").eval(), 224, True, None),
         ("efficientnet_b3", timm.create_model("efficientnet_b3").eval(), 300, True, None),

@@ -46,6 +46,7 @@ __all__ = [
     "depthwise_patch_conv",
     "fused_kernels_available",
     "is_cpu_inference",
+    "is_depthwise",
     "is_eager",
     "layer_norm",
     "lightweight_attention",
@@ -267,14 +268,19 @@ def _dwconv3x3_inference(x: torch.Tensor, conv: nn.Module, residual: bool, code:
                                                  scale, shift)
 
 
+def is_depthwise(conv: nn.Module) -> bool:
+    """A Conv2d with one filter per channel (the LPU, the IRFFN's middle, the K/V reduction), whatever the
+    width: at width 1 such a conv has ``groups == 1`` too, and it still goes to the depthwise kernels."""
+    return isinstance(conv, nn.Conv2d) and conv.groups == conv.in_channels == conv.out_channels
+
+
 def _is_depthwise3x3(conv: nn.Module) -> bool:
     return (
-        isinstance(conv, nn.Conv2d)
+        is_depthwise(conv)
         and conv.kernel_size == (3, 3)
         and conv.stride == (1, 1)
         and conv.padding == (1, 1)
         and conv.dilation == (1, 1)
-        and conv.groups == conv.in_channels == conv.out_channels
         and conv.padding_mode == "zeros"
     )
 
@@ -357,10 +363,9 @@ def _patch_size(conv: nn.Module, depthwise: bool) -> int:
     if not isinstance(conv, nn.Conv2d):
         return 0
     k = conv.kernel_size[0]
-    groups = conv.in_channels if depthwise else 1
     same_shape = conv.kernel_size == (k, k) and conv.stride == (k, k)
-    plain = conv.padding == (0, 0) and conv.dilation == (1, 1) and conv.groups == groups
-    return k if same_shape and plain and (not depthwise or conv.out_channels == conv.in_channels) else 0
+    plain = conv.padding == (0, 0) and conv.dilation == (1, 1)
+    return k if same_shape and plain and (is_depthwise(conv) if depthwise else conv.groups == 1) else 0
 
 
 def depthwise_patch_conv(x: torch.Tensor, conv: nn.Module) -> torch.Tensor | None:

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from ._allocator import tune_cpu_allocator
+from ._fused import is_depthwise
 from ._model import CMT
 from ._pointwise_route import cpu_autocast_dtype
 
@@ -76,7 +77,7 @@ class _MixedPrecision(nn.Module):
     def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
         super().__init__()
         for module in model.modules():
-            if isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and not _is_depthwise(module)):
+            if isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and not is_depthwise(module)):
                 for name in ("weight", "bias"):
                     value = getattr(module, name)
                     if value is not None:
@@ -85,23 +86,21 @@ class _MixedPrecision(nn.Module):
         self.dtype = dtype
         self.eval()
 
+    def _region(self, x: torch.Tensor) -> torch.autocast:
+        """The copy's autocast region, on the device ``x`` is on."""
+        return torch.autocast(x.device.type, dtype=self.dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(x.device.type, dtype=self.dtype):
+        with self._region(x):
             return self.model(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(x.device.type, dtype=self.dtype):
+        with self._region(x):
             return self.model.forward_features(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        with torch.autocast(x.device.type, dtype=self.dtype):
+        with self._region(x):
             return self.model.forward_head(x, pre_logits=pre_logits)
-
-
-def _is_depthwise(conv: nn.Conv2d) -> bool:
-    """One filter per channel (the LPU, the IRFFN's middle, the K/V reduction), whatever the width: at width
-    1 such a conv has ``groups == 1`` too, and it still goes to the depthwise kernels."""
-    return conv.groups == conv.in_channels == conv.out_channels
 
 
 class _FrozenCompiled(nn.Module):
