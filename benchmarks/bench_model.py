@@ -19,7 +19,8 @@ to the OS and had to fault in again (see ``--allocator``).
 The rows of CMT-S with "plain path" run with the fused kernels switched off (PyTorch's own GELU,
 BatchNorm and depthwise convolutions), to show what the inference kernels add; the rows with "shape rule" route
 the 1x1 projections by the fixed shape rule instead of timing both routes per shape (`scaling._pointwise_route`),
-to show what the timed choice adds. ``--allocator`` sets what the
+to show what the timed choice adds; the rows with "K V apart" keep each attention's K and V projections as two
+calls, to show what merging them (`LightweightAttention.merge_key_value`) adds. ``--allocator`` sets what the
 process's malloc does: ``auto`` (default) is what a user's process gets, glibc as it starts until a CMT's
 first CPU inference forward calls `tune_cpu_allocator` (an untimed pass over every row comes first, so all
 timed rounds, DeiT-S's included, run in that process); ``off`` sets ``CMT_SCALE_TUNE_ALLOCATOR=0`` (glibc
@@ -75,6 +76,15 @@ def _shape_rule() -> contextlib.AbstractContextManager:
     return mock.patch.dict(os.environ, {"CMT_SCALE_POINTWISE_ROUTE": "rule"})
 
 
+def _key_value_apart(model: torch.nn.Module, amp_dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """`fuse_for_inference` with each attention's K and V projections left apart (two calls, not one)."""
+    from scaling import fuse_for_inference
+    from scaling._blocks import LightweightAttention
+
+    with mock.patch.object(LightweightAttention, "merge_key_value", lambda self: None):
+        return fuse_for_inference(model, amp_dtype=amp_dtype)
+
+
 def _models(compile_too: bool, bf16: bool):
     import timm
 
@@ -101,8 +111,11 @@ def _models(compile_too: bool, bf16: bool):
         ("cmt_s@224", cmt_s, 224, True, None),
         ("cmt_s@224 fused", fuse_for_inference(cmt_s), 224, True, None),
         ("cmt_s@224 fused plain path", _Switched(fuse_for_inference(cmt_s), _kernels_off), 224, True, None),
+        ("cmt_s@224 fused K V apart", _key_value_apart(cmt_s), 224, True, None),
         ("cmt_s@224 fused bf16", fuse_for_inference(cmt_s), 224, True, torch.bfloat16),
         ("cmt_s@224 fused amp_dtype bf16", fuse_for_inference(cmt_s, amp_dtype=torch.bfloat16), 224, True,
+         torch.bfloat16),
+        ("cmt_s@224 fused amp_dtype K V apart bf16", _key_value_apart(cmt_s, torch.bfloat16), 224, True,
          torch.bfloat16),
         ("deit_small bf16", deit_small, 224, False, torch.bfloat16),
         # the fair reference for the row above: DeiT-S's linears' weights cast once the same way
@@ -150,11 +163,12 @@ def bench_throughput(args: argparse.Namespace, batch_size: int) -> None:
     medians = {name: statistics.median(values) for name, values in results.items()}
     fp32_ref, bf16_ref = medians["deit_small_patch16_224"], medians.get("deit_small bf16", math.nan)
     print(f"\nbatch {batch_size}, {args.threads} threads, median of {args.rounds} rounds of {args.repeats} batches")
-    print(f"{'model':34s} {'img/s':>8s} {'ms/batch':>9s} {'x DeiT-S':>9s} {'faults/batch':>13s}   rounds (img/s)")
+    width = max(len(name) for name in results)
+    print(f"{'model':{width}s} {'img/s':>8s} {'ms/batch':>9s} {'x DeiT-S':>9s} {'faults/batch':>13s}   rounds (img/s)")
     for name, values in results.items():
         reference = bf16_ref if name.endswith("bf16") else fp32_ref  # each precision against DeiT-S in it
         med = medians[name]
-        print(f"{name:34s} {med:8.1f} {1000 * batch_size / med:9.1f} {med / reference:9.2f} "
+        print(f"{name:{width}s} {med:8.1f} {1000 * batch_size / med:9.1f} {med / reference:9.2f} "
               f"{statistics.median(faults[name]):13,.0f}   {' '.join(f'{v:.1f}' for v in values)}")
     routes = list(chosen_routes().values())
     print(f"1x1 projections: {len(routes)} shapes timed so far in this process, {routes.count('gemm')} run as "

@@ -715,20 +715,26 @@ constexpr int64_t kBlockLanes = kBlock * kV;
 
 inline int64_t padded_to_block(int64_t n) { return (n + kBlockLanes - 1) / kBlockLanes * kBlockLanes; }
 
-// kt (B*heads, d, Mp) and vf (B*heads, M, dp) from k and v rows (B, M, heads*d), as float; the padding is
-// left as the caller's zero-initialised buffers have it.
+// Where key or value row m of image b starts: rows of `row` elements apart, images `image` apart. A row
+// stride above C reads keys and values straight out of a merged (B, M, 2C) projection (`fuse_for_inference`
+// runs the K and V projections as one GEMM) without copying them apart first.
+struct RowLayout {
+  int64_t image, row;
+};
+
+// kt (B*heads, d, Mp) and vf (B*heads, M, dp) from k and v rows (B, M, heads*d) laid out as `kl` and `vl`, as
+// float; the padding is left as the caller's zero-initialised buffers have it.
 template <typename T>
-void attention_operands(const T* k, const T* v, float* kt, float* vf, int64_t B, int64_t M, int64_t heads, int64_t d,
-                        int64_t Mp, int64_t dp) {
-  const int64_t C = heads * d;
+void attention_operands(const T* k, const T* v, RowLayout kl, RowLayout vl, float* kt, float* vf, int64_t B,
+                        int64_t M, int64_t heads, int64_t d, int64_t Mp, int64_t dp) {
   at::parallel_for(0, B * heads, 1, [=](int64_t begin, int64_t end) {
     for (int64_t bi = begin; bi < end; ++bi) {
       const int64_t b = bi / heads, i = bi % heads;
       float* kt_head = kt + bi * d * Mp;
       float* vf_head = vf + bi * M * dp;
       for (int64_t m = 0; m < M; ++m) {
-        const T* k_row = k + (b * M + m) * C + i * d;
-        const T* v_row = v + (b * M + m) * C + i * d;
+        const T* k_row = k + b * kl.image + m * kl.row + i * d;
+        const T* v_row = v + b * vl.image + m * vl.row + i * d;
         float* vf_row = vf_head + m * dp;
         for (int64_t c = 0; c < d; ++c) {
           kt_head[c * Mp + m] = static_cast<float>(k_row[c]);
@@ -818,11 +824,11 @@ inline void attention_rows(const T* q, int64_t C, const float* kt, const float* 
 constexpr int64_t kRowsAtOnce = kV >= 16 ? 4 : 2;
 
 template <typename T>
-void attention_inference_kernel(const T* q, const T* k, const T* v, const float* bias, float scale, T* out,
-                                int64_t B, int64_t N, int64_t M, int64_t heads, int64_t d) {
+void attention_inference_kernel(const T* q, const T* k, const T* v, RowLayout kl, RowLayout vl, const float* bias,
+                                float scale, T* out, int64_t B, int64_t N, int64_t M, int64_t heads, int64_t d) {
   const int64_t C = heads * d, Mp = padded_to_block(M), dp = padded_to_block(d);
   std::vector<float> kt(B * heads * d * Mp), vf(B * heads * M * dp);  // zero-initialised: the padding
-  attention_operands(k, v, kt.data(), vf.data(), B, M, heads, d, Mp, dp);
+  attention_operands(k, v, kl, vl, kt.data(), vf.data(), B, M, heads, d, Mp, dp);
   const float* kt_all = kt.data();
   const float* vf_all = vf.data();
   const int64_t tiles = (N + kRowsAtOnce - 1) / kRowsAtOnce;  // per image
@@ -1192,12 +1198,29 @@ std::vector<at::Tensor> patch_conv_backward(const at::Tensor& grad, const at::Te
   return {dx, dtaps, dbias};
 }
 
-// q (B, N, C), k and v (B, M, C) rows of one dtype and a (heads, N, M) bias, checked; the bias as float.
+// A 3-d view whose rows are contiguous and evenly spaced (any image and row strides): a slice of wider rows.
+void check_row_view(const at::Tensor& t, const char* what) {
+  TORCH_CHECK(t.device().is_cpu(), what, ": expected a CPU tensor");
+  TORCH_CHECK(t.dim() == 3 && (t.stride(2) == 1 || t.size(2) == 1), what, ": expected a 3-d tensor of contiguous rows");
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16, what,
+              ": expected float32 or bfloat16, got ", t.scalar_type());
+}
+
+RowLayout row_layout(const at::Tensor& t) { return {t.stride(0), t.stride(1)}; }
+
+// q (B, N, C), k and v (B, M, C) rows of one dtype and a (heads, N, M) bias, checked; the bias as float. k and
+// v are contiguous, or with `kv_row_views` any views of contiguous rows (`check_row_view`).
 at::Tensor checked_attention_operands(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                      const at::Tensor& bias, int64_t heads, const char* what) {
+                                      const at::Tensor& bias, int64_t heads, const char* what,
+                                      bool kv_row_views = false) {
   check_rows(q, 3, what);
-  check_rows(k, 3, what);
-  check_rows(v, 3, what);
+  if (kv_row_views) {
+    check_row_view(k, what);
+    check_row_view(v, what);
+  } else {
+    check_rows(k, 3, what);
+    check_rows(v, 3, what);
+  }
   const int64_t B = q.size(0), N = q.size(1), C = q.size(2), M = k.size(1);
   TORCH_CHECK(heads > 0 && C % heads == 0, what, ": ", C, " channels do not split into ", heads, " heads");
   TORCH_CHECK(k.sizes() == v.sizes() && k.size(0) == B && k.size(2) == C && M > 0,
@@ -1227,16 +1250,18 @@ std::vector<at::Tensor> attention_forward(const at::Tensor& q, const at::Tensor&
   return {out, probs};
 }
 
-// The attention forward for inference: the output only (see attention_inference_kernel).
+// The attention forward for inference: the output only (see attention_inference_kernel). k and v may be views
+// of wider rows: the two halves of a merged K/V projection, read in place.
 at::Tensor attention_inference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,
                                int64_t heads, double scale) {
-  const at::Tensor bias_f = checked_attention_operands(q, k, v, bias, heads, "attention_inference");
+  const at::Tensor bias_f = checked_attention_operands(q, k, v, bias, heads, "attention_inference", true);
   const int64_t B = q.size(0), N = q.size(1), C = q.size(2), M = k.size(1);
   at::Tensor out = at::empty_like(q);
   dispatch_float_or_bf16(q, [&](auto tag) {
     using scalar_t = decltype(tag);
     attention_inference_kernel<scalar_t>(q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(),
-                                         v.const_data_ptr<scalar_t>(), bias_f.const_data_ptr<float>(),
+                                         v.const_data_ptr<scalar_t>(), row_layout(k), row_layout(v),
+                                         bias_f.const_data_ptr<float>(),
                                          static_cast<float>(scale), out.data_ptr<scalar_t>(), B, N, M, heads,
                                          C / heads);
   });

@@ -349,8 +349,9 @@ def lightweight_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bia
         return None
     batch, height, width, dim = q.shape
     rows = lambda t: t.reshape(batch, -1, dim).contiguous()  # noqa: E731 - NHWC maps as token rows, no copy
-    if inference:
-        out = torch.ops.cmt_scale.attention_inference(rows(q), rows(k), rows(v), bias, heads, scale)
+    if inference:  # keys and values as views: the halves of a merged K/V projection are read in place
+        views = lambda t: t.reshape(batch, -1, dim)  # noqa: E731
+        out = torch.ops.cmt_scale.attention_inference(rows(q), views(k), views(v), bias, heads, scale)
     else:
         out = _LightweightAttention.apply(rows(q), rows(k), rows(v), bias, heads, scale)
     return out.view(q.shape)

@@ -7,6 +7,8 @@ the affine), so the BNs after the stem's first two convs and inside the IRFFN be
 conv stay. What folds, per block: the K/V reduction's BN, the IRFFN's last two BNs (one on each side of
 its projection); plus the head's BN and the stem's last BN. That removes about half of the
 BatchNorm passes over memory; outputs equal the eval-mode model's to float rounding (tested at 1e-4).
+Each attention's K and V projections also become one (`LightweightAttention.merge_key_value`): the same
+products in one call instead of two.
 """
 
 from __future__ import annotations
@@ -144,7 +146,7 @@ def _call_signature(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any,
 @torch.no_grad()
 def fuse_for_inference(model: CMT, channels_last: bool = True, compile: bool = False,
                        tune_allocator: bool = True, amp_dtype: torch.dtype | None = None) -> nn.Module:
-    """A copy of ``model`` for inference: eval mode, BatchNorms folded, channels-last weights.
+    """A copy of ``model`` for inference: eval mode, BatchNorms folded, K and V projections merged, channels-last weights.
 
     ``compile=True`` also wraps it in ``torch.compile`` with Inductor's ``freezing`` option: under ``no_grad``
     or ``inference_mode`` the weights become constants, so oneDNN's packed (and, under bf16 autocast,
@@ -189,6 +191,7 @@ def fuse_for_inference(model: CMT, channels_last: bool = True, compile: bool = F
             if attn.sr is not None:
                 _fold_bn_after(attn.sr, attn.sr_norm)
                 attn.sr_norm = identity()
+            attn.merge_key_value()
             _fold_bn_before(mlp.fc2, mlp.norm2)
             _fold_bn_after(mlp.fc2, mlp.norm3)
             mlp.norm2, mlp.norm3 = identity(), identity()

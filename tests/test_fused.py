@@ -204,6 +204,55 @@ def test_eval_attention_kernel_matches_softmax_attention(batch, queries, keys, h
     _close(out, expected, 1e-5 if dtype == torch.float32 else 1e-2)
 
 
+@pytest.mark.parametrize("batch,queries,keys,heads,head_dim", [(2, 49, 49, 8, 64), (3, 16, 4, 4, 46), (1, 5, 1, 3, 5)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_eval_attention_kernel_reads_keys_and_values_as_halves_of_one_projection(batch, queries, keys, heads,
+                                                                                     head_dim, dtype) -> None:
+    """Keys and values passed as the two halves of a merged (B, M, 2C) projection (views with rows 2C apart,
+    as `LightweightAttention.merge_key_value` makes them) give the contiguous operands' output to the bit;
+    rows that are not contiguous in memory are refused by name."""
+    torch.manual_seed(batch + queries + keys)
+    dim = heads * head_dim
+    q = torch.randn(batch, queries, dim).to(dtype)
+    kv = torch.randn(batch, keys, 2 * dim).to(dtype)
+    k, v = kv.chunk(2, dim=-1)
+    assert k.stride(1) == 2 * dim  # rows 2C apart (a view that torch may still call contiguous when M = 1)
+    bias = torch.randn(heads, queries, keys)
+    views = torch.ops.cmt_scale.attention_inference(q, k, v, bias, heads, head_dim**-0.5)
+    copies = torch.ops.cmt_scale.attention_inference(q, k.contiguous(), v.contiguous(), bias, heads, head_dim**-0.5)
+    assert torch.equal(views, copies)
+    _close(views, _attention_in_float64(q, k, v, bias, heads), 1e-5 if dtype == torch.float32 else 1e-2)
+    if keys > 1:
+        strided = torch.randn(batch, dim, keys).to(dtype).transpose(1, 2)  # channels `keys` apart
+        with pytest.raises(RuntimeError, match="attention_inference: expected a 3-d tensor of contiguous rows"):
+            torch.ops.cmt_scale.attention_inference(q, strided, v, bias, heads, head_dim**-0.5)
+
+
+@pytest.mark.parametrize("sr_ratio", [4, 1])
+@pytest.mark.parametrize("qkv_bias", [True, False])
+def test_merging_the_key_and_value_projections_keeps_the_attention_output(sr_ratio: int, qkv_bias: bool) -> None:
+    """`merge_key_value` stacks K's and V's weights into one projection: the same parameter count, ``kv`` in
+    place of ``k`` and ``v``, and the unmerged module's output within float rounding, on the inference
+    kernel and on the plain path (which splits the merged output the same way)."""
+    from scaling._blocks import LightweightAttention
+
+    torch.manual_seed(sr_ratio)
+    attn = LightweightAttention(46, 2, sr_ratio, qkv_bias=qkv_bias).eval()
+    if qkv_bias:
+        nn.init.normal_(attn.k.bias)
+        nn.init.normal_(attn.v.bias)
+    merged = copy.deepcopy(attn)
+    merged.merge_key_value()
+    keys = 64 // sr_ratio**2
+    bias, x = torch.randn(2, 64, keys), torch.randn(3, 8, 8, 46)
+    assert sum(p.numel() for p in merged.parameters()) == sum(p.numel() for p in attn.parameters())
+    names = set(merged.state_dict())
+    assert {"kv.weight"} <= names and not {n for n in names if n.startswith(("k.", "v."))}
+    assert ("kv.bias" in names) == qkv_bias
+    for out, ref in zip(_both_paths(lambda t: merged(t, bias), x), _both_paths(lambda t: attn(t, bias), x)):
+        _close(out, ref, 1e-5)
+
+
 def test_the_eval_attention_module_equals_its_plain_path_and_keeps_it_with_gradients() -> None:
     """`LightweightAttention` in eval under no_grad takes the inference kernel and gives the explicit path's
     output; with gradients on it keeps the differentiable explicit path (no kernel op runs)."""
@@ -610,6 +659,7 @@ def test_a_timm_created_cmt_takes_the_inference_kernels_in_eval() -> None:
     import timm
 
     from scaling import fuse_for_inference
+    from scaling._blocks import LightweightAttention
 
     model = timm.create_model("cmt_ti", img_size=64, num_classes=10).eval()
     cfg = model.cfg
@@ -629,6 +679,9 @@ def test_a_timm_created_cmt_takes_the_inference_kernels_in_eval() -> None:
     assert calls["cmt_scale::act_affine_"] == len(model.stem) + 2 * blocks + reduced
     assert "cmt_scale::act_affine" not in calls
     fast = fuse_for_inference(model)
+    attentions = [m for m in fast.modules() if isinstance(m, LightweightAttention)]
+    assert len(attentions) == blocks and all(a.kv is not None and not hasattr(a, "k") for a in attentions)
+    assert all(a.kv is None for a in model.modules() if isinstance(a, LightweightAttention))  # source untouched
     calls = _inference_kernel_calls(fast, x)
     assert calls["cmt_scale::dwconv3x3_forward"] == 2 * blocks
     assert calls["cmt_scale::attention_inference"] == blocks
