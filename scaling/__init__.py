@@ -28,7 +28,7 @@ from ._config import CMTConfig
 from ._cost import Cost, estimate_cost
 from ._presets import PAPER_TABLE, PRESETS, PaperFigures, get_preset
 from ._reproduction import ReproductionRow, reproduce_presets
-from ._solver import Solution, solve
+from ._solver import PHI_RANGE, Solution, solve
 from ._timm_hook import register_with_timm
 from ._units import check_int, format_count, is_int, parse_count, parse_latency_ms
 
@@ -57,6 +57,7 @@ __all__ = [
     "FamilyMember",
     "PAPER_COEFFICIENTS",
     "PHI_LIMIT",
+    "PHI_RANGE",
     "PAPER_TABLE",
     "PRESETS",
     "PaperFigures",

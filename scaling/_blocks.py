@@ -178,9 +178,10 @@ class LightweightAttention(nn.Module):
 
         Why: in CPU inference each projection call has a fixed cost (in bf16, oneDNN lays the weight out
         again on every call), and K and V act on the K/V map of only 49 positions at 224 px, so that cost
-        is most of theirs; one call for both made a whole CMT-S bf16 forward at batch 1 2-4% faster and left
-        fp32 unchanged within noise (AMD EPYC Zen 5, benchmarks/RESULTS.md). For inference copies (`scaling.fuse_for_inference` calls it): the
-        parameter names change (``kv`` for ``k`` and ``v``), so a model to train or save keeps them apart.
+        is most of theirs; one call for both made a whole CMT-S bf16 forward at batch 1 1-4% faster and left
+        fp32 unchanged within noise (AMD EPYC Zen 5, benchmarks/RESULTS.md). For inference copies
+        (`scaling.fuse_for_inference` calls it): the parameter names change (``kv`` for ``k`` and ``v``), so a
+        model to train or save keeps them apart.
         """
         if self.kv is not None:
             return

@@ -146,7 +146,7 @@ def _call_signature(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any,
 @torch.no_grad()
 def fuse_for_inference(model: CMT, channels_last: bool = True, compile: bool = False,
                        tune_allocator: bool = True, amp_dtype: torch.dtype | None = None) -> nn.Module:
-    """A copy of ``model`` for inference: eval mode, BatchNorms folded, K and V projections merged, channels-last weights.
+    """A copy of ``model`` for inference: eval mode, BatchNorms folded, K and V merged, channels-last weights.
 
     ``compile=True`` also wraps it in ``torch.compile`` with Inductor's ``freezing`` option: under ``no_grad``
     or ``inference_mode`` the weights become constants, so oneDNN's packed (and, under bf16 autocast,

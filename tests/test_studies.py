@@ -164,6 +164,14 @@ def test_proxy_fidelity_needs_the_same_data_and_two_protocols(tmp_path) -> None:
 @pytest.mark.parametrize("argv, message", [
     (["fit-coefficients", "--dataset", "digits", "--step", "5"], "step=5.0 is not allowed"),
     (["fit-coefficients", "--dataset", "digits", "--budget-phi", "-1"], "phi=-1.0 is not allowed"),
+    # beyond the solver's phi range a member outgrows the machine: refused before anything trains
+    (["fit-coefficients", "--dataset", "digits", "--budget-phi", "9"], 
+     "phi=9.0 is not allowed; allowed: a number in (0, 3]"),
+    (["fit-coefficients", "--dataset", "digits", "--base-phi", "2.5"], "base_phi + phi=3.5 is not allowed"),
+    (["ablate-scaling", "--dataset", "digits", "--base-phi", "9"], 
+     "base_phi=9.0 is not allowed; allowed: a number in [-3, 3]"),
+    (["proxy-fidelity", "--dataset", "digits", "--phis", "-2,9"],
+     "phi=9.0 is not allowed; allowed: a number in [-3, 3]"),
     (["ablate-scaling", "--dataset", "digits", "--seeds", "0,0"], "seeds=[0, 0] is not allowed"),
     (["ablate-scaling", "--dataset", "digits", "--multiples", "0.5"], "multiples=[0.5] is not allowed"),
     (["ablate-scaling", "--dataset", "digits", "--stage-ratio", "1:x"], "1:x"),

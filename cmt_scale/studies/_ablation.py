@@ -29,7 +29,7 @@ from cmt_scale.search import Backend, RunHooks
 from scaling import PAPER_COEFFICIENTS, PHI_LIMIT, estimate_cost, parse_stage_ratio, solve
 from search_spaces import format_point
 
-from ._grid import Member, compound_grid_space, member, num_classes_of, rows_by_arch, run_grid, write_table
+from ._grid import Member, check_phi, compound_grid_space, member, num_classes_of, rows_by_arch, run_grid, write_table
 
 __all__ = ["STRATEGIES", "AblationResult", "ablate_scaling", "match_budget"]
 
@@ -116,6 +116,7 @@ def ablate_scaling(
     every seed. Writes ``ablation.csv``/``.md`` (mean and spread per member), ``ablation.json`` and
     ``ablation.png``/``.svg`` to ``out``."""
     parse_stage_ratio(stage_ratio)
+    check_phi("base_phi", base_phi)
     if not multiples or any(isinstance(m, bool) or not isinstance(m, (int, float)) or not 1 < m <= 64
                             for m in multiples):
         raise ValueError(f"multiples={list(multiples)!r} is not allowed; allowed: numbers in (1, 64]")

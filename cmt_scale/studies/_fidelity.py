@@ -33,7 +33,7 @@ from cmt_scale.search import (
 from scaling import check_int
 from search_spaces import SearchSpace, format_point, space_from_dict
 
-from ._grid import compound_grid_space, run_grid, write_table
+from ._grid import check_phi, compound_grid_space, run_grid, write_table
 
 __all__ = ["DEFAULT_PHIS", "DEFAULT_REFERENCE", "FidelityResult", "proxy_fidelity"]
 
@@ -95,6 +95,8 @@ def proxy_fidelity(
     unknown = [f for f in families if f not in baseline_families()]
     if unknown:
         raise ValueError(f"families={','.join(families)!r} is not allowed; allowed: {', '.join(baseline_families())}")
+    for phi in phis:
+        check_phi("phi", phi)
     models = len(phis) + sum(len(get_family(f).members) for f in families)
     if models < 3:
         raise ValueError("fewer than 3 architectures is not allowed; allowed: at least 3 to compare two rankings")

@@ -21,9 +21,9 @@ import pandas as pd
 
 from cmt_scale.proxy import ProxyProtocol
 from cmt_scale.search import Backend, RunHooks
-from scaling import PAPER_COEFFICIENTS, PHI_LIMIT, CompoundCoefficients
+from scaling import PAPER_COEFFICIENTS, CompoundCoefficients
 
-from ._grid import Member, compound_grid_space, member, num_classes_of, rows_by_arch, run_grid, write_table
+from ._grid import Member, check_phi, compound_grid_space, member, num_classes_of, rows_by_arch, run_grid, write_table
 
 __all__ = ["TARGET", "TOLERANCE", "FitResult", "coefficient_grid", "fit_coefficients"]
 
@@ -84,8 +84,9 @@ def fit_coefficients(
     The base is ``base`` scaled to ``base_phi`` by the paper's rule, at the protocol resolution. Writes
     ``fit.csv``/``fit.md`` (all triples), ``fit.json`` (best and paper) and ``fit.png``/``.svg`` to ``out``.
     """
-    if isinstance(phi, bool) or not isinstance(phi, (int, float)) or not 0 < phi <= PHI_LIMIT:
-        raise ValueError(f"phi={phi!r} is not allowed; allowed: a number in (0, {PHI_LIMIT}]")
+    check_phi("phi", phi, positive=True)
+    check_phi("base_phi", base_phi)
+    check_phi("base_phi + phi", base_phi + phi)  # the members' phi from the preset itself
     # one family, the paper's architecture at every resolution: the cross-family low-resolution rule (which
     # changes the stem below 64 px) would put a step into the resolution axis itself
     protocol = protocol.replace(low_res="native")

@@ -19,11 +19,11 @@ import pandas as pd
 
 from cmt_scale.proxy import ProxyProtocol
 from cmt_scale.search import Backend, RunHooks, compound_member, read_rows, run_search
-from scaling import CMTConfig, estimate_cost
+from scaling import PHI_RANGE, CMTConfig, estimate_cost
 from search_spaces import SearchSpace, format_point, parse_point, space_from_dict
 
-__all__ = ["Member", "arch_key", "compound_grid_space", "design_study", "member", "num_classes_of", "rows_by_arch",
-           "run_grid", "write_table"]
+__all__ = ["Member", "arch_key", "check_phi", "compound_grid_space", "design_study", "member", "num_classes_of",
+           "rows_by_arch", "run_grid", "write_table"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,18 @@ def arch_key(config: Mapping[str, Any]) -> str:
     """An architecture's identity: its config without the class count (which the data set decides) and the
     stochastic-depth rate (a training setting: the family's recipe sets it, and rows record it there)."""
     return json.dumps({k: v for k, v in config.items() if k not in ("num_classes", "drop_path_rate")}, sort_keys=True)
+
+
+def check_phi(name: str, value: object, positive: bool = False) -> None:
+    """Refuse a study's ``phi`` outside the range `scaling.solve` searches (``PHI_RANGE``, or ``(0, high]``
+    when ``positive``), naming it and what is allowed. Why: a study trains each member, and beyond that range
+    one outgrows a training machine (phi 9 from CMT-Ti has about 4,000x its MACs: killed for memory, after
+    the cheaper members had trained)."""
+    low, high = PHI_RANGE
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not (0 < value if positive else low <= value) or value > high:
+        interval = f"(0, {high:g}]" if positive else f"[{low:g}, {high:g}]"
+        raise ValueError(f"{name}={value!r} is not allowed; allowed: a number in {interval} (the solver's range)")
 
 
 def num_classes_of(protocol: ProxyProtocol) -> int:
