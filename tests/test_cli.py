@@ -51,6 +51,19 @@ def test_save_round_trips_and_builds_the_same_model(tmp_path) -> None:
     assert sum(p.numel() for p in same.parameters()) == data["params"]
 
 
+def test_the_save_hint_builds_the_member_in_a_fresh_interpreter(tmp_path) -> None:
+    """The line printed after --save is what a user pastes into a new Python: it must run there as printed."""
+    pytest.importorskip("timm")
+    path = tmp_path / "member.json"
+    result = run("--target-params", "10M", "--save", str(path))
+    assert result.returncode == 0, result.stderr
+    hint = result.stdout.split("build it with: ", 1)[1].strip()
+    built = subprocess.run([sys.executable, "-c", f"{hint}; print(sum(p.numel() for p in model.parameters()))"],
+                           capture_output=True, text=True, cwd=tmp_path)
+    assert built.returncode == 0, built.stderr
+    assert int(built.stdout) == estimate_cost(CMTConfig.from_json(path)).params
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -168,8 +168,8 @@ class SolveCommand(Command):
         parser.add_argument("--threads", type=int, help="torch threads for --target-latency (default: torch's)")
         parser.add_argument("--verify", action="store_true", help="also build the member and count it with fvcore")
         parser.add_argument("--json", action="store_true", help="print the solution as JSON instead of a table")
-        parser.add_argument("--save", metavar="PATH", help="write the member's config as JSON (CMTConfig.from_json, "
-                            "timm.create_model('cmt_custom', config=PATH))")
+        parser.add_argument("--save", metavar="PATH", help="write the member's config as JSON (CMTConfig.from_json; "
+                            "or import scaling, then timm.create_model('cmt_custom', config=PATH))")
 
     def run(self, args: argparse.Namespace, console: Console) -> int:
         targets = [t for t in (args.target_flops, args.target_params, args.target_latency) if t is not None]
@@ -198,7 +198,9 @@ class SolveCommand(Command):
         else:
             _print_solution(console, sol, verify)
             if args.save:
-                console.print(f"saved to {args.save}: timm.create_model('cmt_custom', config={args.save!r})")
+                # `import scaling` registers the cmt_* models with timm (timm has no plugin discovery)
+                console.print(f"saved to {args.save}; build it with: import scaling, timm; "
+                              f"model = timm.create_model('cmt_custom', config={args.save!r})", soft_wrap=True)
         return 0
 
 
