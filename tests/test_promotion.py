@@ -164,6 +164,10 @@ def test_optuna_and_ray_promote_and_measure_the_same_front(tmp_path) -> None:
     fronts = {}
     for backend in (OptunaBackend(), RayBackend(num_cpus=2)):
         summary = run_search(GRID, TINY, tmp_path / backend.name, backend=backend, promotion=REFERENCE)
-        reference = sorted((r["config"], r["seed"], r["top1_final"]) for r in summary.rows if r["rung"] == "reference")
+        # each row's name too: a promoted member keeps its cheap-rung name on either backend
+        reference = sorted((r["config"], r["seed"], r["top1_final"], r["name"]) for r in summary.rows
+                           if r["rung"] == "reference")
+        cheap_names = {r["config"]: r["name"] for r in summary.rows if r["rung"] == "cheap"}
+        assert reference and all(name == cheap_names[config] for config, _, _, name in reference), backend.name
         fronts[backend.name] = ([(p["config"], round(p["top1_final"], 6)) for p in summary.front], reference)
     assert fronts["optuna"] == fronts["ray"]

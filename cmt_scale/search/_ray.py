@@ -46,7 +46,7 @@ def _trainable(config: dict[str, Any], space: SearchSpace, protocol: ProxyProtoc
         if epoch + 1 < protocol.epochs:
             session.report({"top1": top1, "macs": macs_holder.get("macs", 0), "epoch": epoch + 1})
 
-    candidate = make_candidate(space, space.trial_values(config), protocol, num_classes)
+    candidate = make_candidate(space, space.trial_values(config), protocol, num_classes, reused)
     macs_holder["macs"] = candidate.macs or 0
     row = run_trial(space, space.trial_values(config), protocol, num_classes, trial_id=trial_id, backend="ray",
                     study=study_name, report=report, rung=rung, done=reused)
@@ -140,7 +140,9 @@ def run_ray_search(job: RungJob, backend: RayBackend) -> None:
         trainable = tune.with_resources(
             tune.with_parameters(_trainable, space=space, protocol=protocol, num_classes=num_classes,
                                  run_dir=str(run_dir.resolve()), study_name=study_name, rung=job.rung,
-                                 reused=job.reused),
+                                 # the run's own rows too, as Optuna's trials read them: a promoted member's
+                                 # name, and results to reuse (the worker may not share the run folder)
+                                 reused=(*read_rows(run_dir), *job.reused)),
             {"cpu": backend.cpus_per_trial, "gpu": backend.gpus_per_trial},
         )
         storage = (run_dir / "ray").resolve()
@@ -195,7 +197,7 @@ def _rows_for_stopped_trials(grid, job: RungJob) -> None:
             write_row(run_dir, json.loads(metrics["row"]))
             continue
         values = space.trial_values(result.config or {})
-        candidate = make_candidate(space, values, protocol, job.num_classes)
+        candidate = make_candidate(space, values, protocol, job.num_classes, read_rows(run_dir))
         recipe = trial_recipe(space, values, protocol)
         state = TrialState.FAILED if result.error else TrialState.PRUNED
         write_row(run_dir, make_row(

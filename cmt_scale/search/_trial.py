@@ -27,9 +27,17 @@ __all__ = ["check_resolution", "compound_member", "compound_values", "make_candi
 
 
 def make_candidate(space: SearchSpace, values: Mapping[str, Any], protocol: ProxyProtocol,
-                   num_classes: int) -> Member:
-    """The member ``values`` name in ``space``'s family, built and costed for ``protocol`` (the registry's job)."""
-    return get_family(space.family).values_member(values, protocol, num_classes)
+                   num_classes: int, done: Sequence[Mapping[str, Any]] = ()) -> Member:
+    """The member ``values`` name in ``space``'s family, built and costed for ``protocol`` (the registry's job).
+
+    A promoted member (``values`` name it by its config: the reference rung) keeps the name its cheap-rung row
+    in ``done`` gave it, so that both rungs' rows of one architecture read alike whichever backend ran them.
+    """
+    candidate = get_family(space.family).values_member(values, protocol, num_classes)
+    if values.get("config") is not None:
+        named = next((r["name"] for r in done if r.get("config") == candidate.config_json and r.get("name")), None)
+        candidate = dataclasses.replace(candidate, name=named) if named else candidate
+    return candidate
 
 
 def check_resolution(space: SearchSpace, resolution: int, protocol: ProxyProtocol | None = None) -> None:
@@ -110,10 +118,7 @@ def run_trial(
     row says from which trial).
     """
     start = time.perf_counter()
-    candidate = make_candidate(space, values, protocol, num_classes)
-    if values.get("config") is not None:  # a promoted member keeps the name its cheap-rung row gave it
-        named = next((r["name"] for r in done if r.get("config") == candidate.config_json and r.get("name")), None)
-        candidate = dataclasses.replace(candidate, name=named) if named else candidate
+    candidate = make_candidate(space, values, protocol, num_classes, done)
     recipe = trial_recipe(space, values, protocol)
     trained = trial_protocol(protocol, values, candidate, recipe)
     config_json, recipe_json = candidate.config_json, json.dumps(recipe.to_dict(), sort_keys=True)
