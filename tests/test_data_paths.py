@@ -253,6 +253,9 @@ def test_protocols_recorded_before_mixup_existed_keep_their_hash() -> None:
 
 @pytest.mark.parametrize("change, message", [
     (dict(augment="sharpen"), "augment='sharpen' is not allowed; allowed: none, crop, crop-flip, rrc-flip or a timm"),
+    # timm would skip an option without a value and train plain RandAugment / AugMix: a typo, refused
+    (dict(augment="rand-foo"), "augment='rand-foo' is not allowed"),
+    (dict(augment="augmix-m5-wide"), "augment='augmix-m5-wide' is not allowed"),
     (dict(mixup=-1.0), "mixup=-1.0 is not allowed"), (dict(workers=-1), "workers=-1 is not allowed"),
     (dict(data_memory_gb=-2), "data_memory_gb=-2 is not allowed"),
 ])

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -21,6 +22,17 @@ TENSOR_AUGMENTS = ("crop-flip", "crop", "none")
 # rrc-flip: timm's random-resized crop and flip; a timm auto-augment policy adds to it (e.g. rand-m9-mstd0.5).
 _TIMM_POLICY_PREFIXES = ("rand-", "augmix-", "original", "v0", "3a")
 AUGMENTS_ALLOWED = "none, crop, crop-flip, rrc-flip or a timm auto-augment policy (rand-m9-mstd0.5, augmix-m5, ...)"
+
+
+def _is_timm_policy(text: str) -> bool:
+    """A timm auto-augment string each of whose options carries its value (``m9``, ``mstd0.5``; RandAugment's
+    ``t...`` names a transform set). Why: timm skips an option without a number, so ``rand-foo`` would
+    quietly train with plain RandAugment; such a section is a typo, refused here."""
+    if not text.startswith(_TIMM_POLICY_PREFIXES):
+        return False
+    name, *options = text.split("-")
+    return all(re.fullmatch(r"[a-z]+\d[\d.]*", option) or (name == "rand" and re.fullmatch(r"t\w+", option))
+               for option in options)
 _PRECISIONS = ("fp32", "bf16", "fp16")
 # Fields added after results were recorded: hashed only when set, so older protocols keep their hashes.
 _HASHED_WHEN_SET = {"mixup": 0.0, "cutmix": 0.0}
@@ -105,7 +117,7 @@ class ProxyProtocol:
         need(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "a number in [0, 1]")
         need(0 <= self.label_smoothing < 1, "label_smoothing", "a number in [0, 1)")
         need(isinstance(self.augment, str) and (self.augment in (*TENSOR_AUGMENTS, "rrc-flip")
-                                                or self.augment.startswith(_TIMM_POLICY_PREFIXES)),
+                                                or _is_timm_policy(self.augment)),
              "augment", AUGMENTS_ALLOWED)
         for name in ("mixup", "cutmix"):
             value = getattr(self, name)
