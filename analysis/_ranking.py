@@ -44,14 +44,24 @@ def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
     return float((sx * sy).sum() / denom) if denom > 0 else float("nan")
 
 
+def _top_k_chance(values: np.ndarray, k: int) -> np.ndarray:
+    """Each model's chance of being among the ``k`` best when ties at the k-th place are broken at random."""
+    kth = np.sort(values)[::-1][k - 1]
+    above, tied = values > kth, values == kth
+    return above + tied * (k - np.count_nonzero(above)) / np.count_nonzero(tied)
+
+
 def top_k_overlap(x: Sequence[float], y: Sequence[float], k: int) -> float:
-    """Share of the ``k`` best models by ``x`` that are also among the ``k`` best by ``y`` (higher is better)."""
+    """Share of the ``k`` best models by ``x`` that are also among the ``k`` best by ``y`` (higher is better).
+
+    Models tied at the k-th place count by their chance of being picked (the overlap's expectation over random
+    tie-breaks): two models tied for best by ``x`` of which ``y`` ranks one first give 0.5 at ``k=1``, where
+    taking the first in list order would give 0 or 1 depending only on the order. Without ties, the plain count.
+    """
     a, b = _pair(x, y)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(a):
         raise ValueError(f"k={k!r} is not allowed; allowed: an integer in [1, {len(a)}]")
-    best_a = set(np.argsort(-a, kind="stable")[:k].tolist())
-    best_b = set(np.argsort(-b, kind="stable")[:k].tolist())
-    return len(best_a & best_b) / k
+    return float((_top_k_chance(a, k) * _top_k_chance(b, k)).sum() / k)
 
 
 def bootstrap_interval(x: Sequence[float], y: Sequence[float], statistic: Callable[[np.ndarray, np.ndarray], float],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -42,6 +43,22 @@ def test_rank_statistics_on_hand_computed_cases() -> None:
     assert top_k_overlap([1, 2, 3, 4, 5], [4.5, 2, 3, 1, 5], k=2) == 0.5
     with pytest.raises(ValueError, match="k=0 is not allowed"):
         top_k_overlap(ranks, ranks, k=0)
+
+
+def test_top_k_overlap_counts_ties_by_their_chance_of_being_picked() -> None:
+    # two models tied best by x, y ranks one of them first: a coin flip, not the list order
+    assert top_k_overlap([1.0, 1.0, 0.0], [0.0, 1.0, 0.5], k=1) == 0.5
+    assert top_k_overlap([1.0, 1.0, 0.0], [1.0, 0.0, 0.5], k=1) == 0.5
+    # against every way of breaking the ties on both sides, averaged (an independent brute force)
+    x, y = [3.0, 3.0, 3.0, 1.0, 0.0], [2.0, 3.0, 0.0, 3.0, 3.0]
+    for k in (1, 2, 3, 4):
+        overlaps = []
+        for order_x in itertools.permutations(range(5)):
+            top_x = set(sorted(range(5), key=lambda i: (-x[i], order_x[i]))[:k])
+            for order_y in itertools.permutations(range(5)):
+                top_y = set(sorted(range(5), key=lambda i: (-y[i], order_y[i]))[:k])
+                overlaps.append(len(top_x & top_y) / k)
+        assert top_k_overlap(x, y, k) == pytest.approx(sum(overlaps) / len(overlaps), abs=1e-12)
 
 
 def test_bootstrap_interval_brackets_the_estimate_and_is_seeded() -> None:
