@@ -35,6 +35,8 @@ from ._units import check_int, format_count, is_int, parse_count, parse_latency_
 # Public names that need torch (and timm), by the module that defines them: loaded on first access.
 _LAZY = {
     "CMT": "_model",
+    "CMTBlock": "_blocks",
+    "CMTStage": "_blocks",
     "build_cmt": "_model",
     "FlopProfile": "_profile",
     "count_flops": "_profile",
