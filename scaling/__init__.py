@@ -30,7 +30,7 @@ from ._presets import PAPER_TABLE, PRESETS, PaperFigures, get_preset
 from ._reproduction import ReproductionRow, reproduce_presets
 from ._solver import PHI_RANGE, Solution, solve
 from ._timm_hook import register_with_timm
-from ._units import check_int, format_count, is_int, parse_count, parse_latency_ms
+from ._units import check_int, counted, format_count, is_int, parse_count, parse_latency_ms
 
 # Public names that need torch (and timm), by the module that defines them: loaded on first access.
 _LAZY = {
@@ -68,6 +68,7 @@ __all__ = [
     "estimate_cost",
     "family",
     "check_int",
+    "counted",
     "format_count",
     "is_int",
     "get_preset",

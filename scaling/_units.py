@@ -59,6 +59,11 @@ def format_count(value: float, digits: int = 2) -> str:
     return f"{value:.0f}"
 
 
+def counted(count: int, noun: str) -> str:
+    """``1, "epoch"`` -> ``"1 epoch"``; ``5, "epoch"`` -> ``"5 epochs"`` (regular plurals only)."""
+    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
+
+
 def is_int(value: object) -> bool:
     """An integer and not a bool (``True`` is an ``int`` to Python, never a count to a user)."""
     return isinstance(value, int) and not isinstance(value, bool)

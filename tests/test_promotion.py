@@ -171,3 +171,13 @@ def test_optuna_and_ray_promote_and_measure_the_same_front(tmp_path) -> None:
         assert reference and all(name == cheap_names[config] for config, _, _, name in reference), backend.name
         fronts[backend.name] = ([(p["config"], round(p["top1_final"], 6)) for p in summary.front], reference)
     assert fronts["optuna"] == fronts["ray"]
+
+
+def test_the_printed_budget_counts_one_epoch_and_one_seed_in_the_singular() -> None:
+    from cmt_scale.search._driver import _rung_plan
+
+    # TINY: 300 images x 1 epoch; REFERENCE: 500 images x 1 epoch, 2 seeds (hand-computed lines)
+    _, plan = _rung_plan(TINY, REFERENCE, trials=3, available=1000)
+    assert plan[0] == "cheap rung: 3 candidates x 300 images (1 epoch x 300), 1 seed = 900 images"
+    assert plan[1] == ("reference rung: the cheap rung's front + next non-dominated layer x 2 seeds x 500 images "
+                       "(1 epoch x 500) per member")

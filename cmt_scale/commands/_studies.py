@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from scaling import format_count
+from scaling import counted, format_count
 
 from ._base import Command, Progress, add_backend_args, add_protocol_args, backend_from, numbers, protocol_from
 
@@ -180,7 +180,7 @@ class FidelityCommand(Command):
             reference = reference.replace(epochs=args.reference_epochs)
         families = [f.strip() for f in args.families.split(",") if f.strip()]
         header = (f"proxy-fidelity on {cheap.dataset}: cheap {cheap.protocol_hash} ({cheap.train_size or 'all'} "
-                  f"images x {cheap.epochs} epochs) vs reference {reference.protocol_hash} "
+                  f"images x {counted(cheap.epochs, 'epoch')}) vs reference {reference.protocol_hash} "
                   f"({reference.train_size or 'all'} x {reference.epochs}) -> {args.out}")
         result = proxy_fidelity(cheap, reference, args.out, phis=numbers(args.phis, "--phis", float), base=args.base,
                                 families=families, k=args.top_k, resamples=args.resamples,
@@ -232,8 +232,8 @@ class SweepCommand(Command):
         lrs, decays = numbers(args.lrs, "--lrs", float), numbers(args.weight_decays, "--weight-decays", float)
         seeds = numbers(args.seeds, "--seeds", int)
         header = (f"sweep-recipes of {', '.join(families)} on {protocol.dataset} @{protocol.resolution}px: lr {lrs} x "
-                  f"weight decay {decays} x seeds {seeds}, {protocol.train_size or 'all'} images x {protocol.epochs} "
-                  f"epochs -> {args.out}")
+                  f"weight decay {decays} x seeds {seeds}, {protocol.train_size or 'all'} images x "
+                  f"{counted(protocol.epochs, 'epoch')} -> {args.out}")
         result = sweep_recipes(protocol, args.out, families=families, lrs=lrs, weight_decays=decays, seeds=seeds,
                                **_study_args(args, console, header))
         _print_frame(console, "Recipes by validation top-1 (mean over seeds; chosen *)", result.table, {

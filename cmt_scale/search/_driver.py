@@ -20,7 +20,7 @@ from typing import Any
 
 from analysis import pareto_mask
 from cmt_scale.proxy import ProxyProtocol, data_for, resolve_device
-from scaling import check_int
+from scaling import check_int, counted
 from search_spaces import SearchSpace, load_space, space_from_dict
 
 from ._backends import Backend, OptunaBackend, RayBackend, RungJob, SearchMode
@@ -275,7 +275,7 @@ def _rung_plan(protocol: ProxyProtocol, promotion: Promotion | None, trials: int
     """Each rung's record for ``run.json`` and the lines that print its budget before anything trains."""
     cheap_images = min(protocol.train_size or available, available) * protocol.epochs
     rungs: dict[str, Any] = {"cheap": {"protocol_hash": protocol.protocol_hash, "images_per_trial": cheap_images}}
-    plan = [f"cheap rung: {trials} candidates x {cheap_images:,} images ({protocol.epochs} epochs x "
+    plan = [f"cheap rung: {trials} candidates x {cheap_images:,} images ({counted(protocol.epochs, 'epoch')} x "
             f"{cheap_images // protocol.epochs:,}), 1 seed = {trials * cheap_images:,} images"]
     if promotion is not None:
         reference = promotion.protocol(protocol)
@@ -284,6 +284,7 @@ def _rung_plan(protocol: ProxyProtocol, promotion: Promotion | None, trials: int
                               "images_per_trial": images, "seeds": list(promotion.seeds), "margin": promotion.margin}
         margin = {"layer": "front + next non-dominated layer", "none": "front"}.get(
             str(promotion.margin), f"front + members within {promotion.margin} points")
-        plan.append(f"reference rung: the cheap rung's {margin} x {len(promotion.seeds)} seeds x {images:,} images "
-                    f"({reference.epochs} epochs x {images // reference.epochs:,}) per member")
+        plan.append(f"reference rung: the cheap rung's {margin} x {counted(len(promotion.seeds), 'seed')} x "
+                    f"{images:,} images ({counted(reference.epochs, 'epoch')} x {images // reference.epochs:,}) "
+                    "per member")
     return rungs, tuple(plan)

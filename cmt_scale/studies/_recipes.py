@@ -23,6 +23,7 @@ import pandas as pd
 
 from cmt_scale.proxy import ProxyProtocol, Recipe, get_family
 from cmt_scale.search import Backend, RunHooks, with_family_recipes
+from scaling import counted
 from search_spaces import space_from_dict
 
 from ._grid import run_grid, write_table
@@ -127,7 +128,8 @@ def _write_recipes(path: Path, recipes: Mapping[str, Recipe], protocol: ProxyPro
     import yaml
 
     header = (f"# Per-family training recipes chosen by `cmt-scale sweep-recipes` on {protocol.dataset} at "
-              f"{protocol.resolution} px, {protocol.train_size or 'all'} images x {protocol.epochs} epochs.\n"
+              f"{protocol.resolution} px, {protocol.train_size or 'all'} images x "
+              f"{counted(protocol.epochs, 'epoch')}.\n"
               f"# Swept: {', '.join(sorted(chosen))}; the other families keep the recipes the sweep ran with.\n")
     body = yaml.safe_dump({family: recipe.to_dict() for family, recipe in sorted(recipes.items())},
                           default_flow_style=None, sort_keys=False, width=200)
