@@ -48,7 +48,10 @@ class Solution:
     ``config`` is the member; ``rule_config`` the pure rule's member at ``phi``; ``adjustments`` how the
     neighbourhood search departed from it (empty when the rule's member was nearest). ``error`` is
     ``achieved / target - 1``. ``realised_ratio`` is the member's MACs over the base's; ``nominal_ratio``
-    what the rule promises, ``(alpha * beta**1.5 * gamma**2) ** phi``.
+    what the rule promises, ``(alpha * beta**1.5 * gamma**2) ** phi``. For a latency target, ``measured``
+    holds each timed member's (MACs, ms) and ``latency_spread`` the largest of their timings' spreads
+    (`Throughput.spread`): above a few percent the machine was busy and the bisection may have stopped a
+    member off.
     """
 
     config: CMTConfig
@@ -66,6 +69,7 @@ class Solution:
     reachable: tuple[float, float]
     latency_ms: float | None = None
     measured: tuple[tuple[float, float], ...] = field(default=(), compare=False)
+    latency_spread: float | None = field(default=None, compare=False)
 
     @property
     def error(self) -> float:
@@ -80,6 +84,7 @@ class Solution:
             "macs": self.macs,
             "params": self.params,
             "latency_ms": self.latency_ms,
+            "latency_spread": self.latency_spread,
             "realised_cost_ratio": self.realised_ratio,
             "nominal_cost_ratio": self.nominal_ratio,
             "adjustments": list(self.adjustments),
@@ -255,13 +260,15 @@ def _solution(cfg, phi, kind, target, achieved, rule_cfg, notes, base_cfg, coeff
 
 
 @functools.lru_cache(maxsize=256)
-def _measured_latency_ms(cfg: CMTConfig, device: str, batch_size: int, threads: int | None) -> float:
-    """One real timing per (member, device, batch, threads) per process: models are built only here."""
+def _measured_latency_ms(cfg: CMTConfig, device: str, batch_size: int, threads: int | None) -> tuple[float, float]:
+    """One real timing per (member, device, batch, threads) per process, as (ms per batch, spread): models
+    are built only here."""
     from ._model import build_cmt
     from ._throughput import measure_throughput
 
     model = build_cmt(cfg)
-    return measure_throughput(model, batch_size, cfg.img_size, device, threads, warmup=2, repeats=5).ms_per_batch
+    result = measure_throughput(model, batch_size, cfg.img_size, device, threads, warmup=2, repeats=5)
+    return result.ms_per_batch, result.spread
 
 
 def _solve_latency(members, target, base_cfg, coeffs, device, batch_size, threads) -> Solution:
@@ -275,10 +282,12 @@ def _solve_latency(members, target, base_cfg, coeffs, device, batch_size, thread
         distinct.setdefault(cfg, phi)
     ordered = sorted(distinct, key=lambda c: estimate_cost(c).macs)
     timings: dict[CMTConfig, float] = {}
+    spreads: list[float] = []
 
     def latency(cfg: CMTConfig) -> float:
         if cfg not in timings:
-            timings[cfg] = _measured_latency_ms(cfg, device, batch_size, threads)
+            timings[cfg], spread = _measured_latency_ms(cfg, device, batch_size, threads)
+            spreads.append(spread)
         return timings[cfg]
 
     # Gallop up from the cheapest member until one is at least as slow as the target, then bisect: the
@@ -310,5 +319,5 @@ def _solve_latency(members, target, base_cfg, coeffs, device, batch_size, thread
     return _solution(
         best, phi, "latency", target, timings[best], best, (), base_cfg, coeffs,
         (min(timings.values()), max(timings.values())), latency_ms=timings[best],
-        measured=tuple(sorted((estimate_cost(c).macs, t) for c, t in timings.items())),
+        measured=tuple(sorted((estimate_cost(c).macs, t) for c, t in timings.items())), latency_spread=max(spreads),
     )

@@ -15,7 +15,12 @@ __all__ = ["Throughput", "measure_throughput"]
 
 @dataclass(frozen=True)
 class Throughput:
-    """Median of the timed repeats: ``img_per_s`` and ``ms_per_img`` (batch latency / batch size)."""
+    """Median of the timed repeats: ``img_per_s`` and ``ms_per_img`` (batch latency / batch size).
+
+    ``spread`` is the repeats' median absolute deviation over their median (0.02: the typical repeat was 2%
+    off the median): on an idle machine about 0.01, on a busy one several times that, when the figures are
+    not to be trusted to a few percent.
+    """
 
     img_per_s: float
     ms_per_img: float
@@ -24,6 +29,7 @@ class Throughput:
     device: str
     threads: int | None
     repeats: int
+    spread: float = 0.0
 
     @property
     def ms_per_batch(self) -> float:
@@ -102,6 +108,7 @@ def measure_throughput(
             _synchronize(device)
             times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
+    spread = statistics.median(abs(t - seconds) for t in times) / seconds
     return Throughput(
         img_per_s=batch_size / seconds,
         ms_per_img=1000 * seconds / batch_size,
@@ -110,4 +117,5 @@ def measure_throughput(
         device=str(device),
         threads=threads,
         repeats=repeats,
+        spread=spread,
     )

@@ -187,3 +187,18 @@ def test_the_main_job_does_not_import_torch() -> None:
             "print(code, sorted(m for m in ('torch', 'pandas', 'cmt_scale.search') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.stdout.split("\n")[-2] == "0 []", result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("spread, warned", [(0.2, True), (0.01, False)])
+def test_a_latency_solve_on_noisy_timings_warns_on_stderr(monkeypatch, capsys, spread, warned) -> None:
+    """Timings stubbed as MACs / 1e8 ms with a given spread: the warning is the machine's noise, not the target."""
+    from cmt_scale.cli import main
+    from scaling import _solver
+
+    monkeypatch.setattr(_solver, "_measured_latency_ms",
+                        lambda cfg, device, batch_size, threads: (estimate_cost(cfg).macs / 1e8, spread))
+    assert main(["--target-latency", "40ms", "--json"]) == 0
+    out, err = capsys.readouterr()
+    solution = json.loads(out)  # stdout stays JSON: the warning goes to stderr
+    assert solution["latency_spread"] == spread and solution["latency_ms"] == pytest.approx(40, rel=0.1)
+    assert ("the timings were noisy (repeats 20% off their median" in err) is warned

@@ -84,7 +84,7 @@ def test_latency_target_measures_real_members() -> None:
     from scaling import scale
     from scaling._solver import _measured_latency_ms
 
-    ends = [_measured_latency_ms(scale(base, phi), "cpu", 8, 1) for phi in (-1.0, 1.5)]
+    ends = [_measured_latency_ms(scale(base, phi), "cpu", 8, 1)[0] for phi in (-1.0, 1.5)]
     with pytest.raises(ValueError, match="target_latency=0.0001ms is out of reach on cpu at batch 8; allowed"):
         solve(target_latency_ms=1e-4, base=base, phi_range=(-1.0, 1.5), threads=1, batch_size=8)
     sol = solve(target_latency_ms=sum(ends) / 2, base=base, phi_range=(-1.0, 1.5), threads=1, batch_size=8)

@@ -16,6 +16,24 @@ def test_throughput_figures_are_consistent(tiny_cfg) -> None:
     assert torch.get_num_threads() >= 1  # threads restored after the measurement
 
 
+def test_spread_is_the_repeats_median_absolute_deviation_over_their_median(monkeypatch) -> None:
+    """On a clock that each forward advances by a set amount, the figures are hand-computable."""
+    from scaling import _throughput
+
+    durations = iter([0.050, 0.050] + [0.010, 0.011, 0.009, 0.013, 0.007])  # 2 warm-up batches, then 5 timed
+    clock = [0.0]
+
+    class Stepped(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            clock[0] += next(durations)
+            return x
+
+    monkeypatch.setattr(_throughput.time, "perf_counter", lambda: clock[0])
+    result = measure_throughput(Stepped(), batch_size=2, img_size=8, warmup=2, repeats=5)
+    # median 10 ms; deviations 0, 1, 1, 3, 3 ms -> median 1 ms -> 0.1
+    assert result.ms_per_batch == pytest.approx(10.0) and result.spread == pytest.approx(0.1)
+
+
 def test_bf16_autocast_path_runs(tiny_cfg) -> None:
     result = measure_throughput(build_cmt(tiny_cfg), batch_size=2, img_size=64, dtype=torch.bfloat16, repeats=2)
     assert result.img_per_s > 0

@@ -104,6 +104,10 @@ def _arch_rows(cfg: CMTConfig) -> dict[str, str]:
     }
 
 
+# A latency solve whose timings' spread (`Throughput.spread`) is above this was made on a busy machine.
+_NOISY_TIMINGS = 0.05
+
+
 def _nearest_presets(macs: float, count: int = 2) -> list[str]:
     return sorted(PRESETS, key=lambda n: abs(math.log(estimate_cost(PRESETS[n]).macs / macs)))[:count]
 
@@ -126,7 +130,8 @@ def _print_solution(console: Console, sol: Solution, verify: dict[str, Any] | No
     table.add_row("params", format_count(sol.params), *[format_count(near_costs[n].params) for n in near])
     table.add_row("MACs (FLOPs)", format_count(sol.macs), *[format_count(near_costs[n].macs) for n in near])
     if sol.latency_ms is not None:
-        table.add_row("latency", f"{sol.latency_ms:.2f} ms", *["" for _ in near])
+        table.add_row("latency", f"{sol.latency_ms:.2f} ms (repeats ±{100 * sol.latency_spread:.1f}%)",
+                      *["" for _ in near])
     table.add_row("error vs target", f"{100 * sol.error:+.2f}%", *["" for _ in near])
     table.add_row("cost vs base", f"{sol.realised_ratio:.2f}x (rule: {sol.nominal_ratio:.2f}x)", *["" for _ in near])
     if verify is not None:
@@ -187,6 +192,11 @@ class SolveCommand(Command):
             stage_ratio=parse_stage_ratio(args.stage_ratio) if args.stage_ratio else None,
             device=args.device, batch_size=args.batch_size, threads=args.threads,
         )
+        if sol.latency_spread is not None and sol.latency_spread > _NOISY_TIMINGS:
+            Console(stderr=True).print(
+                f"warning: the timings were noisy (repeats {100 * sol.latency_spread:.0f}% off their median, where an "
+                "idle machine gives about 1%): the member may be a step off; rerun on an idle machine, or set "
+                "--threads", soft_wrap=True)
         verify = _verify(sol.config) if args.verify else None
         if args.save:
             sol.config.to_json(args.save)
