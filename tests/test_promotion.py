@@ -45,6 +45,20 @@ def test_non_dominated_layers_by_hand() -> None:
     assert non_dominated_layers(points) == [0, 0, 1, 2, 0]
 
 
+def test_a_reference_rung_on_the_cheap_protocol_keeps_both_seeds_on_the_front(tmp_path) -> None:
+    """The reference rung's seed 0 reuses the cheap row (same protocol, config, seed and top-1): the front, read
+    from the reference rung, still averages both of its seeds, in whichever order the rows were written."""
+    from cmt_scale.search import SearchSummary
+
+    cheap = [{**_row("a", 1.0, 36.0), "family": "f"}, {**_row("b", 2.0, 26.0), "family": "f"}]
+    reference = [{**_row(c, m, t, seed=s, rung="reference"), "family": "f"}
+                 for c, m, t, s in (("a", 1.0, 36.0, 0), ("a", 1.0, 26.0, 1), ("b", 2.0, 26.0, 0), ("b", 2.0, 38.5, 1))]
+    for rows in (cheap + reference, reference + cheap):
+        front = SearchSummary(tmp_path, rows, 0.0).front
+        # by hand: a = (36 + 26) / 2 = 31.0, b = (26 + 38.5) / 2 = 32.25, each of 2 seeds
+        assert [(r["config"], r["top1_final"], r["seeds"]) for r in front] == [("a", 31.0, 2), ("b", 32.25, 2)]
+
+
 def test_promotion_takes_the_front_and_the_next_layer() -> None:
     rows = [_row("a", 1, 50), _row("b", 2, 60), _row("c", 3, 55), _row("d", 4, 50), _row("e", 5, 40)]
     assert [r["config"] for r in promoted_rows(rows, "layer")] == ["a", "b", "c"]

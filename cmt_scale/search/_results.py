@@ -158,12 +158,15 @@ def write_results(run_dir: str | Path, rows: Iterable[Mapping[str, Any]] | None 
 
 
 def measured_rows(rows: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """Complete rows with a top-1, one per measurement: a trial that reused an earlier trial's result (same
-    config, protocol and seed) is the same point, and only its first trial stands for it."""
+    """Complete rows with a top-1, one per measurement and rung: a trial that reused an earlier trial's result
+    (same config, protocol and seed) is the same point, and only its first trial stands for it. The rung is
+    part of the key: a reference rung whose protocol is the cheap rung's reuses its seed-0 rows, and each rung
+    must still see that measurement among its own (else the front, read from one rung, loses a seed)."""
     measured: dict[tuple, Mapping[str, Any]] = {}
     for r in rows:
         if r["state"] == TrialState.COMPLETE and r["top1_final"] is not None:
-            measured.setdefault((r["config"], r.get("protocol_hash"), r.get("seed"), r["top1_final"]), r)
+            key = (r.get("rung") or "cheap", r["config"], r.get("protocol_hash"), r.get("seed"), r["top1_final"])
+            measured.setdefault(key, r)
     return list(measured.values())
 
 
