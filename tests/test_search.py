@@ -374,6 +374,16 @@ def test_a_resumed_search_counts_on_from_its_finished_trials(tmp_path, capsys) -
     assert out == "" and err.strip() == "cmt-scale search: error: trials=0 is not allowed; allowed: an integer >= 1"
 
 
+def test_a_resumed_search_proposes_new_architectures_not_the_first_runs_again(tmp_path) -> None:
+    """An interrupted search resumed: its sampler must not replay the first process's proposals (they would be
+    reused, not retrained, but each would spend a trial of the budget on an architecture already measured)."""
+    run_search("cmt_compound", TINY, tmp_path / "r", trials=2, promotion=None)
+    run_search("cmt_compound", TINY, tmp_path / "r", trials=4, promotion=None)
+    rows = read_rows(tmp_path / "r")
+    assert len(rows) == 4 and not any("result reused" in (r["error"] or "") for r in rows)
+    assert len({r["config"] for r in rows}) == 4
+
+
 @pytest.mark.slow
 def test_ray_search_end_to_end_local(tmp_path) -> None:
     summary = run_search("cmt_compound", TINY, trials=3, out=tmp_path / "ray",

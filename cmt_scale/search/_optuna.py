@@ -177,6 +177,12 @@ def run_optuna_search(job: RungJob, storage_url: str | None = None, seed: int = 
         study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True, sampler=sampler,
                                     direction="maximize", pruner=optuna.pruners.SuccessiveHalvingPruner())
         study.set_metric_names(["top1"])
+    if study.trials and space.sampler != "grid":
+        # A resumed study's sampler starts from its seed again and would replay the first run's proposals,
+        # which the rows then reuse: trials spent, no new architecture. Seeded on from the trials it has
+        # instead: still reproducible, and each resume explores on.
+        study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials), multivariate=True,
+                                                   constant_liar=True)
     requeued = _requeue_dead_trials(study)
     if requeued:
         log.info("re-queued %d trial(s) that a killed process of this host left running", requeued)
