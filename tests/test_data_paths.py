@@ -222,6 +222,16 @@ def test_a_folder_without_images_or_with_mismatched_classes_is_one_clear_error(t
     with pytest.raises(ValueError, match=r"class folders of train and val differ \(only in train: \['cow'\]; only in "
                                          r"val: \['cat'\]\)"):
         load_dataset(f"imagefolder:{tmp_path / 'two'}")
+    # an empty class folder, in a single folder or in val only, would be a class nothing teaches or tests
+    _write_folder(tmp_path / "one", {".": 2})
+    (tmp_path / "one" / "yak").mkdir()
+    with pytest.raises(ValueError, match=r"one: class folder\(s\) 'yak' hold no images; allowed: class folders each"):
+        load_dataset(f"imagefolder:{tmp_path / 'one'}")
+    _write_folder(tmp_path / "three", {"train": 2, "val": 2})
+    for image in (tmp_path / "three" / "val" / "cow").iterdir():
+        image.unlink()
+    with pytest.raises(ValueError, match=r"val: class folder\(s\) 'cow' hold no images"):
+        load_dataset(f"imagefolder:{tmp_path / 'three'}")
 
 
 def test_the_cli_reports_a_bad_folder_in_one_line(tmp_path: Path, capsys) -> None:

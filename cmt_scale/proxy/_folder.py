@@ -101,6 +101,11 @@ def _class_folders(folder: Path) -> tuple[list[str], list[tuple[str, int]]]:
     if not items:
         raise ValueError(f"imagefolder:{folder} holds no images; allowed: a folder of class folders holding "
                          f"{', '.join(IMAGE_EXTENSIONS)} files")
+    # a class folder without images would still be a class: the head gets an output nothing teaches
+    empty = sorted(set(classes) - {classes[label] for _, label in items})
+    if empty:
+        raise ValueError(f"imagefolder:{folder}: class folder(s) {', '.join(map(repr, empty))} hold no images; "
+                         f"allowed: class folders each holding {', '.join(IMAGE_EXTENSIONS)} files")
     return classes, items
 
 
