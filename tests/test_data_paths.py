@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -211,6 +212,13 @@ def _check_unreadable_is_skipped(folder: Path, bad: Path, caplog) -> None:
     result = train_and_evaluate(SMALL_CMT, _protocol(folder, data_memory_gb=0), progress=False)
     assert result.state == "complete" and result.skipped_images == 1
     assert any(str(bad) in record.getMessage() for record in caplog.records)
+    # and a search's rows (and its table) carry the count
+    from cmt_scale.search import read_rows, run_search
+
+    run_dir = folder.parent / "search"
+    run_search("cmt_compound", _protocol(folder, data_memory_gb=0), run_dir, trials=1, promotion=None)
+    assert [r["skipped_images"] for r in read_rows(run_dir)] == [1]
+    assert pd.read_csv(run_dir / "results.csv")["skipped_images"].tolist() == [1]
 
 
 def test_a_folder_without_images_or_with_mismatched_classes_is_one_clear_error(tmp_path: Path) -> None:

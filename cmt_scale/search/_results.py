@@ -50,6 +50,7 @@ class ResultRow(TypedDict):
     dataset: str
     rung: str | None
     recipe: str | None
+    skipped_images: int | None
 
 
 # column -> pandas dtype; the schema analysis/ validates against.
@@ -76,6 +77,7 @@ RESULT_COLUMNS: dict[str, str] = {
     "dataset": "string",
     "rung": "string",  # cheap | reference: the schedule the row was trained under (a search's promotion)
     "recipe": "string",  # JSON: the family's training recipe the row was trained with
+    "skipped_images": "Int64",  # unreadable files an image folder left out (None: not trained, or an older row)
 }
 
 

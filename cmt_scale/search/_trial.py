@@ -80,7 +80,8 @@ def _latency_ms(candidate: Member, protocol: ProxyProtocol) -> float:
                               threads=protocol.threads, warmup=2, repeats=5).ms_per_batch
 
 
-_REUSED = ("macs", "params", "latency_ms", "top1_final", "top1_best", "test_top1", "epochs_run", "train_img_per_s")
+_REUSED = ("macs", "params", "latency_ms", "top1_final", "top1_best", "test_top1", "epochs_run", "train_img_per_s",
+           "skipped_images")
 
 
 def _same_measurement(previous: Mapping[str, Any], config_json: str, recipe_json: str, protocol: ProxyProtocol,
@@ -128,7 +129,7 @@ def run_trial(
     over_budget = candidate.reason or space.budget.violations(candidate.macs or 0, candidate.params or 0)
     for previous in ([] if over_budget else done):
         if _same_measurement(previous, config_json, recipe_json, protocol, trained.seed):
-            return make_row(**{**{k: previous[k] for k in _REUSED}, **common, "state": "complete",
+            return make_row(**{**{k: previous.get(k) for k in _REUSED}, **common, "state": "complete",
                                "error": f"same architecture as trial {previous['trial_id']}{_of_study(previous, study)}"
                                ": result reused, not retrained", "wall_s": time.perf_counter() - start})
     common.update(macs=candidate.macs, params=candidate.params)
@@ -149,4 +150,5 @@ def run_trial(
                                              cost=(candidate.macs, candidate.params))
     return make_row(**common, state=result.state, error=result.error, top1_final=result.final_top1,
                     top1_best=result.best_top1, test_top1=result.test_top1, epochs_run=result.epochs_run,
-                    wall_s=time.perf_counter() - start, train_img_per_s=result.train_img_per_s)
+                    wall_s=time.perf_counter() - start, train_img_per_s=result.train_img_per_s,
+                    skipped_images=result.skipped_images)
