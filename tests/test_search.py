@@ -374,6 +374,25 @@ def test_a_resumed_search_counts_on_from_its_finished_trials(tmp_path, capsys) -
     assert out == "" and err.strip() == "cmt-scale search: error: trials=0 is not allowed; allowed: an integer >= 1"
 
 
+def test_a_small_data_set_gets_sizes_it_can_serve_when_none_are_given(tmp_path, capsys) -> None:
+    """The defaults (2,000 validation, 15,000 training images) are Fashion-MNIST's: on digits' 1,198 training
+    images a search the user did not size holds out a fifth (239) and trains on the rest, and says so; a size
+    the user gives is kept."""
+    from cmt_scale.cli import main
+
+    args = ["search", "--space", "cmt_compound", "--dataset", "digits", "--trials", "1", "--epochs", "1",
+            "--resolution", "32", "--threads", "2", "--no-promotion", "--low-res", "native"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "digits has 1,198 training images: validation on 239, training on the rest" in out
+    protocol = json.loads((tmp_path / "a" / "run.json").read_text())["protocol"]
+    assert (protocol["val_size"], protocol["train_size"]) == (239, None)
+    assert main([*args, "--val-size", "100", "--out", str(tmp_path / "b")]) == 0
+    assert "validation on 100, training on the rest" in capsys.readouterr().out
+    protocol = json.loads((tmp_path / "b" / "run.json").read_text())["protocol"]
+    assert (protocol["val_size"], protocol["train_size"]) == (100, None)
+
+
 def test_a_resumed_search_proposes_new_architectures_not_the_first_runs_again(tmp_path) -> None:
     """An interrupted search resumed: its sampler must not replay the first process's proposals (they would be
     reused, not retrained, but each would spend a trial of the budget on an architecture already measured)."""

@@ -14,7 +14,8 @@ from rich.console import Console
 from scaling import format_count
 
 __all__ = ["Command", "Parser", "Progress", "UsageError", "add_backend_args", "add_promotion_args",
-           "add_protocol_args", "backend_from", "numbers", "promotion_from", "protocol_from"]
+           "add_protocol_args", "backend_from", "numbers", "promotion_from", "protocol_from",
+           "with_sizes_note"]
 
 
 class UsageError(ValueError):
@@ -100,9 +101,11 @@ def add_protocol_args(parser: argparse.ArgumentParser, defaults: str = "proxy.DE
                        "for every family")
 
 
-def protocol_from(args: argparse.Namespace, base=None):
+def protocol_from(args: argparse.Namespace, base=None, fit_to_data: bool = True):
     """The protocol the flags ask for: ``base`` (default `DEFAULT_PROTOCOL`), or ``--protocol``'s file, with
-    each given flag over it."""
+    each given flag over it; sizes nobody gave fitted to a small data set (`_fit_to_small_data`), and then
+    ``args.sizes_note`` says so, for the command's header (printed once every input is checked). Not with
+    ``fit_to_data=False``: a study comparing two training budgets needs the sizes as given."""
     from cmt_scale.proxy import DEFAULT_PROTOCOL, ProxyProtocol
 
     protocol = base or DEFAULT_PROTOCOL
@@ -116,7 +119,40 @@ def protocol_from(args: argparse.Namespace, base=None):
                if getattr(args, name) is not None}
     if args.recipes is not None:
         changes["recipes"] = _recipes_json(args.recipes)
-    return protocol.replace(**changes) if changes else protocol
+    protocol = protocol.replace(**changes) if changes else protocol
+    args.sizes_note = ""
+    if not fit_to_data or args.protocol or {"train_size", "val_size"} <= changes.keys():
+        return protocol
+    protocol, args.sizes_note = _fit_to_small_data(protocol, set(changes))
+    return protocol
+
+
+def with_sizes_note(header: str, args: argparse.Namespace) -> str:
+    """A command's header with `protocol_from`'s note on fitted sizes, if it made one."""
+    note = getattr(args, "sizes_note", "")
+    return f"{header}\n{note}" if note else header
+
+
+def _fit_to_small_data(protocol, given: set[str]) -> tuple[Any, str]:
+    """The default sizes (2,000 validation and up to 15,000 training images) are Fashion-MNIST's; a smaller
+    data set (an image folder of a few hundred images, scikit-learn's digits) would refuse them although the
+    user never chose them. There, the sizes nobody gave become a fifth held out and all the rest trained on,
+    and one line says so. A size the user gave is kept (and checked as given)."""
+    from cmt_scale.proxy import data_for
+
+    available = len(data_for(protocol).train_labels)  # loaded once per process: the search reuses it
+    changes: dict[str, Any] = {}
+    if "val_size" not in given and protocol.val_size > available // 5:
+        changes["val_size"] = max(1, available // 5)
+    val_size = changes.get("val_size", protocol.val_size)
+    if "train_size" not in given and protocol.train_size is not None and protocol.train_size > available - val_size:
+        changes["train_size"] = None
+    if not changes:
+        return protocol, ""
+    note = (f"{protocol.dataset} has {available:,} training images: validation on {val_size:,}, training on "
+            f"{changes.get('train_size', protocol.train_size) or 'the rest'} (the defaults, {protocol.val_size:,} and "
+            f"{protocol.train_size or 'all'}, need more; --val-size and --train-size set them)")
+    return protocol.replace(**changes), note
 
 
 def _recipes_json(choice: str) -> str:

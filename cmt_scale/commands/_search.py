@@ -22,6 +22,7 @@ from ._base import (
     numbers,
     promotion_from,
     protocol_from,
+    with_sizes_note,
 )
 
 __all__ = ["BaselinesCommand", "ReportCommand", "SearchCommand"]
@@ -68,8 +69,9 @@ class SearchCommand(Command):
         backend = backend_from(args)
         out = args.out or f"runs/{Path(args.space).stem}"
         trials = planned_trials(space, args.trials)
-        progress = Progress(console, f"search {space.family} ({space.source}) on {protocol.dataset}, {trials} "
-                            f"trials, backend {backend.name}, protocol {protocol.protocol_hash} -> {out}", trials)
+        progress = Progress(console, with_sizes_note(
+            f"search {space.family} ({space.source}) on {protocol.dataset}, {trials} trials, backend {backend.name}, "
+            f"protocol {protocol.protocol_hash} -> {out}", args), trials)
         summary = run_search(space, protocol, out, args.trials, backend=backend, mode=args.mode, study=args.study,
                              promotion=promotion_from(args), hooks=progress.hooks(["cmt-scale", *args.argv]),
                              reuse=args.reuse)
@@ -97,9 +99,9 @@ class BaselinesCommand(Command):
         seeds = tuple(numbers(args.seeds, "--seeds", int))
         promotion = promotion_from(args)
         members = sum(len(get_family(f).members) for f in families if f in baseline_families())
-        progress = Progress(console, f"baselines {','.join(families)} on {protocol.dataset}: {members} members x "
-                            f"{len(seeds)} seeds on the cheap rung" + (", then each family's front on the reference "
-                                                                      "rung" if promotion else ""),
+        progress = Progress(console, with_sizes_note(
+            f"baselines {','.join(families)} on {protocol.dataset}: {members} members x {len(seeds)} seeds on the "
+            "cheap rung" + (", then each family's front on the reference rung" if promotion else ""), args),
                             None if promotion else members * len(seeds))  # the promoted count is known only later
         summary = run_baselines(protocol, args.out, families, seeds=seeds, promotion=promotion,
                                 hooks=progress.hooks(["cmt-scale", *args.argv]), reuse=args.reuse)

@@ -10,7 +10,16 @@ from rich.table import Table
 
 from scaling import counted, format_count
 
-from ._base import Command, Progress, add_backend_args, add_protocol_args, backend_from, numbers, protocol_from
+from ._base import (
+    Command,
+    Progress,
+    add_backend_args,
+    add_protocol_args,
+    backend_from,
+    numbers,
+    protocol_from,
+    with_sizes_note,
+)
 
 __all__ = ["AblateCommand", "FidelityCommand", "FitCommand", "SweepCommand"]
 
@@ -47,7 +56,7 @@ def _pct(value: Any) -> str:
 def _study_args(args: argparse.Namespace, console: Console, header: str) -> dict[str, Any]:
     """The backend and hooks a study's grids run with; the header waits until the first grid has checked its
     inputs, and the counter covers this process's trials (a study spans several grids, each resumed on its own)."""
-    progress = Progress(console, header)
+    progress = Progress(console, with_sizes_note(header, args))
     return {"backend": backend_from(args), "hooks": progress.hooks(["cmt-scale", *args.argv], per_rung=False)}
 
 
@@ -172,7 +181,9 @@ class FidelityCommand(Command):
         from cmt_scale.search import DEFAULT_PROMOTION, DEFAULT_SEARCH_PROTOCOL, with_family_recipes
         from cmt_scale.studies import proxy_fidelity
 
-        cheap = with_family_recipes(protocol_from(args, DEFAULT_SEARCH_PROTOCOL))  # the hashes the rows will carry
+        # the hashes the rows will carry; the sizes as given (fitted to a small data set, the cheap rung could
+        # become the reference rung itself)
+        cheap = with_family_recipes(protocol_from(args, DEFAULT_SEARCH_PROTOCOL, fit_to_data=False))
         reference = DEFAULT_PROMOTION.protocol(cheap).replace(resolution=args.reference_resolution or cheap.resolution)
         if args.reference_train_size is not None:
             reference = reference.replace(train_size=args.reference_train_size)
