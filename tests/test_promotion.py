@@ -195,3 +195,16 @@ def test_the_printed_budget_counts_one_epoch_and_one_seed_in_the_singular() -> N
     assert plan[0] == "cheap rung: 3 candidates x 300 images (1 epoch x 300), 1 seed = 900 images"
     assert plan[1] == ("reference rung: the cheap rung's front + next non-dominated layer x 2 seeds x 500 images "
                        "(1 epoch x 500) per member")
+
+
+def test_a_train_size_of_every_image_left_is_all_and_its_rows_are_reused(tmp_path) -> None:
+    """digits: 1,198 training images less 200 held out = 998. A cheap rung of 998 images and a reference rung
+    of "all" are one protocol (one hash), so the reference rung's seed 0 reuses the cheap rows, not retrains."""
+    grid = space_from_dict({"family": "cmt_compound", "base": "cmt_ti", "sampler": "grid",
+                            "params": {"phi": {"type": "categorical", "choices": [-2.0, -1.75]}}})
+    cheap = TINY.replace(train_size=998)
+    summary = run_search(grid, cheap, tmp_path / "run", promotion=Promotion(seeds=(0, 1)))
+    assert len({r["protocol_hash"] for r in summary.rows}) == 1
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["protocol"]["train_size"] is None
+    reference = [r for r in summary.rows if r["rung"] == "reference"]
+    assert reference and all(("result reused" in (r["error"] or "")) == (r["seed"] == 0) for r in reference)

@@ -121,9 +121,10 @@ def protocol_from(args: argparse.Namespace, base=None, fit_to_data: bool = True)
         changes["recipes"] = _recipes_json(args.recipes)
     protocol = protocol.replace(**changes) if changes else protocol
     args.sizes_note = ""
-    if not fit_to_data or args.protocol or {"train_size", "val_size"} <= changes.keys():
+    if not fit_to_data:
         return protocol
-    protocol, args.sizes_note = _fit_to_small_data(protocol, set(changes))
+    protocol, args.sizes_note = _fit_to_small_data(protocol, set(changes) | ({"train_size", "val_size"}
+                                                                              if args.protocol else set()))
     return protocol
 
 
@@ -139,20 +140,22 @@ def _fit_to_small_data(protocol, given: set[str]) -> tuple[Any, str]:
     user never chose them. There, the sizes nobody gave become a fifth held out and all the rest trained on,
     and one line says so. A size the user gave is kept (and checked as given)."""
     from cmt_scale.proxy import data_for
+    from cmt_scale.search import with_all_images_as_all
 
-    available = len(data_for(protocol).train_labels)  # loaded once per process: the search reuses it
+    data = data_for(protocol)  # loaded once per process: the search reuses it
+    available = len(data.train_labels)
     changes: dict[str, Any] = {}
     if "val_size" not in given and protocol.val_size > available // 5:
         changes["val_size"] = max(1, available // 5)
     val_size = changes.get("val_size", protocol.val_size)
     if "train_size" not in given and protocol.train_size is not None and protocol.train_size > available - val_size:
         changes["train_size"] = None
-    if not changes:
-        return protocol, ""
+    if not changes:  # as the search will write it: every image left after validation is "all"
+        return with_all_images_as_all(protocol, data), ""
     note = (f"{protocol.dataset} has {available:,} training images: validation on {val_size:,}, training on "
             f"{changes.get('train_size', protocol.train_size) or 'the rest'} (the defaults, {protocol.val_size:,} and "
             f"{protocol.train_size or 'all'}, need more; --val-size and --train-size set them)")
-    return protocol.replace(**changes), note
+    return with_all_images_as_all(protocol.replace(**changes), data), note
 
 
 def _recipes_json(choice: str) -> str:

@@ -18,6 +18,7 @@ from ._driver import (
     check_protocol_fits,
     planned_trials,
     run_search,
+    with_all_images_as_all,
     with_family_recipes,
 )
 from ._promotion import (
@@ -47,5 +48,6 @@ __all__ = ["DEFAULT_PROMOTION", "DEFAULT_SEARCH_PROTOCOL", "DEFAULT_TRIALS", "RE
            "RayBackend", "ResultRow", "RunHooks", "RungJob", "RungStart", "SearchMode", "SearchSummary", "TrialState",
            "backend_names", "check_protocol_fits", "check_resolution", "compound_member", "make_row", "measured_rows",
            "non_dominated_layers", "planned_trials", "promoted_rows", "read_rows", "reference_space", "reusable_rows",
-           "run_baselines", "run_search", "seed_means", "trial_protocol", "trial_recipe", "with_family_recipes",
+           "run_baselines", "run_search", "seed_means", "trial_protocol", "trial_recipe",
+           "with_all_images_as_all", "with_family_recipes",
            "write_results"]

@@ -19,6 +19,7 @@ from ._driver import (
     _check_protocol_matches,
     _write_run_json,
     check_protocol_fits,
+    with_all_images_as_all,
     with_family_recipes,
 )
 from ._interrupt import interrupt_guard
@@ -63,6 +64,8 @@ def run_baselines(
     for rung_protocol in (protocol, reference):
         if rung_protocol is not None:
             check_protocol_fits(rung_protocol, data)
+    protocol = with_all_images_as_all(protocol, data)
+    reference = with_all_images_as_all(reference, data) if reference is not None else None
     run_dir = Path(out)
     _check_protocol_matches(run_dir, protocol, reference)
     reused = reusable_rows(reuse)

@@ -29,7 +29,7 @@ from ._results import measured_rows, read_rows, reusable_rows, seed_means
 from ._trial import check_resolution
 
 __all__ = ["DEFAULT_TRIALS", "RunHooks", "RungStart", "SearchSummary", "check_protocol_fits", "planned_trials",
-           "run_search", "with_family_recipes"]
+           "run_search", "with_all_images_as_all", "with_family_recipes"]
 
 
 @dataclass(frozen=True)
@@ -127,6 +127,19 @@ def check_protocol_fits(protocol: ProxyProtocol, data=None) -> None:
     if protocol.train_size is not None and protocol.train_size > available - protocol.val_size:
         raise ValueError(f"train_size={protocol.train_size} is not allowed for {protocol.dataset}; allowed: at most "
                          f"{available - protocol.val_size} (its {available} training images less val_size)")
+
+
+def with_all_images_as_all(protocol: ProxyProtocol, data=None) -> ProxyProtocol:
+    """``protocol`` with a ``train_size`` that takes every image left after validation written as ``None``
+    ("all"): the same training data, so the same protocol hash, and the rows of one are reused by the other
+    (a reference rung of "all" on a cheap rung that already took them all trains nothing again)."""
+    if protocol.train_size is None:
+        return protocol
+    if data is None:
+        data = data_for(protocol)
+    if protocol.train_size == len(data.train_labels) - protocol.val_size:  # more is refused by check_protocol_fits
+        return protocol.replace(train_size=None)
+    return protocol
 
 
 def _check_protocol_matches(run_dir: Path, protocol: ProxyProtocol, reference: ProxyProtocol | None = None) -> None:
@@ -236,6 +249,8 @@ def run_search(
     check_protocol_fits(protocol, data)
     if reference is not None:
         check_protocol_fits(reference, data)
+        reference = with_all_images_as_all(reference, data)
+    protocol = with_all_images_as_all(protocol, data)
     _check_protocol_matches(run_dir, protocol, reference)
     reused = reusable_rows(reuse)
     previous = run_dir / "run.json"
