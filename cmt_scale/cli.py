@@ -92,10 +92,12 @@ def _debug_arg(parser: argparse.ArgumentParser) -> None:
 def _one_line(err: BaseException) -> str:
     """The error as one line that names the bad value and what is allowed; a file-system error (``[Errno 2] No
     such file or directory: 'x'``) says so in those words too."""
-    if isinstance(err, OSError) and err.filename is not None and not isinstance(err, FileExistsError):
+    if isinstance(err, FileExistsError) and err.filename is not None:  # a folder to make, where a file is
+        return f"path {str(err.filename)!r} is not allowed (a file is there); allowed: a folder, new or existing"
+    if isinstance(err, OSError) and err.filename is not None:
         problem = (err.strerror or type(err).__name__).lower()
-        if isinstance(err, FileNotFoundError):
-            allowed = "an existing file, or a new file in an existing folder"
+        if isinstance(err, FileNotFoundError):  # an input to read, or an output whose folder is missing
+            allowed = "a file that exists (to read), or a path in an existing folder (to write)"
         elif isinstance(err, (PermissionError, IsADirectoryError, NotADirectoryError)):
             allowed = "a file path you can read or write"
         else:

@@ -86,8 +86,10 @@ def test_the_save_hint_builds_the_member_in_a_fresh_interpreter(tmp_path) -> Non
         (["--target-flops", "4G", "--alpha", "1e200"], "alpha=1e+200 is not allowed"),
         (["--target-flops", "4G", "--save", "/"], "path '/' is not allowed (is a directory); allowed: a file path"),
         (["--target-flops", "4G", "--save", "/no/such/dir/m.json"],
-         "path '/no/such/dir/m.json' is not allowed (no such file or directory); allowed: an existing file, or a new "
-         "file in an existing folder"),
+         "path '/no/such/dir/m.json' is not allowed (no such file or directory); allowed: a file that exists (to "
+         "read), or a path in an existing folder (to write)"),
+        (["search", "--space", "cmt_compound", "--protocol", "/no/such/protocol.json"],
+         "path '/no/such/protocol.json' is not allowed (no such file or directory); allowed: a file that exists"),
         (["family", "--csv", "/no/such/dir/x.csv"], "path '/no/such/dir/x.csv' is not allowed"),
         (["--target-flops", "4G", "--stage-ratio", "-1:1:8:1"], "stage_ratio='-1:1:8:1' is not allowed; allowed: "
                                                                 "positive integers"),
@@ -100,6 +102,18 @@ def test_bad_input_is_one_line_exit_2_no_traceback(args, message) -> None:
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
+
+
+def test_an_output_folder_where_a_file_is_is_one_line_naming_it(tmp_path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    for args in (["search", "--space", "cmt_compound", "--dataset", "digits", "--out", str(afile)],
+                 ["report", "--published", "--out", str(afile)]):
+        result = run(*args)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.strip().endswith(f"path {str(afile)!r} is not allowed (a file is there); allowed: a "
+                                              "folder, new or existing")
+    assert afile.read_text() == "mine"  # nothing the user made is lost
 
 
 def test_family_table_and_csv(tmp_path) -> None:
