@@ -57,14 +57,14 @@ def build_parser() -> Parser:
     solve.add_arguments(parser)
     parser.add_argument("--version", action="version", version=f"cmt-scale {version()}")
     _debug_arg(parser)
-    parser.set_defaults(command=solve)
+    parser.set_defaults(command=solve, command_parser=parser)
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=Parser)
     for command in COMMANDS:
         sub = subparsers.add_parser(command.name, help=command.help, description=command.description or command.help,
                                     epilog=command.epilog or None, negative_ok=command.negative_ok)
         command.add_arguments(sub)
         _debug_arg(sub)
-        sub.set_defaults(command=command)
+        sub.set_defaults(command=command, command_parser=sub)
     return parser
 
 
@@ -114,7 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
     _configure_logging(debug)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # named by the command they were given to (argparse would name the root command)
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.argv = argv
     prog = "cmt-scale" if isinstance(args.command, SolveCommand) else f"cmt-scale {args.command.name}"
     try:

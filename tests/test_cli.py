@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from scaling import CMTConfig, build_cmt, estimate_cost
+from scaling import PRESETS, CMTConfig, build_cmt, estimate_cost
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -94,6 +94,7 @@ def test_the_save_hint_builds_the_member_in_a_fresh_interpreter(tmp_path) -> Non
         (["--target-flops", "4G", "--stage-ratio", "-1:1:8:1"], "stage_ratio='-1:1:8:1' is not allowed; allowed: "
                                                                 "positive integers"),
         (["--target-flops", "4G", "--batch-size", "0"], "--batch-size=0 is not allowed"),
+        (["family", "--json"], "cmt-scale family: error: unrecognized arguments: --json (see cmt-scale family --help)"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_no_traceback(args, message) -> None:
@@ -138,6 +139,10 @@ def test_profile_and_presets() -> None:
             and "unsupported ops (not counted): none" in result.stdout)
     presets = run("presets")
     assert presets.returncode == 0 and "25.14M" in presets.stdout and "26.26M" in presets.stdout
+    # --json carries the table's analytic column: equal to fvcore's count part by part for a preset
+    profile = json.loads(run("profile", "cmt_ti", "--json").stdout)
+    assert profile["analytic_macs"] == profile["macs"] == estimate_cost(PRESETS["cmt_ti"]).macs
+    assert profile["analytic_by_part"] == profile["by_part"]
 
 
 def test_help_has_examples() -> None:

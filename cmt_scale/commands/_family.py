@@ -271,13 +271,15 @@ class ProfileCommand(Command):
         if args.img_size is not None:
             cfg = cfg.replace(img_size=args.img_size)
         profile = scaling.count_flops(cfg)
-        if args.json:
+        analytic = estimate_cost(cfg)
+        if args.json:  # the table's columns too: the analytic model's MACs beside fvcore's, by part
+            parts = profile.by_part()
             print(json.dumps({"macs": profile.macs, "params": profile.params, "img_size": profile.img_size,
-                              "by_part": profile.by_part(), "by_operator": profile.by_operator,
-                              "unsupported_ops": profile.unsupported_ops,
+                              "by_part": parts, "analytic_macs": analytic.macs,
+                              "analytic_by_part": {part: analytic.macs_by_part.get(part, 0) for part in parts},
+                              "by_operator": profile.by_operator, "unsupported_ops": profile.unsupported_ops,
                               "elementwise_ops_counted_as_zero": profile.elementwise_ops}, indent=2))
             return 0
-        analytic = estimate_cost(cfg)
         table = Table(title=f"{args.model} at {profile.img_size}px: {format_count(profile.macs)} MACs (fvcore), "
                             f"{format_count(profile.params)} params", title_justify="left")
         for col in ("module", "MACs", "share", "analytic"):
