@@ -112,9 +112,9 @@ def test_a_trial_whose_row_was_written_before_an_interrupt_is_not_run_again(tmp_
     assert len(summary.rows) == 2 and len(study.trials) == 2
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_a_ctrl_c_swallowed_by_a_finalizer_still_stops_the_search() -> None:
-    """Python ignores exceptions raised in finalizers; the guard's flag keeps the Ctrl-C anyway."""
+def test_a_ctrl_c_swallowed_by_a_finalizer_still_stops_the_search(monkeypatch) -> None:
+    """Python ignores exceptions raised in finalizers; the guard's flag keeps the Ctrl-C anyway, and leaves out
+    Python's "Exception ignored ... KeyboardInterrupt" traceback for it (other ignored exceptions still show)."""
     from cmt_scale.search._interrupt import interrupt_guard
 
     class SendsCtrlCWhileFinalizing:
@@ -122,10 +122,19 @@ def test_a_ctrl_c_swallowed_by_a_finalizer_still_stops_the_search() -> None:
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.2)  # the handler runs here, inside __del__, and Python drops its KeyboardInterrupt
 
+    class FailsWhileFinalizing:
+        def __del__(self) -> None:
+            raise RuntimeError("a finalizer's own bug")
+
+    reported: list = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
     with interrupt_guard() as interrupted:
         SendsCtrlCWhileFinalizing()  # finalized at once
         assert interrupted.raised
+        FailsWhileFinalizing()
+    assert [r.exc_type for r in reported] == [RuntimeError]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert sys.unraisablehook == reported.append
 
 
 def test_a_ctrl_c_while_optuna_records_a_trial_stops_cleanly_with_the_row_saved(tmp_path, monkeypatch) -> None:

@@ -10,12 +10,16 @@ A Ctrl-C must also not land inside a library's bookkeeping: one that arrives whi
 leaves its ``_run_trial`` with an unbound local and turns the interrupt into an internal error. With
 ``deferred=True`` the guard only records SIGINT, and raises it at once only inside
 ``InterruptFlag.immediate()`` blocks (the training itself); the loop raises it when it next checks.
+
+The Ctrl-C such a callback swallowed is recorded, so Python's "Exception ignored ... KeyboardInterrupt" report
+of it (a traceback on the user's terminal) is left out, through `sys.unraisablehook`; any other is reported.
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -64,8 +68,16 @@ def interrupt_guard(deferred: bool = False) -> Iterator[InterruptFlag]:
         else:
             raise KeyboardInterrupt
 
+    previous_hook = sys.unraisablehook
+
+    def unraisable(report) -> None:  # the flag holds a Ctrl-C a finalizer swallowed: no traceback for it
+        if not (flag.raised and report.exc_type is KeyboardInterrupt):
+            previous_hook(report)
+
     signal.signal(signal.SIGINT, handler)
+    sys.unraisablehook = unraisable
     try:
         yield flag
     finally:
         signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = previous_hook
