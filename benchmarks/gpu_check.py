@@ -8,10 +8,14 @@ finish in under 8): run it from the repository root, it writes ``gpu_check.json`
    trial reads from disk through the DataLoader workers; bf16 autocast.
 2. Training img/s of CMT-Ti and DeiT-Ti at 224 px in bf16 (channels-last, batch 128), streaming and in
    memory, with the share of each step the GPU waits for data.
-3. Inference img/s of CMT-S and DeiT-S at 224 px: fp32 and bf16 autocast, channels-last, eager and
-   ``torch.compile``, batch 1 and 256 (issue: CMT on GPUs), and the op count that limits CMT there.
+3. Inference img/s of CMT-S (as built and fused) and DeiT-S at 224 px: fp32 and bf16 autocast, channels-last,
+   eager and ``torch.compile`` (CUDA graphs at batch 1), batch 1 and 256, and for each eager forward the
+   kernels it launches and the share of its wall time the GPU is busy: what limits CMT there.
 
-``--smoke`` runs every section on a handful of images on the CPU, to check the script itself.
+Inference runs first (it is what the CMT-on-GPUs issue asks for), and the JSON is rewritten after every row,
+so a run stopped at its time limit still returns what it measured.
+
+``--smoke`` runs every section on a handful of images on the CPU (CMT-Ti and DeiT-Ti), to check the script.
 
 Usage: python benchmarks/gpu_check.py [--out gpu_out] [--smoke]
 """
@@ -26,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _machine import cpu_name  # noqa: E402
@@ -33,8 +39,6 @@ from bench_data import make_folder  # noqa: E402
 
 
 def _device_name(device: str) -> str:
-    import torch
-
     return torch.cuda.get_device_name(0) if device == "cuda" else cpu_name()
 
 
@@ -77,36 +81,142 @@ def train_section(root: Path, device: str, smoke: bool) -> list[dict]:
     return figures
 
 
-def inference_section(device: str, smoke: bool) -> list[dict]:
+def _time_forward(runner, x: torch.Tensor, dtype: str, device: str, warmup: int, rounds: int) -> float:
+    """Seconds per forward: ``warmup`` calls first (compilation, CUDA-graph capture, cuDNN's choice), then the mean
+    of ``rounds``, the device synchronised at both ends so the figure is the GPU's time, not the launches'."""
+    with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+        for _ in range(warmup):
+            runner(x)
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(rounds):
+            runner(x)
+        _sync(device)
+    return (time.perf_counter() - start) / rounds
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _kernel_profile(model, x: torch.Tensor, dtype: str, device: str, seconds: float) -> dict:
+    """What one eager forward asks of the GPU: how many kernels it launches and how long they run together,
+    against the forward's wall time. A GPU busy for a small share of the forward is waiting on the host's
+    launches (CMT's many small ops), not on arithmetic."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            model(x)
+        _sync(device)
+    averages = prof.key_averages()
+    kernels = [k for k in averages if getattr(k, "device_type", None) == DeviceType.CUDA]
+    busy_us = sum(getattr(k, "self_device_time_total", 0.0) for k in kernels)
+    top = sorted(kernels, key=lambda k: -getattr(k, "self_device_time_total", 0.0))[:8]
+    return {"kernel_launches": sum(k.count for k in kernels), "kernels_ms": busy_us / 1000,
+            "forward_ms": 1000 * seconds, "gpu_busy_share": busy_us / 1e6 / seconds if seconds else None,
+            "aten_ops": sum(k.count for k in averages if k.key.startswith("aten::")),
+            "top_kernels": [{"name": k.key[:90], "count": k.count, "ms": getattr(k, "self_device_time_total", 0) / 1000}
+                            for k in top]}
+
+
+def _inference_models(device: str, smoke: bool) -> list[tuple[str, str, object]]:
+    """CMT-S as users build it (``timm.create_model(...).eval()``), its ``fuse_for_inference`` copy, and DeiT-S,
+    all channels-last on ``device``."""
     import timm
-    import torch
 
-    import scaling  # noqa: F401  (registers cmt_* with timm)
+    import scaling  # registers cmt_* with timm
 
-    figures = []
-    for name in ("cmt_s", "deit_small_patch16_224"):
-        model = timm.create_model(name).eval().to(device).to(memory_format=torch.channels_last)
-        for compiled in (False,) if smoke else (False, True):  # compiling on a CPU takes minutes
-            runner = torch.compile(model) if compiled else model
-            for batch in (1, 8) if smoke else (1, 256):
-                for dtype in ("fp32", "bf16"):
-                    x = torch.randn(batch, 3, 224, 224, device=device).contiguous(memory_format=torch.channels_last)
-                    with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bf16"):
-                        for _ in range(2 if smoke else 10):
-                            runner(x)
-                        if device == "cuda":
-                            torch.cuda.synchronize()
-                        rounds = 2 if smoke else 30
-                        start = time.perf_counter()
-                        for _ in range(rounds):
-                            runner(x)
-                        if device == "cuda":
-                            torch.cuda.synchronize()
-                        seconds = (time.perf_counter() - start) / rounds
-                    figures.append({"model": name, "compiled": compiled, "batch": batch, "dtype": dtype,
-                                    "img_s": batch / seconds, "ms": 1000 * seconds})
-                    print(f"infer {name} {'compiled' if compiled else 'eager'} batch {batch} {dtype}: "
-                          f"{batch / seconds:.0f} img/s ({1000 * seconds:.2f} ms)")
+    cmt, deit = ("cmt_ti", "deit_tiny_patch16_224") if smoke else ("cmt_s", "deit_small_patch16_224")
+    built = timm.create_model(cmt).eval().to(device).to(memory_format=torch.channels_last)
+    fused = scaling.fuse_for_inference(built, tune_allocator=False)
+    baseline = timm.create_model(deit).eval().to(device).to(memory_format=torch.channels_last)
+    return [(cmt, "as built", built), (cmt, "fused", fused), (deit, "as built", baseline)]
+
+
+def inference_section(device: str, smoke: bool, deadline: float, save, done: list[dict]) -> list[dict]:
+    """Eager rows for every model, batch and dtype with a kernel profile each; then compiled rows (``torch.compile``;
+    at batch 1 with CUDA graphs, ``mode="reduce-overhead"``, the cure for launch-bound forwards) while
+    ``deadline`` allows, most telling first. ``save`` is called after every row, so a run cut short keeps its rows;
+    rows in ``done`` (an earlier run's, ``--resume``) are kept and not measured again."""
+    figures: list[dict] = list(done)
+    measured = {(r["model"], r["variant"], r["compiled"].split(" ")[0], r["batch"], r["dtype"]) for r in done}
+    models = _inference_models(device, smoke)
+    batches = (1, 8) if smoke else (1, 256)
+    warmup, rounds = (2, 2) if smoke else (10, 30)
+
+    def record(name: str, variant: str, compiled: str, batch: int, dtype: str, seconds: float, **extra) -> None:
+        row = {"model": name, "variant": variant, "compiled": compiled, "batch": batch, "dtype": dtype,
+               "img_s": batch / seconds, "ms": 1000 * seconds, **extra}
+        figures.append(row)
+        save(figures)
+        print(f"infer {name} {variant} {compiled} batch {batch} {dtype}: {row['img_s']:.0f} img/s "
+              f"({row['ms']:.2f} ms)" + (f", {extra['profile']['kernel_launches']} kernels, GPU busy "
+                                         f"{100 * (extra['profile']['gpu_busy_share'] or 0):.0f}%"
+                                         if "profile" in extra else ""), flush=True)
+
+    for batch in batches:
+        for dtype in ("fp32", "bf16"):
+            x = torch.randn(batch, 3, 224, 224, device=device).contiguous(memory_format=torch.channels_last)
+            for name, variant, model in models:
+                if (name, variant, "eager", batch, dtype) in measured:
+                    continue
+                seconds = _time_forward(model, x, dtype, device, warmup, rounds)
+                record(name, variant, "eager", batch, dtype, seconds,
+                       profile=_kernel_profile(model, x, dtype, device, seconds))
+    order = [(dtype, batch) for dtype in ("bf16", "fp32") for batch in reversed(batches)]
+    for dtype, batch in order:
+        for name, variant, model in models:
+            if variant == "fused" or (name, variant, "compiled", batch, dtype) in measured:
+                continue  # Inductor folds and fuses on its own; the as-built model is what users compile
+            if time.monotonic() > deadline:
+                print(f"skipped compiled {name} batch {batch} {dtype}: past the time allowed", flush=True)
+                continue
+            mode = "reduce-overhead" if batch == 1 and device == "cuda" else "default"
+            torch._dynamo.reset()
+            runner = torch.compile(model, mode=mode)
+            x = torch.randn(batch, 3, 224, 224, device=device).contiguous(memory_format=torch.channels_last)
+            start = time.monotonic()
+            with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+                runner(x)
+            compile_s = time.monotonic() - start
+            seconds = _time_forward(runner, x, dtype, device, warmup, rounds)
+            record(name, variant, f"compiled ({mode})", batch, dtype, seconds, compile_s=compile_s)
+    return figures
+
+
+def route_section(device: str, smoke: bool, save) -> list[dict]:
+    """CMT-S's 1x1 projections in bf16 autocast as cuBLAS GEMMs (bias in the epilogue; the default off the CPU in
+    bf16 and fp16) against cuDNN 1x1 convolutions (bias as a separate add), interleaved in one process, with the
+    logits' largest difference. (fp32 keeps the convolution: there cuDNN has TF32 by default and the GEMM not.)"""
+    import timm
+
+    from scaling import _blocks
+
+    model = timm.create_model("cmt_ti" if smoke else "cmt_s").eval().to(device).to(memory_format=torch.channels_last)
+    figures: list[dict] = []
+    for batch in (1, 8) if smoke else (1, 256):
+        x = torch.randn(batch, 3, 224, 224, device=device).contiguous(memory_format=torch.channels_last)
+        for dtype in ("bf16",):
+            row: dict = {"batch": batch, "dtype": dtype}
+            logits = {}
+            for _ in range(2):  # two rounds, routes alternating: drift shows as a spread between rounds
+                for route, gemm in (("conv", False), ("gemm", True)):
+                    _blocks._GEMM_OFF_CPU = gemm
+                    ms = 1000 * _time_forward(model, x, dtype, device, 3 if smoke else 10, 2 if smoke else 30)
+                    row.setdefault(f"{route}_ms", []).append(ms)
+                    with torch.inference_mode(), torch.autocast(device, torch.bfloat16, enabled=dtype == "bf16"):
+                        logits[route] = model(x).float()
+            _blocks._GEMM_OFF_CPU = True
+            row["max_abs_diff"] = (logits["conv"] - logits["gemm"]).abs().max().item()
+            row["speedup"] = min(row["conv_ms"]) / min(row["gemm_ms"])
+            figures.append(row)
+            save(figures)
+            print(f"route batch {batch} {dtype}: conv {min(row['conv_ms']):.2f} ms, gemm {min(row['gemm_ms']):.2f} ms "
+                  f"({row['speedup']:.2f}x), logits differ by {row['max_abs_diff']:.2e}", flush=True)
     return figures
 
 
@@ -115,22 +225,38 @@ def main() -> None:
     parser.add_argument("--out", default="gpu_out")
     parser.add_argument("--root", help="the generated JPEG folder (default: in the temp dir)")
     parser.add_argument("--smoke", action="store_true", help="a few images on the CPU: checks the script")
-    parser.add_argument("--sections", default="search,train,inference")
+    parser.add_argument("--sections", default="route,inference,train,search")
+    parser.add_argument("--compile-minutes", type=float, default=4.0,
+                        help="start no torch.compile row after this many minutes from the start (default 4)")
+    parser.add_argument("--resume", type=Path, help="an earlier run's gpu_check.json: its inference rows are kept "
+                                                    "and only the missing ones measured")
     args = parser.parse_args()
     out = Path(os.environ.get("OUT", args.out)) if not args.smoke else Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = "cpu" if args.smoke else "cuda"
-    root = make_folder(Path(args.root or Path(tempfile.gettempdir()) / "cmt_scale_bench_folder"),
-                       *((400, 100) if args.smoke else (16_000, 4_000)))
-    report: dict = {"device": _device_name(device), "cpu": cpu_name(), "date": time.strftime("%Y-%m-%d")}
+    report: dict = {"device": _device_name(device), "cpu": cpu_name(), "date": time.strftime("%Y-%m-%d"),
+                    "torch": torch.__version__}
+
+    def save(section: str):
+        def write(rows) -> None:
+            report[section] = rows
+            (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
+        return write
+
+    deadline = time.monotonic() + 60 * args.compile_minutes
     sections = args.sections.split(",")
-    if "search" in sections:
-        report["search"] = search_section(root, out, device, args.smoke)
-    if "train" in sections:
-        report["train"] = train_section(root, device, args.smoke)
+    if "route" in sections:
+        route_section(device, args.smoke, save("route"))
     if "inference" in sections:
-        report["inference"] = inference_section(device, args.smoke)
-    (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
+        done = json.loads(args.resume.read_text()).get("inference", []) if args.resume else []
+        inference_section(device, args.smoke, deadline, save("inference"), done)
+    if {"train", "search"} & set(sections):
+        root = make_folder(Path(args.root or Path(tempfile.gettempdir()) / "cmt_scale_bench_folder"),
+                           *((400, 100) if args.smoke else (16_000, 4_000)))
+        if "train" in sections:
+            save("train")(train_section(root, device, args.smoke))
+        if "search" in sections:  # its trial folders stay in the temp dir: only the JSON comes back
+            save("search")(search_section(root, Path(tempfile.mkdtemp()), device, args.smoke))
     print(f"written: {out / 'gpu_check.json'}")
 
 

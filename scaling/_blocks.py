@@ -54,6 +54,14 @@ def _to_nhwc(x: torch.Tensor) -> torch.Tensor:
 # behind the GEMM on those shapes (benchmarks/RESULTS.md).
 _GEMM_MAX_POSITIONS = 16
 _GEMM_MAX_POSITIONS_INFERENCE = 64
+# Off the CPU (CUDA) in bf16/fp16 (autocast or half weights) every 1x1 projection takes the GEMM: cuBLAS adds the
+# bias in its epilogue, where cuDNN's 1x1 convolution leaves it to a separate broadcast add over the whole map
+# (156 kernels in a CMT-S forward, about a fifth of its GPU time at batch 256); a CMT-S bf16 forward on an H200
+# ran 1.13x as fast at batch 256 and 1.14x at batch 1. In fp32 the convolution stays: cuDNN runs it on TF32 tensor
+# cores by PyTorch's default while the fp32 GEMM does not, and the GEMM route was 0.80x at batch 256
+# (benchmarks/RESULTS.md). Flipped only to measure the old route.
+_GEMM_OFF_CPU = True
+_HALF_DTYPES = (torch.bfloat16, torch.float16)
 
 
 class PointwiseLinear(nn.Linear):
@@ -66,7 +74,8 @@ class PointwiseLinear(nn.Linear):
     (benchmarks/RESULTS.md), so those take ``F.linear``: a rule by shape and mode only, so a training run is
     reproducible. In CPU inference the faster route is timed per shape, dtype and thread count instead
     (`scaling._pointwise_route`; a traced or compiled graph takes the layer's last eager route): it differs
-    between machine kinds and between fp32 and bf16.
+    between machine kinds and between fp32 and bf16. Off the CPU, in bf16 and fp16, the GEMM is taken always
+    (``_GEMM_OFF_CPU``).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -80,6 +89,8 @@ class PointwiseLinear(nn.Linear):
         if x.ndim != 4:
             return super().forward(x)
         weight, bias = self.weight, self.bias  # once: a Module's parameter lookup costs about 0.5 us
+        if x.device.type != "cpu" and _GEMM_OFF_CPU and _in_half_precision(x, weight):
+            return F.linear(x, weight, bias)
         inference = is_cpu_inference(x, self)
         takes_gemm = x.shape[1] * x.shape[2] <= (_GEMM_MAX_POSITIONS_INFERENCE if inference else _GEMM_MAX_POSITIONS)
         if inference and timed_choice_enabled():
@@ -93,6 +104,13 @@ class PointwiseLinear(nn.Linear):
             elif self.eager_route is not None:  # traced or compiled: the route this layer last took eagerly
                 takes_gemm = self.eager_route
         return F.linear(x, weight, bias) if takes_gemm else _pointwise_conv(x, weight, bias)
+
+
+def _in_half_precision(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """bf16/fp16 input or weights, or autocast open on the input's device (asked only of a device that has one)."""
+    device = x.device.type
+    return (x.dtype in _HALF_DTYPES or weight.dtype in _HALF_DTYPES
+            or (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)))
 
 
 def _pointwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -865,6 +865,29 @@ def test_pointwise_linear_keeps_the_shape_rule_when_asked(size: int, inference_t
         torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype,autocast,takes_gemm", [(torch.float32, False, False), (torch.bfloat16, False, True),
+                                                    (torch.float16, False, True), (torch.float32, True, True)])
+def test_off_the_cpu_half_precision_projections_take_the_gemm(dtype: torch.dtype, autocast: bool, takes_gemm: bool,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Structural, on the ``meta`` device (no GPU needed): off the CPU a 1x1 projection in bf16/fp16, or under
+    autocast, is one ``F.linear`` (cuBLAS puts the bias in its epilogue) on a map of any size, where the CPU rule
+    would take the convolution; fp32 keeps the convolution (cuDNN's default TF32). Autocast on ``meta`` cannot be
+    opened, so the device is reported as having one, open."""
+    from scaling._blocks import PointwiseLinear
+
+    if autocast:
+        monkeypatch.setattr(torch.amp, "is_autocast_available", lambda device_type: device_type == "meta")
+        monkeypatch.setattr(torch, "is_autocast_enabled", lambda device_type=None: device_type == "meta")
+    layer = PointwiseLinear(48, 80).to(device="meta", dtype=dtype).eval()
+    x = torch.empty(256, 56, 56, 48, device="meta", dtype=dtype)
+    with torch.no_grad():
+        assert bool(_conv_ops(lambda: layer(x))) != takes_gemm
+        out = layer(x)
+    assert out.shape == (256, 56, 56, 80) and out.dtype == dtype
+    cpu_layer = PointwiseLinear(48, 80).to(dtype=dtype)
+    assert _conv_ops(lambda: cpu_layer(torch.randn(1, 14, 14, 48, dtype=dtype)))  # the CPU keeps its rule
+
+
 @pytest.fixture()
 def fresh_routes(monkeypatch: pytest.MonkeyPatch):
     """The timed routing with no choice made yet in this process."""
