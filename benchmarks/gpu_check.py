@@ -12,6 +12,10 @@ finish in under 8): run it from the repository root, it writes ``gpu_check.json`
    eager and ``torch.compile`` (CUDA graphs at batch 1), batch 1 and 256, and for each eager forward the
    kernels it launches and the share of its wall time the GPU is busy: what limits CMT there.
 
+4. (``--sections host-cpu``, not in the default) the machine's own CPU on two pinned cores: ``bench_model.py``
+   and ``profile_model.py`` for CMT-S against DeiT-S, fp32 and bf16, batch 1 and 8: on an Intel Xeon with AMX
+   (as the device machine's host was seen, family 6 model 207) these are the CPU-inference issue's Intel figures.
+
 Inference runs first (it is what the CMT-on-GPUs issue asks for), and the JSON is rewritten after every row,
 so a run stopped at its time limit still returns what it measured.
 
@@ -34,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _machine import cpu_name  # noqa: E402
+from _machine import cpu_kind, cpu_name  # noqa: E402
 from bench_data import make_folder  # noqa: E402
 
 
@@ -220,6 +224,32 @@ def route_section(device: str, smoke: bool, save) -> list[dict]:
     return figures
 
 
+def host_cpu_section(out: Path, smoke: bool, minutes: float) -> dict:
+    """The device machine's own CPU (an Intel Xeon, family 6 model 207 when seen: Emerald Rapids, with AMX) as
+    the CPU-inference issue's Intel kind: ``bench_model.py`` and ``profile_model.py`` pinned to two cores with
+    two threads, as on the 2-vCPU machines, their output written beside the JSON. Each gets at most
+    ``minutes``; its output so far is kept."""
+    import subprocess
+
+    figures: dict = {"cpu": cpu_name(), "kind": cpu_kind()}
+    cores = ["taskset", "-c", "0,1"] if not smoke else []
+    runs = {"bench_model": [*cores, sys.executable, "benchmarks/bench_model.py", "--threads", "2", "--rounds",
+                            "1" if smoke else "3", "--batch-sizes", "1" if smoke else "1,8", "--rows", "cmt_s"],
+            "profile_model": [*cores, sys.executable, "benchmarks/profile_model.py", "--threads", "2",
+                              "--batch-sizes", "1" if smoke else "1,8", "--top", "12"]}
+    for name, command in runs.items():
+        log = out / f"host_{name}.txt"
+        start = time.monotonic()
+        with log.open("w") as sink:
+            try:
+                code = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT, timeout=60 * minutes).returncode
+            except subprocess.TimeoutExpired:
+                code = "timed out"
+        figures[name] = {"exit": code, "wall_s": time.monotonic() - start, "output": log.name}
+        print(f"host {name}: exit {code} after {figures[name]['wall_s']:.0f} s, output in {log}", flush=True)
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="gpu_out")
@@ -228,6 +258,8 @@ def main() -> None:
     parser.add_argument("--sections", default="route,inference,train,search")
     parser.add_argument("--compile-minutes", type=float, default=4.0,
                         help="start no torch.compile row after this many minutes from the start (default 4)")
+    parser.add_argument("--host-minutes", type=float, default=4.0,
+                        help="host-cpu section: at most this many minutes for each of its two scripts (default 4)")
     parser.add_argument("--resume", type=Path, help="an earlier run's gpu_check.json: its inference rows are kept "
                                                     "and only the missing ones measured")
     args = parser.parse_args()
@@ -245,6 +277,8 @@ def main() -> None:
 
     deadline = time.monotonic() + 60 * args.compile_minutes
     sections = args.sections.split(",")
+    if "host-cpu" in sections:
+        save("host_cpu")(host_cpu_section(out, args.smoke, args.host_minutes))
     if "route" in sections:
         route_section(device, args.smoke, save("route"))
     if "inference" in sections:
