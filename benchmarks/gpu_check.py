@@ -21,17 +21,20 @@ so a run stopped at its time limit still returns what it measured.
 
 ``--smoke`` runs every section on a handful of images on the CPU (CMT-Ti and DeiT-Ti), to check the script.
 
-Usage: python benchmarks/gpu_check.py [--out gpu_out] [--smoke]
+Usage: python benchmarks/gpu_check.py [--out gpu_out] [--sections route,inference,train,search|host-cpu]
+                                     [--compile-minutes 4] [--resume gpu_check.json] [--smoke]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -85,10 +88,30 @@ def train_section(root: Path, device: str, smoke: bool) -> list[dict]:
     return figures
 
 
+@contextlib.contextmanager
+def _inference(device: str, dtype: str) -> Iterator[None]:
+    """``torch.inference_mode``, with bf16 autocast on ``device`` when ``dtype`` is "bf16": the timed calls' context."""
+    with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+        yield
+
+
+def _images(batch: int, device: str) -> torch.Tensor:
+    return torch.randn(batch, 3, 224, 224, device=device).contiguous(memory_format=torch.channels_last)
+
+
+def _create(name: str, device: str) -> torch.nn.Module:
+    """A timm model as users make it (``timm.create_model(...).eval()``), channels-last on ``device``."""
+    import timm
+
+    import scaling  # noqa: F401  (registers cmt_* with timm)
+
+    return timm.create_model(name).eval().to(device).to(memory_format=torch.channels_last)
+
+
 def _time_forward(runner, x: torch.Tensor, dtype: str, device: str, warmup: int, rounds: int) -> float:
     """Seconds per forward: ``warmup`` calls first (compilation, CUDA-graph capture, cuDNN's choice), then the mean
     of ``rounds``, the device synchronised at both ends so the figure is the GPU's time, not the launches'."""
-    with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+    with _inference(device, dtype):
         for _ in range(warmup):
             runner(x)
         _sync(device)
@@ -113,31 +136,29 @@ def _kernel_profile(model, x: torch.Tensor, dtype: str, device: str, seconds: fl
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     with profile(activities=activities) as prof:
-        with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+        with _inference(device, dtype):
             model(x)
         _sync(device)
     averages = prof.key_averages()
-    kernels = [k for k in averages if getattr(k, "device_type", None) == DeviceType.CUDA]
-    busy_us = sum(getattr(k, "self_device_time_total", 0.0) for k in kernels)
-    top = sorted(kernels, key=lambda k: -getattr(k, "self_device_time_total", 0.0))[:8]
+    kernels = [k for k in averages if k.device_type == DeviceType.CUDA]
+    busy_us = sum(k.self_device_time_total for k in kernels)
+    top = sorted(kernels, key=lambda k: -k.self_device_time_total)[:8]
     return {"kernel_launches": sum(k.count for k in kernels), "kernels_ms": busy_us / 1000,
             "forward_ms": 1000 * seconds, "gpu_busy_share": busy_us / 1e6 / seconds if seconds else None,
             "aten_ops": sum(k.count for k in averages if k.key.startswith("aten::")),
-            "top_kernels": [{"name": k.key[:90], "count": k.count, "ms": getattr(k, "self_device_time_total", 0) / 1000}
+            "top_kernels": [{"name": k.key[:90], "count": k.count, "ms": k.self_device_time_total / 1000}
                             for k in top]}
 
 
 def _inference_models(device: str, smoke: bool) -> list[tuple[str, str, object]]:
     """CMT-S as users build it (``timm.create_model(...).eval()``), its ``fuse_for_inference`` copy, and DeiT-S,
     all channels-last on ``device``."""
-    import timm
-
-    import scaling  # registers cmt_* with timm
+    from scaling import fuse_for_inference
 
     cmt, deit = ("cmt_ti", "deit_tiny_patch16_224") if smoke else ("cmt_s", "deit_small_patch16_224")
-    built = timm.create_model(cmt).eval().to(device).to(memory_format=torch.channels_last)
-    fused = scaling.fuse_for_inference(built, tune_allocator=False)
-    baseline = timm.create_model(deit).eval().to(device).to(memory_format=torch.channels_last)
+    built = _create(cmt, device)
+    fused = fuse_for_inference(built, tune_allocator=False)
+    baseline = _create(deit, device)
     return [(cmt, "as built", built), (cmt, "fused", fused), (deit, "as built", baseline)]
 
 
@@ -164,7 +185,7 @@ def inference_section(device: str, smoke: bool, deadline: float, save, done: lis
 
     for batch in batches:
         for dtype in ("fp32", "bf16"):
-            x = torch.randn(batch, 3, 224, 224, device=device).contiguous(memory_format=torch.channels_last)
+            x = _images(batch, device)
             for name, variant, model in models:
                 if (name, variant, "eager", batch, dtype) in measured:
                     continue
@@ -182,9 +203,9 @@ def inference_section(device: str, smoke: bool, deadline: float, save, done: lis
             mode = "reduce-overhead" if batch == 1 and device == "cuda" else "default"
             torch._dynamo.reset()
             runner = torch.compile(model, mode=mode)
-            x = torch.randn(batch, 3, 224, 224, device=device).contiguous(memory_format=torch.channels_last)
+            x = _images(batch, device)
             start = time.monotonic()
-            with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            with _inference(device, dtype):
                 runner(x)
             compile_s = time.monotonic() - start
             seconds = _time_forward(runner, x, dtype, device, warmup, rounds)
@@ -196,31 +217,29 @@ def route_section(device: str, smoke: bool, save) -> list[dict]:
     """CMT-S's 1x1 projections in bf16 autocast as cuBLAS GEMMs (bias in the epilogue; the default off the CPU in
     bf16 and fp16) against cuDNN 1x1 convolutions (bias as a separate add), interleaved in one process, with the
     logits' largest difference. (fp32 keeps the convolution: there cuDNN has TF32 by default and the GEMM not.)"""
-    import timm
-
     from scaling import _blocks
 
-    model = timm.create_model("cmt_ti" if smoke else "cmt_s").eval().to(device).to(memory_format=torch.channels_last)
+    model = _create("cmt_ti" if smoke else "cmt_s", device)
+    dtype = "bf16"
     figures: list[dict] = []
     for batch in (1, 8) if smoke else (1, 256):
-        x = torch.randn(batch, 3, 224, 224, device=device).contiguous(memory_format=torch.channels_last)
-        for dtype in ("bf16",):
-            row: dict = {"batch": batch, "dtype": dtype}
-            logits = {}
-            for _ in range(2):  # two rounds, routes alternating: drift shows as a spread between rounds
-                for route, gemm in (("conv", False), ("gemm", True)):
-                    _blocks._GEMM_OFF_CPU = gemm
-                    ms = 1000 * _time_forward(model, x, dtype, device, 3 if smoke else 10, 2 if smoke else 30)
-                    row.setdefault(f"{route}_ms", []).append(ms)
-                    with torch.inference_mode(), torch.autocast(device, torch.bfloat16, enabled=dtype == "bf16"):
-                        logits[route] = model(x).float()
-            _blocks._GEMM_OFF_CPU = True
-            row["max_abs_diff"] = (logits["conv"] - logits["gemm"]).abs().max().item()
-            row["speedup"] = min(row["conv_ms"]) / min(row["gemm_ms"])
-            figures.append(row)
-            save(figures)
-            print(f"route batch {batch} {dtype}: conv {min(row['conv_ms']):.2f} ms, gemm {min(row['gemm_ms']):.2f} ms "
-                  f"({row['speedup']:.2f}x), logits differ by {row['max_abs_diff']:.2e}", flush=True)
+        x = _images(batch, device)
+        row: dict = {"batch": batch, "dtype": dtype}
+        logits = {}
+        for _ in range(2):  # two rounds, routes alternating: drift shows as a spread between rounds
+            for route, gemm in (("conv", False), ("gemm", True)):
+                _blocks._GEMM_OFF_CPU = gemm
+                ms = 1000 * _time_forward(model, x, dtype, device, 3 if smoke else 10, 2 if smoke else 30)
+                row.setdefault(f"{route}_ms", []).append(ms)
+                with _inference(device, dtype):
+                    logits[route] = model(x).float()
+        _blocks._GEMM_OFF_CPU = True
+        row["max_abs_diff"] = (logits["conv"] - logits["gemm"]).abs().max().item()
+        row["speedup"] = min(row["conv_ms"]) / min(row["gemm_ms"])
+        figures.append(row)
+        save(figures)
+        print(f"route batch {batch} {dtype}: conv {min(row['conv_ms']):.2f} ms, gemm {min(row['gemm_ms']):.2f} ms "
+              f"({row['speedup']:.2f}x), logits differ by {row['max_abs_diff']:.2e}", flush=True)
     return figures
 
 
