@@ -302,7 +302,7 @@ def main() -> None:
         route_section(device, args.smoke, save("route"))
     if "inference" in sections:
         done = json.loads(args.resume.read_text()).get("inference", []) if args.resume else []
-        inference_section(device, args.smoke, deadline, save("inference"), done)
+        save("inference")(inference_section(device, args.smoke, deadline, save("inference"), done))
     if {"train", "search"} & set(sections):
         root = make_folder(Path(args.root or Path(tempfile.gettempdir()) / "cmt_scale_bench_folder"),
                            *((400, 100) if args.smoke else (16_000, 4_000)))
