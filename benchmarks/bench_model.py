@@ -20,7 +20,9 @@ The rows of CMT-S with "plain path" run with the fused kernels switched off (PyT
 BatchNorm and depthwise convolutions), to show what the inference kernels add; the rows with "shape rule" route
 the 1x1 projections by the fixed shape rule instead of timing both routes per shape (`scaling._pointwise_route`),
 to show what the timed choice adds; the rows with "K V apart" keep each attention's K and V projections as two
-calls, to show what merging them (`LightweightAttention.merge_key_value`) adds. ``--allocator`` sets what the
+calls, to show what merging them (`LightweightAttention.merge_key_value`) adds; the row with "cast per call"
+has autocast cast the projections' weights on every call, to show what casting them once in autocast
+inference (`scaling._autocast_weights`) adds. ``--allocator`` sets what the
 process's malloc does: ``auto`` (default) is what a user's process gets, glibc as it starts until a CMT's
 first CPU inference forward calls `tune_cpu_allocator` (an untimed pass over every row comes first, so all
 timed rounds, DeiT-S's included, run in that process); ``off`` sets ``CMT_SCALE_TUNE_ALLOCATOR=0`` (glibc
@@ -76,6 +78,12 @@ def _shape_rule() -> contextlib.AbstractContextManager:
     return mock.patch.dict(os.environ, {"CMT_SCALE_POINTWISE_ROUTE": "rule"})
 
 
+def _cast_per_call() -> contextlib.AbstractContextManager:
+    """Autocast casting the 1x1 projections' fp32 weights on every call, as before they were cast once and kept
+    in autocast inference (`scaling._autocast_weights`)."""
+    return mock.patch("scaling._blocks.autocast_weights", lambda module, x, weight, bias: (weight, bias))
+
+
 def _key_value_apart(model: torch.nn.Module, amp_dtype: torch.dtype | None = None) -> torch.nn.Module:
     """`fuse_for_inference` with each attention's K and V projections left apart (two calls, not one)."""
     from scaling import fuse_for_inference
@@ -107,6 +115,8 @@ def _models(compile_too: bool, bf16: bool):
         ("cmt_s timm.create_model shape rule", _Switched(as_users_build, _shape_rule), 224, False, None),
         ("cmt_s timm.create_model bf16", as_users_build, 224, False, torch.bfloat16),
         ("cmt_s timm.create_model shape rule bf16", _Switched(as_users_build, _shape_rule), 224, False,
+         torch.bfloat16),
+        ("cmt_s timm.create_model cast per call bf16", _Switched(as_users_build, _cast_per_call), 224, False,
          torch.bfloat16),
         ("cmt_s@224", cmt_s, 224, True, None),
         ("cmt_s@224 fused", fuse_for_inference(cmt_s), 224, True, None),

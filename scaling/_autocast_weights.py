@@ -1,0 +1,85 @@
+"""Matmul weights cast once for autocast inference, so that a model as users build it
+(``timm.create_model("cmt_s").eval()``, run under ``torch.inference_mode()`` and ``torch.autocast``) does not
+cast every weight again on every forward.
+
+Why: autocast casts an fp32 weight to its lower precision on each call of a linear or convolution, and keeps
+the cast only where its cache applies: leaf tensors that require grad, in an autocast region with grad on or
+under ``no_grad``, until the region ends. Under ``torch.inference_mode`` it caches nothing, so each bf16 forward
+of CMT-S re-casts its 25M projection weights: 12% of a batch-1 forward on an AMD EPYC Zen 5
+(benchmarks/RESULTS.md). Autocast passes a weight already in its dtype through untouched, so handing it a
+copy cast beforehand gives the same operands, hence the same outputs to the bit.
+
+What is kept: per module, the cast of its weight and bias for one dtype, with what it was cast from (the
+parameter objects, their ``_version`` counters and storage addresses). Any change to the parameters (an
+optimizer step or ``load_state_dict``, which bump ``_version``; ``.to()``, which moves the storage; a new
+parameter) makes the next call cast again. Only eval-mode modules with grad off take it (in training the
+weights change every step, and autocast's own cache serves), in eager mode (a compiled graph with freezing
+casts once by itself). The cost is memory: a half-precision copy of the weights it serves (for CMT-S about
+50 MB beside the 100 MB of fp32 weights), held until the module is put in training mode, pickled or
+copied without it (`drop_cast_weights`).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+
+__all__ = ["CACHE_ATTRIBUTE", "autocast_weights", "drop_cast_weights"]
+
+CACHE_ATTRIBUTE = "_autocast_weights"
+_CAST_DTYPES = (torch.bfloat16, torch.float16)
+
+
+class _CastWeights(NamedTuple):
+    """A module's weight and bias cast to ``dtype``, and what identifies the parameters they came from."""
+
+    dtype: torch.dtype
+    source: tuple[tuple[torch.Tensor, int, int] | None, ...]  # (parameter, _version, data_ptr) or None per tensor
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+
+def _identity(tensor: torch.Tensor | None) -> tuple[torch.Tensor, int, int] | None:
+    return None if tensor is None else (tensor, tensor._version, tensor.data_ptr())
+
+
+def _still_valid(cached: _CastWeights, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    for was, now in zip(cached.source, (weight, bias), strict=True):
+        if was is None or now is None:
+            if was is not now:
+                return False
+        elif was[0] is not now or was[1] != now._version or was[2] != now.data_ptr():
+            return False
+    return True
+
+
+def autocast_weights(module: nn.Module, x: torch.Tensor, weight: torch.Tensor,
+                     bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(weight, bias)`` as the module's matmul should take them for input ``x``: cast once to autocast's dtype
+    and kept (see the module docstring) when ``module`` is in eval mode with grad off, in eager mode, under
+    autocast on ``x``'s device to bf16 or fp16, with fp32 weights; otherwise unchanged.
+
+    The caller passes the result where it would pass the parameters (``F.linear``, ``F.conv2d``); autocast
+    casts ``x`` as before and passes the weights through.
+    """
+    device = x.device.type
+    if (module.training or torch.is_grad_enabled() or weight.dtype != torch.float32
+            or not torch.amp.is_autocast_available(device) or not torch.is_autocast_enabled(device)
+            or torch.compiler.is_compiling()):
+        return weight, bias
+    dtype = torch.get_autocast_dtype(device)
+    if dtype not in _CAST_DTYPES:
+        return weight, bias
+    cached: _CastWeights | None = module.__dict__.get(CACHE_ATTRIBUTE)
+    if cached is None or cached.dtype != dtype or not _still_valid(cached, weight, bias):
+        cast_bias = None if bias is None else bias.detach().to(dtype)
+        cached = _CastWeights(dtype, (_identity(weight), _identity(bias)), weight.detach().to(dtype), cast_bias)
+        module.__dict__[CACHE_ATTRIBUTE] = cached
+    return cached.weight, cached.bias
+
+
+def drop_cast_weights(module: nn.Module) -> None:
+    """Forget ``module``'s cast copy (the memory goes back; the next autocast inference call casts again)."""
+    module.__dict__.pop(CACHE_ATTRIBUTE, None)
