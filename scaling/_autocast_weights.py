@@ -14,21 +14,24 @@ parameter objects, their ``_version`` counters and storage addresses). Any chang
 optimizer step or ``load_state_dict``, which bump ``_version``; ``.to()``, which moves the storage; a new
 parameter) makes the next call cast again. Only eval-mode modules with grad off take it (in training the
 weights change every step, and autocast's own cache serves), in eager mode (a compiled graph with freezing
-casts once by itself). The cost is memory: a half-precision copy of the weights it serves (for CMT-S about
-50 MB beside the 100 MB of fp32 weights), held until the module is put in training mode, pickled or
-copied without it (`drop_cast_weights`).
+casts once by itself), and not for parameters made under ``inference_mode`` (inference tensors track no
+version, so an in-place change to them could not be seen). The copies live in a table keyed weakly by
+module, not on the module: a saved, pickled or deep-copied model carries none, its state dict is unchanged,
+and a module's entry goes when the module does. The cost is memory: a half-precision copy of the weights it
+serves (for CMT-S about 50 MB beside the 100 MB of fp32 weights), held until the model is put in training
+mode (`drop_cast_weights`).
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 
-__all__ = ["CACHE_ATTRIBUTE", "autocast_weights", "drop_cast_weights"]
+__all__ = ["autocast_weights", "drop_cast_weights", "kept_cast"]
 
-CACHE_ATTRIBUTE = "_autocast_weights"
 _CAST_DTYPES = (torch.bfloat16, torch.float16)
 
 
@@ -39,6 +42,9 @@ class _CastWeights(NamedTuple):
     source: tuple[tuple[torch.Tensor, int, int] | None, ...]  # (parameter, _version, data_ptr) or None per tensor
     weight: torch.Tensor
     bias: torch.Tensor | None
+
+
+_kept: weakref.WeakKeyDictionary[nn.Module, _CastWeights] = weakref.WeakKeyDictionary()
 
 
 def _identity(tensor: torch.Tensor | None) -> tuple[torch.Tensor, int, int] | None:
@@ -67,19 +73,28 @@ def autocast_weights(module: nn.Module, x: torch.Tensor, weight: torch.Tensor,
     device = x.device.type
     if (module.training or torch.is_grad_enabled() or weight.dtype != torch.float32
             or not torch.amp.is_autocast_available(device) or not torch.is_autocast_enabled(device)
-            or torch.compiler.is_compiling()):
+            or torch.compiler.is_compiling() or weight.is_inference()
+            or (bias is not None and bias.is_inference())):
         return weight, bias
     dtype = torch.get_autocast_dtype(device)
     if dtype not in _CAST_DTYPES:
         return weight, bias
-    cached: _CastWeights | None = module.__dict__.get(CACHE_ATTRIBUTE)
+    cached = _kept.get(module)
     if cached is None or cached.dtype != dtype or not _still_valid(cached, weight, bias):
         cast_bias = None if bias is None else bias.detach().to(dtype)
         cached = _CastWeights(dtype, (_identity(weight), _identity(bias)), weight.detach().to(dtype), cast_bias)
-        module.__dict__[CACHE_ATTRIBUTE] = cached
+        _kept[module] = cached
     return cached.weight, cached.bias
 
 
-def drop_cast_weights(module: nn.Module) -> None:
-    """Forget ``module``'s cast copy (the memory goes back; the next autocast inference call casts again)."""
-    module.__dict__.pop(CACHE_ATTRIBUTE, None)
+def kept_cast(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """The cast ``(weight, bias)`` kept for ``module``, None if none (what a test or a memory count asks)."""
+    cached = _kept.get(module)
+    return None if cached is None else (cached.weight, cached.bias)
+
+
+def drop_cast_weights(model: nn.Module) -> None:
+    """Forget the cast copies of ``model`` and its submodules (the memory goes back; the next autocast
+    inference call casts again). `scaling.CMT.train` calls it."""
+    for module in model.modules():
+        _kept.pop(module, None)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, use_fused_attn
 from torch.utils.checkpoint import checkpoint
 
-from ._autocast_weights import CACHE_ATTRIBUTE, autocast_weights, drop_cast_weights
+from ._autocast_weights import autocast_weights
 from ._fused import (
     act_batch_norm,
     depthwise_conv3x3,
@@ -108,17 +108,6 @@ class PointwiseLinear(nn.Linear):
                 takes_gemm = self.eager_route
         return F.linear(x, weight, bias) if takes_gemm else _pointwise_conv(x, weight, bias)
 
-    def train(self, mode: bool = True) -> PointwiseLinear:
-        if mode:  # training casts per step (autocast's own cache): the inference copy's memory goes back
-            drop_cast_weights(self)
-        return super().train(mode)
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Pickled and deep-copied without the cast copy, which the next autocast inference call makes again."""
-        state = dict(super().__getstate__())
-        state.pop(CACHE_ATTRIBUTE, None)
-        return state
-
 
 def _in_half_precision(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """bf16/fp16 input or weights, or autocast open on the input's device (asked only of a device that has one)."""
@@ -155,7 +144,10 @@ class PatchMerging(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         merged = patch_linear(x, self.proj)  # CPU training: space-to-depth + GEMM, same weights
-        return layer_norm(_to_nhwc(self.proj(x)) if merged is None else merged, self.norm)
+        if merged is None:
+            proj = self.proj  # under autocast inference, its weight cast once (`scaling._autocast_weights`)
+            merged = _to_nhwc(F.conv2d(x, *autocast_weights(proj, x, proj.weight, proj.bias), stride=proj.stride))
+        return layer_norm(merged, self.norm)
 
 
 class LightweightAttention(nn.Module):

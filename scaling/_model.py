@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 
 from ._allocator import tune_cpu_allocator
+from ._autocast_weights import autocast_weights, drop_cast_weights
 from ._blocks import CMTStage, ConvGeluBn, PointwiseLinear, _to_nchw, _to_nhwc
 from ._config import CMTConfig
 from ._fused import is_cpu_inference, is_eager
@@ -176,7 +177,18 @@ class CMT(nn.Module):
         if self.global_pool == "avg":
             x = F.adaptive_avg_pool2d(x, 1).flatten(1)
         x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
+        if pre_logits:
+            return x
+        head = self.head
+        if type(head) is nn.Linear:  # under autocast inference, its weight cast once (`scaling._autocast_weights`)
+            return F.linear(x, *autocast_weights(head, x, head.weight, head.bias))
+        return head(x)
+
+    def train(self, mode: bool = True) -> CMT:
+        """As `nn.Module.train`; training mode also lets go of the weights cast once for autocast inference."""
+        if mode:
+            drop_cast_weights(self)
+        return super().train(mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

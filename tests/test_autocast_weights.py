@@ -15,8 +15,9 @@ import torch.nn as nn
 from conftest import random_config
 
 import scaling._blocks as blocks
+import scaling._model as model_module
 from scaling import build_cmt
-from scaling._autocast_weights import CACHE_ATTRIBUTE
+from scaling._autocast_weights import kept_cast
 
 
 @pytest.fixture(autouse=True)
@@ -36,15 +37,18 @@ def _random_eval_cmt(seed: int) -> tuple[nn.Module, torch.Tensor]:
     return model.eval(), torch.randn(2, cfg.in_chans, cfg.img_size, cfg.img_size)
 
 
-def _projections(model: nn.Module) -> list[blocks.PointwiseLinear]:
-    return [m for m in model.modules() if isinstance(m, blocks.PointwiseLinear)]
+def _projections(model: nn.Module) -> list[nn.Module]:
+    """The modules whose weights are cast once: the 1x1 projections, the patch-merging convs, the classifier."""
+    merging = [m.proj for m in model.modules() if isinstance(m, blocks.PatchMerging)]
+    return [m for m in model.modules() if isinstance(m, blocks.PointwiseLinear)] + merging + [model.head]
 
 
 def _autocasts_own(model: nn.Module, x: torch.Tensor, dtype: torch.dtype,
                    monkeypatch: pytest.MonkeyPatch) -> torch.Tensor:
     """The expectation: autocast casting every fp32 weight on every call, as it does with nothing kept."""
     with monkeypatch.context() as patch:
-        patch.setattr(blocks, "autocast_weights", lambda module, x, weight, bias: (weight, bias))
+        for user in (blocks, model_module):
+            patch.setattr(user, "autocast_weights", lambda module, x, weight, bias: (weight, bias))
         with torch.inference_mode(), torch.autocast("cpu", dtype=dtype):
             return model(x)
 
@@ -74,13 +78,13 @@ def test_each_projection_casts_once_and_keeps_its_copy_across_forwards() -> None
     model, x = _random_eval_cmt(3)
     _under_autocast(model, x)
     projections = _projections(model)
-    kept = [m.__dict__[CACHE_ATTRIBUTE] for m in projections]
-    for module, cached in zip(projections, kept, strict=True):
-        assert cached.weight.dtype == torch.bfloat16
-        assert torch.equal(cached.weight, module.weight.detach().to(torch.bfloat16))
-        assert module.bias is None or torch.equal(cached.bias, module.bias.detach().to(torch.bfloat16))
+    kept = [kept_cast(m) for m in projections]
+    for module, (weight, bias) in zip(projections, kept, strict=True):
+        assert weight.dtype == torch.bfloat16
+        assert torch.equal(weight, module.weight.detach().to(torch.bfloat16))
+        assert module.bias is None or torch.equal(bias, module.bias.detach().to(torch.bfloat16))
     _under_autocast(model, x)
-    assert all(m.__dict__[CACHE_ATTRIBUTE].weight is c.weight for m, c in zip(projections, kept, strict=True))
+    assert all(kept_cast(m)[0] is weight for m, (weight, _) in zip(projections, kept, strict=True))
 
 
 def test_nothing_is_kept_outside_autocast_inference() -> None:
@@ -92,7 +96,18 @@ def test_nothing_is_kept_outside_autocast_inference() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         model(x).float().sum().backward()
         model.train()(x)
-    assert not any(CACHE_ATTRIBUTE in m.__dict__ for m in _projections(model))
+    assert not any(kept_cast(m) for m in _projections(model))
+
+
+def test_parameters_made_under_inference_mode_are_cast_per_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inference tensors track no version, so an in-place change could not be seen: nothing is kept for them,
+    and the outputs are still autocast's own."""
+    model, x = _random_eval_cmt(8)
+    with torch.inference_mode():
+        made_there = copy.deepcopy(model)
+    assert made_there.head.weight.is_inference()
+    assert torch.equal(_under_autocast(made_there, x), _autocasts_own(model, x, torch.bfloat16, monkeypatch))
+    assert not any(kept_cast(m) for m in _projections(made_there))
 
 
 def test_changed_weights_are_cast_again() -> None:
@@ -123,7 +138,7 @@ def test_a_new_autocast_dtype_replaces_the_copy(monkeypatch: pytest.MonkeyPatch)
     model, x = _random_eval_cmt(6)
     _under_autocast(model, x, torch.bfloat16)
     assert torch.equal(_under_autocast(model, x, torch.float16), _autocasts_own(model, x, torch.float16, monkeypatch))
-    assert all(m.__dict__[CACHE_ATTRIBUTE].weight.dtype == torch.float16 for m in _projections(model))
+    assert all(kept_cast(m)[0].dtype == torch.float16 for m in _projections(model))
 
 
 def test_training_mode_copies_and_pickles_drop_the_cast_copies() -> None:
@@ -132,15 +147,15 @@ def test_training_mode_copies_and_pickles_drop_the_cast_copies() -> None:
     model, x = _random_eval_cmt(7)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     _under_autocast(model, x)
-    assert all(CACHE_ATTRIBUTE in m.__dict__ for m in _projections(model))
+    assert all(kept_cast(m) for m in _projections(model))
     buffer = io.BytesIO()
     torch.save(model, buffer)
     buffer.seek(0)
     loaded = torch.load(buffer, weights_only=False)
     for copied in (copy.deepcopy(model), loaded):
-        assert not any(CACHE_ATTRIBUTE in m.__dict__ for m in _projections(copied))
+        assert not any(kept_cast(m) for m in _projections(copied))
         assert torch.equal(_under_autocast(copied, x), _under_autocast(model, x))
     assert model.state_dict().keys() == before.keys()
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
     model.train()
-    assert not any(CACHE_ATTRIBUTE in m.__dict__ for m in _projections(model))
+    assert not any(kept_cast(m) for m in _projections(model))

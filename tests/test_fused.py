@@ -878,6 +878,7 @@ def test_off_the_cpu_half_precision_projections_take_the_gemm(dtype: torch.dtype
     if autocast:
         monkeypatch.setattr(torch.amp, "is_autocast_available", lambda device_type: device_type == "meta")
         monkeypatch.setattr(torch, "is_autocast_enabled", lambda device_type=None: device_type == "meta")
+        monkeypatch.setattr(torch, "get_autocast_dtype", lambda device_type: torch.bfloat16)
     layer = PointwiseLinear(48, 80).to(device="meta", dtype=dtype).eval()
     x = torch.empty(256, 56, 56, 48, device="meta", dtype=dtype)
     with torch.no_grad():
