@@ -78,10 +78,14 @@ def _shape_rule() -> contextlib.AbstractContextManager:
     return mock.patch.dict(os.environ, {"CMT_SCALE_POINTWISE_ROUTE": "rule"})
 
 
-def _cast_per_call() -> contextlib.AbstractContextManager:
-    """Autocast casting the 1x1 projections' fp32 weights on every call, as before they were cast once and kept
-    in autocast inference (`scaling._autocast_weights`)."""
-    return mock.patch("scaling._blocks.autocast_weights", lambda module, x, weight, bias: (weight, bias))
+@contextlib.contextmanager
+def _cast_per_call():
+    """Autocast casting the fp32 weights on every call, as before the projections', patch-merging convs' and
+    classifier's were cast once and kept in autocast inference (`scaling._autocast_weights`)."""
+    unchanged = lambda module, x, weight, bias: (weight, bias)  # noqa: E731
+    with mock.patch("scaling._blocks.autocast_weights", unchanged), mock.patch("scaling._model.autocast_weights",
+                                                                               unchanged):
+        yield
 
 
 def _key_value_apart(model: torch.nn.Module, amp_dtype: torch.dtype | None = None) -> torch.nn.Module:
