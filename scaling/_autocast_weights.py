@@ -39,7 +39,9 @@ class _CastWeights(NamedTuple):
     """A module's weight and bias cast to ``dtype``, and what identifies the parameters they came from."""
 
     dtype: torch.dtype
-    source: tuple[tuple[torch.Tensor, int, int] | None, ...]  # (parameter, _version, data_ptr) or None per tensor
+    weight_source: torch.Tensor
+    bias_source: torch.Tensor | None
+    state: tuple[int, ...]  # `_state` of the two when cast
     weight: torch.Tensor
     bias: torch.Tensor | None
 
@@ -47,18 +49,22 @@ class _CastWeights(NamedTuple):
 _kept: weakref.WeakKeyDictionary[nn.Module, _CastWeights] = weakref.WeakKeyDictionary()
 
 
-def _identity(tensor: torch.Tensor | None) -> tuple[torch.Tensor, int, int] | None:
-    return None if tensor is None else (tensor, tensor._version, tensor.data_ptr())
+def _state(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[int, ...]:
+    """The parameters' in-place version counters and storage addresses: any change to them changes these."""
+    if bias is None:
+        return weight._version, weight.data_ptr()
+    return weight._version, weight.data_ptr(), bias._version, bias.data_ptr()
 
 
-def _still_valid(cached: _CastWeights, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    for was, now in zip(cached.source, (weight, bias), strict=True):
-        if was is None or now is None:
-            if was is not now:
-                return False
-        elif was[0] is not now or was[1] != now._version or was[2] != now.data_ptr():
-            return False
-    return True
+def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """Autocast's dtype on ``x``'s device, None when it is off there. The CPU is asked first and directly: this
+    runs on every projection call, where a device object and the availability check cost about 1 us."""
+    if x.is_cpu:
+        return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+    device = x.device.type
+    if not torch.amp.is_autocast_available(device) or not torch.is_autocast_enabled(device):
+        return None
+    return torch.get_autocast_dtype(device)
 
 
 def autocast_weights(module: nn.Module, x: torch.Tensor, weight: torch.Tensor,
@@ -70,19 +76,18 @@ def autocast_weights(module: nn.Module, x: torch.Tensor, weight: torch.Tensor,
     The caller passes the result where it would pass the parameters (``F.linear``, ``F.conv2d``); autocast
     casts ``x`` as before and passes the weights through.
     """
-    device = x.device.type
-    if (module.training or torch.is_grad_enabled() or weight.dtype != torch.float32
-            or not torch.amp.is_autocast_available(device) or not torch.is_autocast_enabled(device)
-            or torch.compiler.is_compiling() or weight.is_inference()
+    if module.training or torch.is_grad_enabled() or weight.dtype != torch.float32:
+        return weight, bias
+    dtype = _autocast_dtype(x)
+    if (dtype not in _CAST_DTYPES or torch.compiler.is_compiling() or weight.is_inference()
             or (bias is not None and bias.is_inference())):
         return weight, bias
-    dtype = torch.get_autocast_dtype(device)
-    if dtype not in _CAST_DTYPES:
-        return weight, bias
     cached = _kept.get(module)
-    if cached is None or cached.dtype != dtype or not _still_valid(cached, weight, bias):
+    state = _state(weight, bias)
+    if (cached is None or cached.dtype != dtype or cached.weight_source is not weight
+            or cached.bias_source is not bias or cached.state != state):
         cast_bias = None if bias is None else bias.detach().to(dtype)
-        cached = _CastWeights(dtype, (_identity(weight), _identity(bias)), weight.detach().to(dtype), cast_bias)
+        cached = _CastWeights(dtype, weight, bias, state, weight.detach().to(dtype), cast_bias)
         _kept[module] = cached
     return cached.weight, cached.bias
 
