@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from ._allocator import tune_cpu_allocator
+from ._autocast_weights import drop_cast_weights
 from ._fused import is_depthwise
 from ._model import CMT
 from ._pointwise_route import cpu_autocast_dtype
@@ -130,6 +131,7 @@ class _FrozenCompiled(nn.Module):
         signature = _call_signature(args, kwargs)
         if signature not in self._signatures_seen:  # eagerly first: the 1x1 routes it times are what a trace takes
             self._eager[0](*args, **kwargs)
+            drop_cast_weights(self._eager[0])  # the frozen graph holds its own: no second copy kept for eager
             self._signatures_seen.add(signature)
         with inductor_config.patch(freezing=True):
             return self.compiled(*args, **kwargs)

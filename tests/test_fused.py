@@ -777,6 +777,7 @@ def test_the_compiled_frozen_inference_copy_equals_the_eval_model() -> None:
     under bf16 autocast for nearly every input, as does the compiled mixed-precision copy (``amp_dtype``, its
     autocast region traced into the graph). Slow: each compilation takes half a minute."""
     from scaling import fuse_for_inference
+    from scaling._autocast_weights import kept_cast
     from scaling._pointwise_route import chosen_routes
 
     cfg, model = _random_eval_cmt(7)
@@ -791,6 +792,8 @@ def test_the_compiled_frozen_inference_copy_equals_the_eval_model() -> None:
         mixed = fuse_for_inference(model, compile=True, amp_dtype=torch.bfloat16)(x)  # its own autocast, traced
     # each new call signature got its eager forward first: the bf16 trace found routes timed under autocast
     assert any(key[6] == torch.bfloat16 for key in chosen_routes())
+    # that eager forward keeps no cast weights beside the frozen graph's own
+    assert not any(kept_cast(m) for m in compiled.modules())
     assert mixed.dtype == torch.bfloat16
     for candidate in (low, mixed.float()):
         assert (candidate.argmax(-1) == reference.argmax(-1)).float().mean().item() >= 0.8

@@ -480,3 +480,44 @@ def test_ray_kill_and_restore_loses_nothing(tmp_path) -> None:
     assert done.returncode == 0, stderr[-2000:]
     rows = read_rows(out)
     assert len(rows) == 4 and len({r["trial_id"] for r in rows}) == 4  # Tuner.restore: none lost, none twice
+
+
+def _study_with_a_trial_left_running_by_a_dead_process(tmp_path: Path, row_written: bool):
+    """An Optuna study in ``tmp_path`` whose trial 0 a process of this host left RUNNING and then died; with
+    ``row_written``, it had written its row (file and attribute) first, as a kill -9 right after does."""
+    import socket
+
+    import optuna
+
+    study = optuna.create_study(study_name="run", storage=f"sqlite:///{tmp_path / 'study.db'}",
+                                directions=["maximize", "minimize"])
+    trial = study.ask({"width": optuna.distributions.IntDistribution(1, 9)})
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    trial.set_user_attr("pid", dead.pid)
+    trial.set_user_attr("host", socket.gethostname())
+    if row_written:
+        write_row(tmp_path, {"backend": "optuna", "study": "run", "trial_id": "0", "state": "complete"})
+        trial.set_user_attr("row_written", True)
+    return study
+
+
+@pytest.mark.parametrize("row_written", [False, True])
+def test_a_killed_trial_is_requeued_only_when_it_left_no_row(tmp_path: Path, row_written: bool) -> None:
+    """A trial killed before its row is re-run (re-queued with its parameters); one killed after its row was
+    written finished and is counted once: re-queuing it would spend a trial of the budget on a copy, and the
+    copy (which inherits the ``row_written`` attribute) must not count as finished while it waits, or the rung
+    ends a trial short and runs it on the next resume, after its promotion was decided."""
+    import optuna
+
+    from cmt_scale.search._optuna import _finished, _requeue_dead_trials, _retry_callback
+
+    study = _study_with_a_trial_left_running_by_a_dead_process(tmp_path, row_written)
+    assert _requeue_dead_trials(study, tmp_path) == (0 if row_written else 1)
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert [t.params for t in waiting] == ([] if row_written else [study.trials[0].params])
+    assert _finished(study, tmp_path) == (1 if row_written else 0)
+    if row_written:  # the heartbeat's re-queue (other hosts) copies the attribute: the copy is not done
+        _retry_callback()(study, study.trials[0])
+        assert study.trials[-1].state == optuna.trial.TrialState.WAITING and study.trials[-1].user_attrs["row_written"]
+        assert _finished(study, tmp_path) == 1

@@ -74,20 +74,24 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _requeue_dead_trials(study) -> int:
-    """Fail and re-queue trials that a dead process of this host left RUNNING; return how many.
+def _requeue_dead_trials(study, run_dir: Path) -> int:
+    """Fail and re-queue trials that a dead process of this host left RUNNING; return how many re-queued.
 
     Public API only: ``study.tell`` finishes another process's RUNNING trial as FAIL, and the retry callback
-    (the one the heartbeat uses for other hosts) enqueues its parameters again."""
+    (the one the heartbeat uses for other hosts) enqueues its parameters again. A trial whose row was written
+    before its process died is failed but not re-queued: it finished (`_finished_numbers` counts it), and
+    training it again would spend a trial on an architecture the run already has."""
     import optuna
 
     host, count = socket.gethostname(), 0
     retry = _retry_callback()
+    finished = _finished_numbers(study, run_dir)
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         pid, trial_host = trial.user_attrs.get("pid"), trial.user_attrs.get("host")
         if trial_host == host and pid is not None and not _process_alive(int(pid)):
             failed = study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
-            if failed.state == optuna.trial.TrialState.FAIL:  # not finished meanwhile by its own heartbeat
+            # not finished meanwhile by its own heartbeat, and without a row
+            if failed.state == optuna.trial.TrialState.FAIL and trial.number not in finished:
                 retry(study, failed)
                 count += 1
     return count
@@ -99,7 +103,11 @@ def _finished_numbers(study, run_dir: Path) -> set[int]:
     The row files are the truth: a Ctrl-C that lands after a trial's row is written but before Optuna
     hears of it leaves that trial FAIL in the study, yet it finished and must not be run again.
     """
-    numbers = {t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get("row_written")}
+    # A re-queued copy inherits its original's user attributes (Optuna's retry callback copies them), so only a
+    # trial that has itself ended counts by its ``row_written``; else a copy waiting to run would count as done
+    # and the rung would end a trial short, to run it on the next resume after its promotion was decided.
+    numbers = {t.number for t in study.get_trials(deepcopy=False)
+               if t.user_attrs.get("row_written") and t.state.is_finished()}
     numbers |= {int(r["trial_id"]) for r in read_rows(run_dir)
                 if r.get("backend") == "optuna" and r.get("study") == study.study_name and str(r["trial_id"]).isdigit()}
     return numbers
@@ -183,7 +191,7 @@ def run_optuna_search(job: RungJob, storage_url: str | None = None, seed: int = 
         # instead: still reproducible, and each resume explores on.
         study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials), multivariate=True,
                                                    constant_liar=True)
-    requeued = _requeue_dead_trials(study)
+    requeued = _requeue_dead_trials(study, run_dir)
     if requeued:
         log.info("re-queued %d trial(s) that a killed process of this host left running", requeued)
     remaining = (_enqueue_missing_grid_points(study, space, run_dir) if space.sampler == "grid"
