@@ -13,28 +13,24 @@ Usage: python benchmarks/ab_rows.py "cmt_s timm.create_model cast per call bf16"
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
-import time
+from collections.abc import Callable
 
 import torch
 from _machine import machine_line
 from bench_model import _models
 
 
-def _runner(model: torch.nn.Module, batch_size: int, size: int, channels_last: bool, dtype: torch.dtype | None):
-    """One timed forward of ``model``, as `scaling.measure_throughput` runs it (inference_mode, autocast)."""
-    x = torch.randn(batch_size, 3, size, size)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    model.eval()
+def _runner(model: torch.nn.Module, batch_size: int, size: int, channels_last: bool, dtype: torch.dtype | None,
+            threads: int) -> Callable[[], float]:
+    """One timed forward of ``model``, in seconds: `scaling.measure_throughput` with one repeat, as
+    `bench_model.py` runs its rows (inference_mode, autocast for a dtype)."""
+    from scaling import measure_throughput
 
     def run() -> float:
-        region = torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
-        with torch.inference_mode(), region:
-            start = time.perf_counter()
-            model(x)
-            return time.perf_counter() - start
+        result = measure_throughput(model, batch_size, size, threads=threads, channels_last=channels_last,
+                                    dtype=dtype, warmup=0, repeats=1)
+        return batch_size / result.img_per_s
 
     return run
 
@@ -52,7 +48,7 @@ def main() -> None:
     for name in (args.a, args.b):
         if name not in rows:
             parser.error(f"row {name!r} is not one of bench_model.py's: {', '.join(rows)}")
-    run_a, run_b = (_runner(rows[name][0], args.batch_size, *rows[name][1:]) for name in (args.a, args.b))
+    run_a, run_b = (_runner(rows[name][0], args.batch_size, *rows[name][1:], args.threads) for name in (args.a, args.b))
     for _ in range(3):  # warm-up: kernels chosen, routes timed, allocator tuned
         run_a(), run_b()
     times_a, times_b = [], []

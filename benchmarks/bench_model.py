@@ -78,14 +78,10 @@ def _shape_rule() -> contextlib.AbstractContextManager:
     return mock.patch.dict(os.environ, {"CMT_SCALE_POINTWISE_ROUTE": "rule"})
 
 
-@contextlib.contextmanager
-def _cast_per_call():
+def _cast_per_call() -> contextlib.AbstractContextManager:
     """Autocast casting the fp32 weights on every call, as before the projections', patch-merging convs' and
     classifier's were cast once and kept in autocast inference (`scaling._autocast_weights`)."""
-    unchanged = lambda module, x, weight, bias: (weight, bias)  # noqa: E731
-    with mock.patch("scaling._blocks.autocast_weights", unchanged), mock.patch("scaling._model.autocast_weights",
-                                                                               unchanged):
-        yield
+    return mock.patch("scaling._autocast_weights._ENABLED", False)
 
 
 def _key_value_apart(model: torch.nn.Module, amp_dtype: torch.dtype | None = None) -> torch.nn.Module:

@@ -30,9 +30,14 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
-__all__ = ["autocast_weights", "drop_cast_weights", "kept_cast"]
+from ._pointwise_route import cpu_autocast_dtype
 
-_CAST_DTYPES = (torch.bfloat16, torch.float16)
+__all__ = ["HALF_DTYPES", "autocast_weights", "drop_cast_weights", "kept_cast"]
+
+HALF_DTYPES = (torch.bfloat16, torch.float16)  # the lower precisions autocast and the mixed-precision copy take
+# Flipped only to measure autocast's per-call casts (benchmarks/bench_model.py's "cast per call" row) or to
+# compare against them in a test: every call site then passes the parameters through unchanged.
+_ENABLED = True
 
 
 class _CastWeights(NamedTuple):
@@ -60,7 +65,7 @@ def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
     """Autocast's dtype on ``x``'s device, None when it is off there. The CPU is asked first and directly: this
     runs on every projection call, where a device object and the availability check cost about 1 us."""
     if x.is_cpu:
-        return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+        return cpu_autocast_dtype()
     device = x.device.type
     if not torch.amp.is_autocast_available(device) or not torch.is_autocast_enabled(device):
         return None
@@ -76,10 +81,10 @@ def autocast_weights(module: nn.Module, x: torch.Tensor, weight: torch.Tensor,
     The caller passes the result where it would pass the parameters (``F.linear``, ``F.conv2d``); autocast
     casts ``x`` as before and passes the weights through.
     """
-    if module.training or torch.is_grad_enabled() or weight.dtype != torch.float32:
+    if not _ENABLED or module.training or torch.is_grad_enabled() or weight.dtype != torch.float32:
         return weight, bias
     dtype = _autocast_dtype(x)
-    if (dtype not in _CAST_DTYPES or torch.compiler.is_compiling() or weight.is_inference()
+    if (dtype not in HALF_DTYPES or torch.compiler.is_compiling() or weight.is_inference()
             or (bias is not None and bias.is_inference())):
         return weight, bias
     cached = _kept.get(module)

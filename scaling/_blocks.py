@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, use_fused_attn
 from torch.utils.checkpoint import checkpoint
 
-from ._autocast_weights import autocast_weights
+from ._autocast_weights import HALF_DTYPES, autocast_weights
 from ._fused import (
     act_batch_norm,
     depthwise_conv3x3,
@@ -62,7 +62,6 @@ _GEMM_MAX_POSITIONS_INFERENCE = 64
 # cores by PyTorch's default while the fp32 GEMM does not, and the GEMM route was 0.80x at batch 256
 # (benchmarks/RESULTS.md). Flipped only to measure the old route.
 _GEMM_OFF_CPU = True
-_HALF_DTYPES = (torch.bfloat16, torch.float16)
 
 
 class PointwiseLinear(nn.Linear):
@@ -112,7 +111,7 @@ class PointwiseLinear(nn.Linear):
 def _in_half_precision(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """bf16/fp16 input or weights, or autocast open on the input's device (asked only of a device that has one)."""
     device = x.device.type
-    return (x.dtype in _HALF_DTYPES or weight.dtype in _HALF_DTYPES
+    return (x.dtype in HALF_DTYPES or weight.dtype in HALF_DTYPES
             or (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)))
 
 

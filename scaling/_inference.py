@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from ._allocator import tune_cpu_allocator
-from ._autocast_weights import drop_cast_weights
+from ._autocast_weights import HALF_DTYPES, drop_cast_weights
 from ._fused import is_depthwise
 from ._model import CMT
 from ._pointwise_route import cpu_autocast_dtype
@@ -58,8 +58,6 @@ def _fold_bn_before(layer: nn.Module, bn: nn.BatchNorm2d) -> None:
     else:
         layer.bias.add_(extra)
 
-
-_AMP_DTYPES = (torch.bfloat16, torch.float16)
 
 
 class _MixedPrecision(nn.Module):
@@ -179,8 +177,8 @@ def fuse_for_inference(model: CMT, channels_last: bool = True, compile: bool = F
     """
     if not isinstance(model, CMT):
         raise ValueError(f"fuse_for_inference takes a CMT model, got {type(model).__name__}")
-    if amp_dtype is not None and amp_dtype not in _AMP_DTYPES:
-        raise ValueError(f"amp_dtype={amp_dtype!r} is not allowed; allowed: {', '.join(map(str, _AMP_DTYPES))} or None")
+    if amp_dtype is not None and amp_dtype not in HALF_DTYPES:
+        raise ValueError(f"amp_dtype={amp_dtype!r} is not allowed; allowed: {', '.join(map(str, HALF_DTYPES))} or None")
     fused = copy.deepcopy(model).eval()
     identity = nn.Identity
     last_stem = fused.stem[-1]
