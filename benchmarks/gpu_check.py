@@ -245,27 +245,14 @@ def route_section(device: str, smoke: bool, save) -> list[dict]:
 
 def host_cpu_section(out: Path, smoke: bool, minutes: float) -> dict:
     """The device machine's own CPU (an Intel Xeon, family 6 model 207 when seen: Emerald Rapids, with AMX) as
-    the CPU-inference issue's Intel kind: ``bench_model.py`` and ``profile_model.py`` pinned to two cores with
-    two threads, as on the 2-vCPU machines, their output written beside the JSON. Each gets at most
-    ``minutes``; its output so far is kept."""
-    import subprocess
+    the CPU-inference issue's Intel kind: ``bench_model.py``, ``profile_model.py``, paired ``ab_rows.py`` runs
+    and the compiled rows, side by side, each pinned to two physical cores with two threads, as on the 2-vCPU
+    machines (`_host_cpu`), their output written beside the JSON. All stop after ``minutes``; output so far
+    is kept."""
+    from _host_cpu import host_jobs, run_side_by_side
 
     figures: dict = {"cpu": cpu_name(), "kind": cpu_kind()}
-    cores = ["taskset", "-c", "0,1"] if not smoke else []
-    runs = {"bench_model": [*cores, sys.executable, "benchmarks/bench_model.py", "--threads", "2", "--rounds",
-                            "1" if smoke else "3", "--batch-sizes", "1" if smoke else "1,8", "--rows", "cmt_s"],
-            "profile_model": [*cores, sys.executable, "benchmarks/profile_model.py", "--threads", "2",
-                              "--batch-sizes", "1" if smoke else "1,8", "--top", "12"]}
-    for name, command in runs.items():
-        log = out / f"host_{name}.txt"
-        start = time.monotonic()
-        with log.open("w") as sink:
-            try:
-                code = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT, timeout=60 * minutes).returncode
-            except subprocess.TimeoutExpired:
-                code = "timed out"
-        figures[name] = {"exit": code, "wall_s": time.monotonic() - start, "output": log.name}
-        print(f"host {name}: exit {code} after {figures[name]['wall_s']:.0f} s, output in {log}", flush=True)
+    figures.update(run_side_by_side(host_jobs(smoke), out, minutes, pin=not smoke))
     return figures
 
 
@@ -278,7 +265,7 @@ def main() -> None:
     parser.add_argument("--compile-minutes", type=float, default=4.0,
                         help="start no torch.compile row after this many minutes from the start (default 4)")
     parser.add_argument("--host-minutes", type=float, default=4.0,
-                        help="host-cpu section: at most this many minutes for each of its two scripts (default 4)")
+                        help="host-cpu section: minutes for its scripts, run side by side (default 4)")
     parser.add_argument("--resume", type=Path, help="an earlier run's gpu_check.json: its inference rows are kept "
                                                     "and only the missing ones measured")
     args = parser.parse_args()

@@ -1,0 +1,99 @@
+"""The device machine's own CPU as a second CPU kind: benchmark scripts run side by side, each pinned to two
+physical cores of its own.
+
+Why: the device machine's host (an Intel Xeon with AMX when seen) is the only Intel kind some sessions reach,
+and only for minutes. Its 16 logical CPUs hold several 2-core machines like the project's own: running the
+scripts at once, each with two threads on two physical cores (no hyper-thread siblings shared), gives all the
+figures in the time of the longest. Ratios are measured within one process, so what the neighbours cost in
+shared cache and clock applies to both sides of each.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+__all__ = ["core_pairs", "host_jobs", "run_side_by_side"]
+
+
+def core_pairs() -> list[tuple[int, int]]:
+    """Pairs of logical CPUs, each CPU on a physical core of its own and both on one socket (first sibling of
+    each core only): ``lscpu -p``'s table, or one pair (0, 1) where it cannot be read."""
+    try:
+        table = subprocess.run(["lscpu", "-p=CPU,CORE,SOCKET"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return [(0, 1)]
+    first_of_core: dict[tuple[int, int], int] = {}
+    for line in table.splitlines():
+        if line and not line.startswith("#"):
+            cpu, core, socket = (int(field or 0) for field in line.split(",")[:3])
+            first_of_core.setdefault((socket, core), cpu)
+    by_socket: dict[int, list[int]] = {}
+    for (socket, _), cpu in sorted(first_of_core.items()):
+        by_socket.setdefault(socket, []).append(cpu)
+    return [(cpus[i], cpus[i + 1]) for cpus in by_socket.values() for i in range(0, len(cpus) - 1, 2)] or [(0, 1)]
+
+
+def _ab(a: str, b: str, batch: int, pairs: int) -> list[str]:
+    return ["benchmarks/ab_rows.py", a, b, "--batch-size", str(batch), "--pairs", str(pairs)]
+
+
+def host_jobs(smoke: bool) -> dict[str, list[list[str]]]:
+    """Each job: the scripts it runs one after another (arguments after the Python executable). The paired
+    runs put CMT-S as users build it against DeiT-S, in fp32 and bf16, at batch 1 and 8, and CMT-S's bf16
+    against its own fp32: the issue's targets."""
+    batches, pairs = ("1", (5, 3)) if smoke else ("1,8", (300, 60))
+    deit, cmt = "deit_small_patch16_224", "cmt_s timm.create_model"
+    return {
+        "bench_model": [["benchmarks/bench_model.py", "--threads", "2", "--rounds", "1" if smoke else "3",
+                         "--batch-sizes", batches, "--rows", "cmt_s"]],
+        "profile_model": [["benchmarks/profile_model.py", "--threads", "2", "--batch-sizes", batches, "--top", "20"]],
+        "ab_rows": [_ab(a, b, batch, count) for batch, count in zip((1, 8), pairs, strict=True)
+                    for a, b in ((deit, cmt), ("deit_small bf16", f"{cmt} bf16"), (cmt, f"{cmt} bf16"))],
+        "compiled": [["benchmarks/bench_model.py", "--threads", "2", "--rounds", "1" if smoke else "2",
+                      "--batch-sizes", batches, "--compile", "--rows", "cmt_s@224 fused compiled"]],
+    }
+
+
+def run_side_by_side(jobs: dict[str, list[list[str]]], out: Path, minutes: float, pin: bool) -> dict:
+    """Run each job on a core pair of its own (jobs wait for a free pair when there are more jobs than pairs),
+    its output in ``out/host_<job>.txt``; a job still running after ``minutes`` is stopped, its output kept."""
+    pairs = core_pairs()
+    free = list(pairs)
+    lock, ready = threading.Lock(), threading.Condition(threading.Lock())
+    deadline = time.monotonic() + 60 * minutes
+    figures: dict = {"core_pairs": pairs}
+
+    def run(name: str, scripts: list[list[str]]) -> None:
+        with ready:
+            ready.wait_for(lambda: bool(free))
+            pair = free.pop(0)
+        start = time.monotonic()
+        code: int | str = 0
+        with (out / f"host_{name}.txt").open("w") as sink:
+            for script in scripts:
+                command = [*(["taskset", "-c", f"{pair[0]},{pair[1]}"] if pin else []), sys.executable, *script]
+                sink.write(f"$ {' '.join(command)}\n")
+                sink.flush()
+                try:
+                    code = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT,
+                                          timeout=max(1.0, deadline - time.monotonic())).returncode
+                except subprocess.TimeoutExpired:
+                    code = "timed out"
+                    break
+        with lock:
+            figures[name] = {"exit": code, "wall_s": round(time.monotonic() - start, 1), "cores": pair}
+        print(f"host {name}: exit {code} after {time.monotonic() - start:.0f} s on CPUs {pair}", flush=True)
+        with ready:
+            free.append(pair)
+            ready.notify()
+
+    threads = [threading.Thread(target=run, args=item) for item in jobs.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return figures
