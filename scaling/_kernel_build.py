@@ -43,16 +43,32 @@ def _enabled() -> bool:
     return bool(_state["enabled"])
 
 
-def _capability_flags() -> tuple[str, list[str]]:
+def _cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux reports them (empty elsewhere, or where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def _capability_flags() -> list[tuple[str, list[str]]]:
     """ATen's vector width for this CPU, as the ``CPU_CAPABILITY`` defines and ``-m`` flags ATen's own
-    kernels are built with (so `at::vec::Vectorized` has the width the CPU runs)."""
+    kernels are built with (so `at::vec::Vectorized` has the width the CPU runs): the builds to try, best
+    first. Where the CPU has AVX512-BF16 (Zen 4 and later, Intel from Cooper Lake), the first also lets the
+    bf16 stores use its conversion instruction; the second, without it, is for a compiler that lacks the flag."""
     capability = torch.backends.cpu.get_cpu_capability()
     if capability in ("AVX512", "AVX512_BF16", "AMX") or capability.startswith("AVX512"):
-        return "avx512", ["-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512", "-mavx512f", "-mavx512bw",
-                          "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"]
+        avx512 = ["-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512", "-mavx512f", "-mavx512bw", "-mavx512vl",
+                  "-mavx512dq", "-mavx2", "-mfma", "-mf16c"]
+        with_bf16 = [("avx512bf16", [*avx512, "-mavx512bf16"])] if "avx512_bf16" in _cpu_flags() else []
+        return [*with_bf16, ("avx512", avx512)]
     if capability == "AVX2":
-        return "avx2", ["-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2", "-mavx2", "-mfma", "-mf16c"]
-    return "default", ["-DCPU_CAPABILITY=DEFAULT", "-DCPU_CAPABILITY_DEFAULT"]
+        return [("avx2", ["-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2", "-mavx2", "-mfma", "-mf16c"])]
+    return [("default", ["-DCPU_CAPABILITY=DEFAULT", "-DCPU_CAPABILITY_DEFAULT"])]
 
 
 def _build_directory(name: str) -> Path:
@@ -72,30 +88,39 @@ class _DropMessages(logging.Filter):
         return False
 
 
+def _build_and_load(tag: str, cflags: list[str]) -> None:
+    """Compile the kernels with ``cflags`` (once per source, flags and torch version) and load them."""
+    from torch.utils.cpp_extension import load  # its import logs "No CUDA runtime" on a CPU machine
+
+    digest = hashlib.sha256(_SOURCE.read_bytes() + " ".join(cflags).encode() + torch.__version__.encode())
+    name = f"cmt_scale_kernels_{tag}_{digest.hexdigest()[:12]}"
+    build = _build_directory(name)
+    if not (build / f"{name}.so").exists():  # a slow first step, explained
+        log.info("compiling the fused CPU kernels (%s) once, about 30 s", tag)
+    load(name=name, sources=[str(_SOURCE)], extra_cflags=cflags, extra_ldflags=["-fopenmp"],
+         build_directory=str(build), is_python_module=False, verbose=False)
+
+
 def _load() -> bool:
     """Compile (first time) and load the kernels; False, with one warning, when that is impossible."""
     if _state["loaded"] is not None:
         return bool(_state["loaded"])
     _state["loaded"] = False
-    tag, flags = _capability_flags()
-    cflags = ["-O3", "-fopenmp", *flags]
-    digest = hashlib.sha256(_SOURCE.read_bytes() + " ".join(cflags).encode() + torch.__version__.encode())
-    name = f"cmt_scale_kernels_{tag}_{digest.hexdigest()[:12]}"
     torch_log, quiet = logging.getLogger("torch.utils.cpp_extension"), _DropMessages()
     torch_log.addFilter(quiet)  # only for this call: the user's own logging of torch is left alone
     try:
-        from torch.utils.cpp_extension import load  # its import logs "No CUDA runtime" on a CPU machine
-
-        build = _build_directory(name)
-        if not (build / f"{name}.so").exists():  # a slow first step, explained
-            log.info("compiling the fused CPU kernels (%s) once, about 30 s", tag)
-        load(name=name, sources=[str(_SOURCE)], extra_cflags=cflags, extra_ldflags=["-fopenmp"],
-             build_directory=str(build), is_python_module=False, verbose=False)
-    except Exception as err:  # no compiler, no ninja, a read-only cache: train on the plain path
-        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-        warnings.warn(f"cmt-scale: fused CPU kernels unavailable ({reason[:200]}); training uses the plain "
-                      f"PyTorch path (set {_ENV_SWITCH}=0 to skip the attempt)", RuntimeWarning, stacklevel=3)
-        return False
+        failure = None
+        for tag, flags in _capability_flags():
+            try:
+                _build_and_load(tag, ["-O3", "-fopenmp", *flags])
+                break
+            except Exception as err:  # no compiler, no ninja, a read-only cache, a flag the compiler lacks
+                failure = err
+        else:
+            reason = str(failure).strip().splitlines()[-1] if str(failure).strip() else type(failure).__name__
+            warnings.warn(f"cmt-scale: fused CPU kernels unavailable ({reason[:200]}); training uses the plain "
+                          f"PyTorch path (set {_ENV_SWITCH}=0 to skip the attempt)", RuntimeWarning, stacklevel=3)
+            return False
     finally:
         torch_log.removeFilter(quiet)
     _state["loaded"] = True

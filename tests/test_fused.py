@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import random
+import warnings
 from collections import Counter
 
 import pytest
@@ -469,6 +470,39 @@ def test_a_failed_build_warns_once_and_training_takes_the_plain_path(tmp_path, m
     x = torch.randn(2, 3, 3, 5)
     expected = copy.deepcopy(bn)(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
     torch.testing.assert_close(fused.act_batch_norm(x, None, bn), expected)  # no second warning, no error
+
+
+def test_a_build_the_compiler_refuses_falls_back_to_the_next_candidate(monkeypatch) -> None:
+    """A build whose flags the compiler lacks (an old gcc without -mavx512bf16, say) is not the end: the next
+    candidate (the plain AVX-512 build) loads, with no warning."""
+    tried: list[str] = []
+
+    def build(tag: str, cflags: list[str]) -> None:  # the library is loaded already: a second would clash
+        tried.append(tag)
+        if tag == "unsupported":
+            raise RuntimeError("g++: error: unrecognized command-line option '-mno-such-flag'")
+
+    candidates = [("unsupported", ["-mno-such-flag"]), *kernel_build._capability_flags()[-1:]]
+    monkeypatch.setattr(kernel_build, "_capability_flags", lambda: candidates)
+    monkeypatch.setattr(kernel_build, "_build_and_load", build)
+    monkeypatch.setitem(kernel_build._state, "loaded", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fused.fused_kernels_available()
+    assert tried == ["unsupported", candidates[1][0]]
+
+
+def test_bf16_outputs_round_to_nearest_even_as_aten_does() -> None:
+    """The kernels' bf16 stores (one instruction where the CPU has AVX512-BF16, ATen's portable form
+    elsewhere) round as ATen's fp32 -> bf16 conversion: x + shift, exact in fp32, compared bit for bit,
+    exact ties (half a bf16 step, which must go to the even neighbour) included."""
+    torch.manual_seed(0)
+    x = (torch.randn(64, 48) * 10).to(torch.bfloat16)
+    shift = torch.randn(48)
+    shift[:16] = torch.ldexp(torch.ones(16), torch.frexp(x[0, :16].float())[1] - 9)  # half a step of x[0]: a tie
+    out = torch.ops.cmt_scale.act_affine(x, torch.ones(48), shift, 0)
+    expected = (x.float() + shift).to(torch.bfloat16)
+    assert torch.equal(out.view(torch.int16), expected.view(torch.int16))
 
 
 def test_a_double_backward_through_the_kernels_raises_instead_of_being_wrong() -> None:
