@@ -42,19 +42,28 @@ def _ab(a: str, b: str, batch: int, pairs: int) -> list[str]:
 
 
 def host_jobs(smoke: bool) -> dict[str, list[list[str]]]:
-    """Each job: the scripts it runs one after another (arguments after the Python executable). The paired
-    runs put CMT-S as users build it against DeiT-S, in fp32 and bf16, at batch 1 and 8, and CMT-S's bf16
-    against its own fp32: the issue's targets."""
-    batches, pairs = ("1", (5, 3)) if smoke else ("1,8", (300, 60))
+    """Each job: the scripts it runs one after another (arguments after the Python executable), seven jobs so
+    that their logs and the JSON fit the eight files a device run returns. The paired runs put CMT-S as users
+    build it against DeiT-S (fp32 and bf16, batch 1 and 8, and CMT-S's bf16 against its own fp32: the issue's
+    targets), the timed projection routes against the fixed rule, the inference kernels against the plain
+    path, weights cast once against per call, and the documented inference copies against DeiT-S."""
+    batches, (b1, b8) = ("1", (5, 3)) if smoke else ("1,8", (200, 40))
+    rounds = "1" if smoke else "2"
     deit, cmt = "deit_small_patch16_224", "cmt_s timm.create_model"
+
+    def both(a: str, b: str) -> list[list[str]]:
+        return [_ab(a, b, 1, b1), _ab(a, b, 8, b8)]
+
     return {
-        "bench_model": [["benchmarks/bench_model.py", "--threads", "2", "--rounds", "1" if smoke else "3",
-                         "--batch-sizes", batches, "--rows", "cmt_s"]],
+        "bench_model": [["benchmarks/bench_model.py", "--threads", "2", "--rounds", rounds, "--batch-sizes", batches]],
         "profile_model": [["benchmarks/profile_model.py", "--threads", "2", "--batch-sizes", batches, "--top", "20"]],
-        "ab_rows": [_ab(a, b, batch, count) for batch, count in zip((1, 8), pairs, strict=True)
-                    for a, b in ((deit, cmt), ("deit_small bf16", f"{cmt} bf16"), (cmt, f"{cmt} bf16"))],
-        "compiled": [["benchmarks/bench_model.py", "--threads", "2", "--rounds", "1" if smoke else "2",
-                      "--batch-sizes", batches, "--compile", "--rows", "cmt_s@224 fused compiled"]],
+        "ab_targets": [*both(deit, cmt), *both("deit_small bf16", f"{cmt} bf16"), *both(cmt, f"{cmt} bf16")],
+        "ab_routes": [*both(cmt, f"{cmt} shape rule"), *both(f"{cmt} bf16", f"{cmt} shape rule bf16")],
+        "ab_parts": [*both(f"{cmt} plain path", cmt), _ab(f"{cmt} cast per call bf16", f"{cmt} bf16", 1, b1),
+                     *both(deit, "cmt_s@224 fused"), _ab("deit_small bf16", "cmt_s@224 fused amp_dtype bf16", 1, b1)],
+        "route_table": [["benchmarks/route_table.py", "--batch-sizes", batches, "--calls", "3" if smoke else "11"]],
+        "compiled": [["benchmarks/bench_model.py", "--threads", "2", "--rounds", rounds, "--batch-sizes", batches,
+                      "--compile", "--rows", "cmt_s@224 fused compiled"]],
     }
 
 
