@@ -21,6 +21,7 @@ import statistics
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -32,17 +33,17 @@ from _machine import machine_line  # noqa: E402
 
 
 def _projection_inputs(model: torch.nn.Module, batch: torch.Tensor, dtype: torch.dtype | None) -> Counter:
-    """(input shape, a module of that weight shape) of the 1x1 projection calls in one forward, counted: calls
-    with the same input shape, weight shape and bias are one row."""
+    """((input shape, input dtype), a module of that weight shape) of the 1x1 projection calls in one forward,
+    counted: calls with the same input shape and dtype, weight shape and bias are one row."""
     from scaling._blocks import PointwiseLinear
 
     seen: Counter = Counter()
     first: dict = {}
 
     def record(module: torch.nn.Module, args: tuple) -> None:
-        shape = (tuple(args[0].shape), tuple(module.weight.shape), module.bias is not None)
+        shape = (tuple(args[0].shape), args[0].dtype, tuple(module.weight.shape), module.bias is not None)
         first.setdefault(shape, module)
-        seen[(shape[0], first[shape])] += 1
+        seen[(shape[:2], first[shape])] += 1
 
     hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, PointwiseLinear)]
     with _precision(dtype):
@@ -52,12 +53,11 @@ def _projection_inputs(model: torch.nn.Module, batch: torch.Tensor, dtype: torch
     return seen
 
 
-def _precision(dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    autocast = torch.autocast("cpu", dtype=dtype) if dtype else contextlib.nullcontext()
-    stack = contextlib.ExitStack()
-    stack.enter_context(torch.inference_mode())
-    stack.enter_context(autocast)
-    return stack
+@contextlib.contextmanager
+def _precision(dtype: torch.dtype | None) -> Iterator[None]:
+    """Inference as `bench_model.py` runs it: ``inference_mode``, and CPU autocast to ``dtype`` if given."""
+    with torch.inference_mode(), torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        yield
 
 
 def _median_ms(runs: dict, calls: int) -> dict[str, float]:
@@ -100,9 +100,10 @@ def main() -> None:
             print(f"{'input (B,H,W,C)':>20} {'out':>5} {'n':>3} {'conv ms':>8} {'gemm ms':>8} {'conv GMAC/s':>11} "
                   f"{'gemm GMAC/s':>11}  timed  rule")
             totals: Counter = Counter()
-            for (shape, module), count in sorted(calls.items(), key=lambda item: -item[0][0][1] * item[0][0][2]):
+            for ((shape, input_dtype), module), count in sorted(calls.items(),
+                                                                 key=lambda item: -item[0][0][0][1] * item[0][0][0][2]):
                 with _precision(dtype):
-                    x = torch.randn(shape).to(torch.bfloat16 if dtype else torch.float32)
+                    x = torch.randn(shape).to(input_dtype)
                     weight, bias = autocast_weights(module, x, module.weight, module.bias)
                     key = route_key(x.shape, x.stride(), x.dtype, weight.shape, weight.dtype,
                                     None if bias is None else bias.dtype)
