@@ -61,7 +61,8 @@ def host_jobs(smoke: bool) -> dict[str, list[list[str]]]:
         "ab_routes": [*both(cmt, f"{cmt} shape rule"), *both(f"{cmt} bf16", f"{cmt} shape rule bf16")],
         "ab_parts": [*both(f"{cmt} plain path", cmt), _ab(f"{cmt} cast per call bf16", f"{cmt} bf16", 1, b1),
                      *both(deit, "cmt_s@224 fused"), _ab("deit_small bf16", "cmt_s@224 fused amp_dtype bf16", 1, b1)],
-        "route_table": [["benchmarks/route_table.py", "--batch-sizes", batches, "--calls", "3" if smoke else "11"]],
+        "routes_kernels": [["benchmarks/route_table.py", "--batch-sizes", batches, "--calls", "3" if smoke else "11"],
+                           ["benchmarks/bench_kernels.py", "--calls", "3" if smoke else "20"]],
         "compiled": [["benchmarks/bench_model.py", "--threads", "2", "--rounds", rounds, "--batch-sizes", batches,
                       "--compile", "--rows", "cmt_s@224 fused compiled"]],
     }
@@ -76,29 +77,40 @@ def run_side_by_side(jobs: dict[str, list[list[str]]], out: Path, minutes: float
     deadline = time.monotonic() + 60 * minutes
     figures: dict = {"core_pairs": pairs}
 
+    def run_scripts(scripts: list[list[str]], pair: tuple[int, int], sink) -> list[int | str]:
+        """Each script's exit code in turn ("timed out" for the one the deadline stopped, and none after it)."""
+        codes: list[int | str] = []
+        for script in scripts:
+            command = [*(["taskset", "-c", f"{pair[0]},{pair[1]}"] if pin else []), sys.executable, *script]
+            sink.write(f"$ {' '.join(command)}\n")
+            sink.flush()
+            try:
+                codes.append(subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT,
+                                            timeout=max(1.0, deadline - time.monotonic())).returncode)
+            except subprocess.TimeoutExpired:
+                codes.append("timed out")
+                break
+        return codes
+
     def run(name: str, scripts: list[list[str]]) -> None:
-        with ready:
-            ready.wait_for(lambda: bool(free))
+        with ready:  # a job that found no free pair before the deadline does not start
+            if not ready.wait_for(lambda: bool(free), timeout=max(0.0, deadline - time.monotonic())):
+                figures[name] = {"exit": ["not started: no free cores before the deadline"]}
+                return
             pair = free.pop(0)
         start = time.monotonic()
-        code: int | str = 0
-        with (out / f"host_{name}.txt").open("w") as sink:
-            for script in scripts:
-                command = [*(["taskset", "-c", f"{pair[0]},{pair[1]}"] if pin else []), sys.executable, *script]
-                sink.write(f"$ {' '.join(command)}\n")
-                sink.flush()
-                try:
-                    code = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT,
-                                          timeout=max(1.0, deadline - time.monotonic())).returncode
-                except subprocess.TimeoutExpired:
-                    code = "timed out"
-                    break
+        try:
+            with (out / f"host_{name}.txt").open("w") as sink:
+                codes = run_scripts(scripts, pair, sink)
+        except Exception as err:  # taskset missing, an unwritable folder: said in the figures, the pair freed
+            codes = [repr(err)]
+        finally:
+            with ready:
+                free.append(pair)
+                ready.notify()
         with lock:
-            figures[name] = {"exit": code, "wall_s": round(time.monotonic() - start, 1), "cores": pair}
-        print(f"host {name}: exit {code} after {time.monotonic() - start:.0f} s on CPUs {pair}", flush=True)
-        with ready:
-            free.append(pair)
-            ready.notify()
+            figures[name] = {"exit": codes, "wall_s": round(time.monotonic() - start, 1), "cores": pair}
+        print(f"host {name}: exit {codes} after {time.monotonic() - start:.0f} s on CPUs {pair}", flush=True)
 
     threads = [threading.Thread(target=run, args=item) for item in jobs.items()]
     for thread in threads:

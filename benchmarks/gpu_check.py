@@ -13,10 +13,10 @@ finish in under 8): run it from the repository root, it writes ``gpu_check.json`
    kernels it launches and the share of its wall time the GPU is busy: what limits CMT there.
 
 4. (``--sections host-cpu``, not in the default) the machine's own CPU as 2-core machines side by side
-   (`_host_cpu`): ``bench_model.py``, ``profile_model.py``, ``route_table.py``, the compiled rows and paired
-   ``ab_rows.py`` runs, each job on two physical cores of its own; on an Intel Xeon with AMX (as the device
-   machine's host was seen, family 6 model 207) these are the CPU-inference issue's Intel figures. About 6
-   minutes: ``--host-minutes 6``.
+   (`_host_cpu`): ``bench_model.py``, ``profile_model.py``, ``route_table.py``, ``bench_kernels.py``, the
+   compiled rows and paired ``ab_rows.py`` runs, each job on two physical cores of its own; on an Intel Xeon
+   with AMX (as the device machine's host was seen, family 6 model 207) these are the CPU-inference issue's
+   Intel figures. About 6 minutes: ``--host-minutes 6``.
 
 Inference runs first (it is what the CMT-on-GPUs issue asks for), and the JSON is rewritten after every row,
 so a run stopped at its time limit still returns what it measured.

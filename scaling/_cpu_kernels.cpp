@@ -61,8 +61,9 @@ inline Vec load(const BF16* p, int64_t n) {
 // Round to nearest even, as ATen's conversion. With AVX512-BF16 (built with -mavx512bf16 where the CPU has it)
 // one instruction does it; ATen's portable form takes about nine, and the conversion is then a large share of
 // a bf16 element-wise kernel: 10-14% of GELU + BN's time on a Zen 4, more where 512-bit work issues on only two
-// ports (Intel's server cores). The instruction treats inputs below 2^-126 as zero (ATen keeps bf16 subnormals):
-// the one difference, for values no activation here produces.
+// ports (Intel's server cores). Normal values round identically; inputs below 2^-126 become zero (ATen keeps
+// bf16 subnormals), and a NaN keeps its sign and payload (ATen writes 0xFFFF): values no activation here
+// produces, and a NaN stays a NaN.
 inline void store(const Vec& v, BF16* p, int64_t n) {
 #if defined(__AVX512BF16__)
   const __m256i packed = (__m256i)_mm512_cvtneps_pbh(static_cast<__m512>(v));

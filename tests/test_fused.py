@@ -494,13 +494,14 @@ def test_a_build_the_compiler_refuses_falls_back_to_the_next_candidate(monkeypat
 
 def test_bf16_outputs_round_to_nearest_even_as_aten_does() -> None:
     """The kernels' bf16 stores (one instruction where the CPU has AVX512-BF16, ATen's portable form
-    elsewhere) round as ATen's fp32 -> bf16 conversion: x + shift, exact in fp32, compared bit for bit,
-    exact ties (half a bf16 step, which must go to the even neighbour) included."""
+    elsewhere) round as ATen's fp32 -> bf16 conversion: x + shift rounded once to fp32 either way, compared bit
+    for bit, exact ties (half a bf16 step, which must go to the even neighbour) and the masked tail included."""
     torch.manual_seed(0)
-    x = (torch.randn(64, 48) * 10).to(torch.bfloat16)
-    shift = torch.randn(48)
+    x = (torch.randn(64, 40) * 10).to(torch.bfloat16)  # 40 channels: two full vectors and a masked tail
+    shift = torch.randn(40)
     shift[:16] = torch.ldexp(torch.ones(16), torch.frexp(x[0, :16].float())[1] - 9)  # half a step of x[0]: a tie
-    out = torch.ops.cmt_scale.act_affine(x, torch.ones(48), shift, 0)
+    shift[32:] = torch.ldexp(torch.ones(8), torch.frexp(x[0, 32:].float())[1] - 9)  # ties in the tail too
+    out = torch.ops.cmt_scale.act_affine(x, torch.ones(40), shift, 0)
     expected = (x.float() + shift).to(torch.bfloat16)
     assert torch.equal(out.view(torch.int16), expected.view(torch.int16))
 
