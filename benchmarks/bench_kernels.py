@@ -15,10 +15,7 @@ Usage: python benchmarks/bench_kernels.py [--threads 2] [--calls 20]
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,22 +23,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _interleaved import interleaved_median_ms  # noqa: E402
 from _machine import machine_line  # noqa: E402
 
 # (B, H, W, C): CMT-S's IRFFN hidden maps at 224 px, stage 1 at batch 8 and 1, stage 3 at batch 8.
 SHAPES = ((8, 56, 56, 256), (1, 56, 56, 256), (8, 14, 14, 1024))
-
-
-def _median_ms(runs: dict[str, Callable[[], object]], calls: int) -> dict[str, float]:
-    for run in runs.values():
-        run()
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(calls):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return {name: 1000 * statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:
@@ -81,7 +67,7 @@ def main() -> None:
             }
             with torch.inference_mode():
                 for name, (kernel, aten) in pairs.items():
-                    ms = _median_ms({"kernel": kernel, "aten": aten}, args.calls)
+                    ms = interleaved_median_ms({"kernel": kernel, "aten": aten}, args.calls)
                     reference = aten().permute(0, 2, 3, 1).float()
                     diff = (kernel().float().view(x.shape) - reference).abs().max() / reference.abs().max()
                     print(f"{name:<38} {str(dtype).split('.')[-1]:<8} {str(shape):<18} {ms['kernel']:7.2f} "

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +27,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _interleaved import interleaved_median_ms  # noqa: E402
 from _machine import machine_line  # noqa: E402
 
 
@@ -58,18 +57,6 @@ def _precision(dtype: torch.dtype | None) -> Iterator[None]:
     """Inference as `bench_model.py` runs it: ``inference_mode``, and CPU autocast to ``dtype`` if given."""
     with torch.inference_mode(), torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
         yield
-
-
-def _median_ms(runs: dict, calls: int) -> dict[str, float]:
-    for run in runs.values():
-        run()
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(calls):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return {name: 1000 * statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:
@@ -107,7 +94,7 @@ def main() -> None:
                     weight, bias = autocast_weights(module, x, module.weight, module.bias)
                     key = route_key(x.shape, x.stride(), x.dtype, weight.shape, weight.dtype,
                                     None if bias is None else bias.dtype)
-                    ms = _median_ms({"conv": lambda: _pointwise_conv(x, weight, bias),
+                    ms = interleaved_median_ms({"conv": lambda: _pointwise_conv(x, weight, bias),
                                      "gemm": lambda: F.linear(x, weight, bias)}, args.calls)
                 macs = x.numel() // shape[-1] * weight.numel()
                 timed = choices.get(key, "?")
