@@ -73,7 +73,7 @@ def run_side_by_side(jobs: dict[str, list[list[str]]], out: Path, minutes: float
     its output in ``out/host_<job>.txt``; a job still running after ``minutes`` is stopped, its output kept."""
     pairs = core_pairs()
     free = list(pairs)
-    lock, ready = threading.Lock(), threading.Condition(threading.Lock())
+    ready = threading.Condition()  # guards the free pairs and the figures
     deadline = time.monotonic() + 60 * minutes
     figures: dict = {"core_pairs": pairs}
 
@@ -108,7 +108,7 @@ def run_side_by_side(jobs: dict[str, list[list[str]]], out: Path, minutes: float
             with ready:
                 free.append(pair)
                 ready.notify()
-        with lock:
+        with ready:
             figures[name] = {"exit": codes, "wall_s": round(time.monotonic() - start, 1), "cores": pair}
         print(f"host {name}: exit {codes} after {time.monotonic() - start:.0f} s on CPUs {pair}", flush=True)
 

@@ -247,10 +247,9 @@ def route_section(device: str, smoke: bool, save) -> list[dict]:
 
 def host_cpu_section(out: Path, smoke: bool, minutes: float) -> dict:
     """The device machine's own CPU (an Intel Xeon, family 6 model 207 when seen: Emerald Rapids, with AMX) as
-    the CPU-inference issue's Intel kind: ``bench_model.py``, ``profile_model.py``, paired ``ab_rows.py`` runs
-    and the compiled rows, side by side, each pinned to two physical cores with two threads, as on the 2-vCPU
-    machines (`_host_cpu`), their output written beside the JSON. All stop after ``minutes``; output so far
-    is kept."""
+    the CPU-inference issue's Intel kind: the jobs of `_host_cpu.host_jobs`, side by side, each pinned to two
+    physical cores with two threads, as on the 2-vCPU machines, their output written beside the JSON. All stop
+    after ``minutes``; output so far is kept."""
     from _host_cpu import host_jobs, run_side_by_side
 
     figures: dict = {"cpu": cpu_name(), "kind": cpu_kind()}

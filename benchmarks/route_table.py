@@ -31,25 +31,24 @@ from _interleaved import interleaved_median_ms  # noqa: E402
 from _machine import machine_line  # noqa: E402
 
 
-def _projection_inputs(model: torch.nn.Module, batch: torch.Tensor, dtype: torch.dtype | None) -> Counter:
-    """((input shape, input dtype), a module of that weight shape) of the 1x1 projection calls in one forward,
-    counted: calls with the same input shape and dtype, weight shape and bias are one row."""
+def _projection_calls(model: torch.nn.Module, batch: torch.Tensor, dtype: torch.dtype | None) -> dict:
+    """One forward of ``model`` (which also makes the process's timed route choices for its shapes), and its
+    1x1 projection calls grouped by (input shape, input dtype, weight shape, bias): each group's call count
+    and one of its modules."""
     from scaling._blocks import PointwiseLinear
 
-    seen: Counter = Counter()
-    first: dict = {}
+    groups: dict[tuple, list] = {}  # signature -> [count, a module]
 
     def record(module: torch.nn.Module, args: tuple) -> None:
-        shape = (tuple(args[0].shape), args[0].dtype, tuple(module.weight.shape), module.bias is not None)
-        first.setdefault(shape, module)
-        seen[(shape[:2], first[shape])] += 1
+        signature = (tuple(args[0].shape), args[0].dtype, tuple(module.weight.shape), module.bias is not None)
+        groups.setdefault(signature, [0, module])[0] += 1
 
     hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, PointwiseLinear)]
     with _precision(dtype):
         model(batch)
     for hook in hooks:
         hook.remove()
-    return seen
+    return groups
 
 
 @contextlib.contextmanager
@@ -78,24 +77,21 @@ def main() -> None:
     for precision in args.precisions.split(","):
         dtype = {"fp32": None, "bf16": torch.bfloat16}[precision]
         for batch_size in (int(b) for b in args.batch_sizes.split(",")):
-            batch = torch.randn(batch_size, 3, 224, 224)
-            with _precision(dtype):
-                model(batch)  # the process's timed choices for these shapes
+            groups = _projection_calls(model, torch.randn(batch_size, 3, 224, 224), dtype)
             choices = chosen_routes()
-            calls = _projection_inputs(model, batch, dtype)
             print(f"\n== {precision}, batch {batch_size}")
             print(f"{'input (B,H,W,C)':>20} {'out':>5} {'n':>3} {'conv ms':>8} {'gemm ms':>8} {'conv GMAC/s':>11} "
                   f"{'gemm GMAC/s':>11}  timed  rule")
             totals: Counter = Counter()
-            for ((shape, input_dtype), module), count in sorted(calls.items(),
-                                                                 key=lambda item: -item[0][0][0][1] * item[0][0][0][2]):
+            for (shape, input_dtype, _, _), (count, module) in sorted(groups.items(),
+                                                                     key=lambda item: -item[0][0][1] * item[0][0][2]):
                 with _precision(dtype):
                     x = torch.randn(shape).to(input_dtype)
                     weight, bias = autocast_weights(module, x, module.weight, module.bias)
                     key = route_key(x.shape, x.stride(), x.dtype, weight.shape, weight.dtype,
                                     None if bias is None else bias.dtype)
                     ms = interleaved_median_ms({"conv": lambda: _pointwise_conv(x, weight, bias),
-                                     "gemm": lambda: F.linear(x, weight, bias)}, args.calls)
+                                                "gemm": lambda: F.linear(x, weight, bias)}, args.calls)
                 macs = x.numel() // shape[-1] * weight.numel()
                 timed = choices.get(key, "?")
                 rule = "gemm" if shape[1] * shape[2] <= _GEMM_MAX_POSITIONS_INFERENCE else "conv"

@@ -59,7 +59,6 @@ def _fold_bn_before(layer: nn.Module, bn: nn.BatchNorm2d) -> None:
         layer.bias.add_(extra)
 
 
-
 class _MixedPrecision(nn.Module):
     """An inference copy that runs under ``torch.autocast(dtype)`` with its matmul weights already in ``dtype``.
 
